@@ -1,0 +1,257 @@
+package resilient
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// Defaults of the knobs of Config. Each applies where the field is zero.
+const (
+	DefaultHeartbeat            = 10 * time.Second
+	DefaultDialTimeout          = 10 * time.Second
+	DefaultChannels             = 4
+	DefaultMaxInFlight          = 256
+	DefaultPublishTimeout       = 30 * time.Second
+	DefaultConfirmTimeout       = 15 * time.Second
+	DefaultCloseTimeout         = 10 * time.Second
+	DefaultMaxNackRetries       = 3
+	DefaultMaxMessageSize       = 128 << 20 // RabbitMQ's default max_message_size
+	DefaultReconnectWait        = 100 * time.Millisecond
+	DefaultReconnectMaxWait     = 3 * time.Second
+	DefaultReconnectMultiplier  = 2.0
+	DefaultReconnectJitter      = 0.5
+	DefaultConnectionName       = "watermill-resilient-publisher"
+	maxShortString              = 255 // AMQP shortstr: names and routing keys
+	defaultChannelReopenBackoff = 50 * time.Millisecond
+)
+
+// Config configures a Publisher. Only AMQP is required: it is watermill-amqp's
+// own Config, so switching from amqp.NewPublisher(cfg, logger) is writing
+// resilient.NewPublisher(resilient.Config{AMQP: cfg}, logger).
+//
+// From AMQP the publisher uses: Connection (URI, TLSConfig, AmqpConfig,
+// Reconnect), Marshaler, Exchange, Queue (to declare the queue of a
+// default-exchange config), Publish.GenerateRoutingKey, Publish.Mandatory,
+// Publish.ChannelPoolSize (as Channels when Channels is zero) and
+// TopologyBuilder. Publisher confirms are always on, so
+// Publish.ConfirmDelivery is ignored; Publish.Transactional and
+// Publish.Immediate are rejected (RabbitMQ does not implement immediate, and
+// transactions would undo the pipelining).
+type Config struct {
+	AMQP amqp.Config
+
+	// FailoverURIs are tried in turn after AMQP.Connection.AmqpURI when it
+	// cannot be reached (e.g. the other nodes of a cluster).
+	FailoverURIs []string
+
+	// ConnectionName is shown in RabbitMQ's management UI.
+	// Default DefaultConnectionName.
+	ConnectionName string
+	// Heartbeat is the AMQP heartbeat interval; a silent peer is declared dead
+	// after about 1.5 intervals (amqp091-go's read deadline). Default 10 s,
+	// unless AMQP.Connection.AmqpConfig sets one.
+	Heartbeat time.Duration
+	// DialTimeout bounds each TCP connect and AMQP handshake. Default 10 s.
+	DialTimeout time.Duration
+
+	// Reconnect is the backoff between dial attempts. Zero fields fall back to
+	// AMQP.Connection.Reconnect when set, then to the Default* constants.
+	Reconnect ReconnectConfig
+	// RetryOnFailedConnect makes NewPublisher return at once when the broker
+	// cannot be reached, and connect in the background (Publish waits, bounded
+	// as always). Default false: NewPublisher fails. Wrong credentials, a
+	// missing vhost or a bad URI fail NewPublisher in either case.
+	RetryOnFailedConnect bool
+
+	// Channels is the number of confirm-mode channels (publishing lanes), each
+	// owned by one goroutine. Default AMQP.Publish.ChannelPoolSize, else 4.
+	Channels int
+	// MaxInFlight bounds the unconfirmed messages per channel. Default 256.
+	MaxInFlight int
+
+	// PublishTimeout bounds a whole Publish call, reconnects and re-sends
+	// included, on top of each message's Context(). Default 30 s.
+	PublishTimeout time.Duration
+	// ConfirmTimeout is how long a channel may leave its oldest message
+	// unconfirmed (while the connection is not blocked) before it is deemed
+	// stuck: it is closed and its messages are re-sent. Default 15 s.
+	ConfirmTimeout time.Duration
+	// CloseTimeout bounds how long Close waits for in-flight publishes.
+	// Default 10 s.
+	CloseTimeout time.Duration
+	// MaxNackRetries is how many times a message nacked by the broker is
+	// re-sent before Publish gives up with ErrNacked. Default 3; -1 means none.
+	MaxNackRetries int
+	// MaxMessageSize rejects larger bodies before sending, with
+	// ErrMessageTooLarge. Default 128 MiB, RabbitMQ's default limit.
+	MaxMessageSize int
+
+	// OnStateChange, when set, is called on each connection state change, in
+	// order, on one goroutine owned by the publisher (never under its locks).
+	// A slow callback delays later callbacks, never publishing; past 64
+	// pending changes the oldest are dropped.
+	OnStateChange func(StateChange)
+}
+
+// ReconnectConfig is the exponential backoff with jitter between dial
+// attempts. Reconnecting never gives up before Close.
+type ReconnectConfig struct {
+	// InitialWait before the first redial. Default 100 ms.
+	InitialWait time.Duration
+	// MaxWait caps the wait between attempts. Default 3 s.
+	MaxWait time.Duration
+	// Multiplier grows the wait after each failed attempt. Default 2.
+	Multiplier float64
+	// Jitter randomizes each wait by ±Jitter×wait. Default 0.5.
+	Jitter float64
+}
+
+func (c *Config) setDefaults() {
+	if c.ConnectionName == "" {
+		c.ConnectionName = DefaultConnectionName
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+		if ac := c.AMQP.Connection.AmqpConfig; ac != nil && ac.Heartbeat != 0 {
+			c.Heartbeat = ac.Heartbeat
+		}
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	c.Reconnect.setDefaults(c.AMQP.Connection.Reconnect)
+	if c.Channels == 0 {
+		c.Channels = DefaultChannels
+		if c.AMQP.Publish.ChannelPoolSize > 0 {
+			c.Channels = c.AMQP.Publish.ChannelPoolSize
+		}
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = DefaultPublishTimeout
+	}
+	if c.ConfirmTimeout == 0 {
+		c.ConfirmTimeout = DefaultConfirmTimeout
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if c.MaxNackRetries == 0 {
+		c.MaxNackRetries = DefaultMaxNackRetries
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.AMQP.TopologyBuilder == nil {
+		c.AMQP.TopologyBuilder = &amqp.DefaultTopologyBuilder{}
+	}
+}
+
+func (r *ReconnectConfig) setDefaults(legacy *amqp.ReconnectConfig) {
+	if legacy != nil {
+		if r.InitialWait == 0 {
+			r.InitialWait = legacy.BackoffInitialInterval
+		}
+		if r.MaxWait == 0 {
+			r.MaxWait = legacy.BackoffMaxInterval
+		}
+		if r.Multiplier == 0 {
+			r.Multiplier = legacy.BackoffMultiplier
+		}
+		if r.Jitter == 0 {
+			r.Jitter = legacy.BackoffRandomizationFactor
+		}
+	}
+	if r.InitialWait == 0 {
+		r.InitialWait = DefaultReconnectWait
+	}
+	if r.MaxWait == 0 {
+		r.MaxWait = DefaultReconnectMaxWait
+	}
+	if r.Multiplier == 0 {
+		r.Multiplier = DefaultReconnectMultiplier
+	}
+	if r.Jitter == 0 {
+		r.Jitter = DefaultReconnectJitter
+	}
+}
+
+// Validate reports every problem of the configuration at once. Errors match
+// ErrConfig and never contain a password.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	uris := append([]string{c.AMQP.Connection.AmqpURI}, c.FailoverURIs...)
+	for i, uri := range uris {
+		if uri == "" {
+			if i == 0 {
+				add("AMQP.Connection.AmqpURI is empty")
+			} else {
+				add("FailoverURIs[%d] is empty", i-1)
+			}
+			continue
+		}
+		if _, err := amqp091.ParseURI(uri); err != nil {
+			add("URI %s: %s", redactURI(uri), redactText(err.Error(), uri))
+		}
+	}
+	if c.AMQP.Marshaler == nil {
+		add("AMQP.Marshaler is nil")
+	}
+	if c.AMQP.Exchange.GenerateName == nil {
+		add("AMQP.Exchange.GenerateName is nil")
+	}
+	if c.AMQP.Publish.GenerateRoutingKey == nil {
+		add("AMQP.Publish.GenerateRoutingKey is nil")
+	}
+	if c.AMQP.Publish.Immediate {
+		add("AMQP.Publish.Immediate is not supported by RabbitMQ")
+	}
+	if c.AMQP.Publish.Transactional {
+		add("AMQP.Publish.Transactional is not supported: publisher confirms are always on")
+	}
+	if c.AMQP.Connection.AmqpConfig != nil && c.AMQP.Connection.AmqpConfig.Recovery != nil {
+		add("AMQP.Connection.AmqpConfig.Recovery must be nil: this publisher owns reconnection")
+	}
+	for name, d := range map[string]time.Duration{
+		"Heartbeat": c.Heartbeat, "DialTimeout": c.DialTimeout, "PublishTimeout": c.PublishTimeout,
+		"ConfirmTimeout": c.ConfirmTimeout, "CloseTimeout": c.CloseTimeout,
+		"Reconnect.InitialWait": c.Reconnect.InitialWait, "Reconnect.MaxWait": c.Reconnect.MaxWait,
+	} {
+		if d < 0 {
+			add("%s is negative (%s)", name, d)
+		}
+	}
+	if c.Reconnect.MaxWait > 0 && c.Reconnect.InitialWait > c.Reconnect.MaxWait {
+		add("Reconnect.InitialWait (%s) exceeds Reconnect.MaxWait (%s)", c.Reconnect.InitialWait, c.Reconnect.MaxWait)
+	}
+	if c.Reconnect.Multiplier != 0 && c.Reconnect.Multiplier < 1 {
+		add("Reconnect.Multiplier must be at least 1, got %v", c.Reconnect.Multiplier)
+	}
+	if c.Reconnect.Jitter < 0 || c.Reconnect.Jitter > 1 {
+		add("Reconnect.Jitter must be within [0, 1], got %v", c.Reconnect.Jitter)
+	}
+	if c.Channels < 0 || c.Channels > 1024 {
+		add("Channels must be within [1, 1024], got %d", c.Channels)
+	}
+	if c.MaxInFlight < 0 || c.MaxInFlight > 65535 {
+		add("MaxInFlight must be within [1, 65535], got %d", c.MaxInFlight)
+	}
+	if c.MaxNackRetries < -1 {
+		add("MaxNackRetries must be -1 (none) or more, got %d", c.MaxNackRetries)
+	}
+	if c.MaxMessageSize < 0 {
+		add("MaxMessageSize is negative (%d)", c.MaxMessageSize)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+}

@@ -1,0 +1,153 @@
+package resilient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// Sentinel errors. Every error returned by this package matches one of them
+// with errors.Is, so callers (and the retry middleware) can tell a fault that
+// retrying can fix from one it cannot. Use [IsPermanent] rather than listing
+// them yourself.
+var (
+	// ErrClosed: the publisher was closed. Permanent.
+	ErrClosed = errors.New("resilient: publisher closed")
+	// ErrConfig: the configuration is invalid (bad URI, missing marshaler,
+	// unsupported option). Permanent.
+	ErrConfig = errors.New("resilient: invalid configuration")
+	// ErrNilMessage: a nil *message.Message was passed to Publish. Permanent.
+	ErrNilMessage = errors.New("resilient: nil message")
+	// ErrMarshal: the configured Marshaler failed. Permanent.
+	ErrMarshal = errors.New("resilient: cannot marshal message")
+	// ErrInvalidName: a topic, exchange, queue or routing key that AMQP cannot
+	// carry (empty topic, longer than 255 bytes, not UTF-8). Permanent.
+	ErrInvalidName = errors.New("resilient: invalid name")
+	// ErrMessageTooLarge: the body exceeds Config.MaxMessageSize or the
+	// broker's max_message_size. Permanent.
+	ErrMessageTooLarge = errors.New("resilient: message too large")
+	// ErrAccessRefused: the broker refused the credentials, the vhost, or an
+	// operation on a resource (AMQP 403). Permanent.
+	ErrAccessRefused = errors.New("resilient: access refused")
+	// ErrNotFound: the exchange or vhost does not exist (AMQP 404). Permanent.
+	ErrNotFound = errors.New("resilient: not found")
+	// ErrPreconditionFailed: a declare conflicts with what exists on the
+	// broker, e.g. a queue declared with other arguments (AMQP 406). Permanent.
+	ErrPreconditionFailed = errors.New("resilient: precondition failed")
+	// ErrUnroutable: a mandatory message matched no queue (basic.return).
+	// Permanent for this publish: nothing will route it until the topology
+	// changes.
+	ErrUnroutable = errors.New("resilient: message unroutable")
+	// ErrNacked: the broker nacked the message more than Config.MaxNackRetries
+	// times in a row. Transient.
+	ErrNacked = errors.New("resilient: message nacked by broker")
+	// ErrNotConfirmed: the message was not confirmed before its deadline
+	// (its Context, Config.PublishTimeout, or Close). It may or may not have
+	// reached the broker. Transient.
+	ErrNotConfirmed = errors.New("resilient: message not confirmed")
+)
+
+var permanentErrors = []error{
+	ErrClosed, ErrConfig, ErrNilMessage, ErrMarshal, ErrInvalidName,
+	ErrMessageTooLarge, ErrAccessRefused, ErrNotFound, ErrPreconditionFailed,
+	ErrUnroutable,
+}
+
+// IsPermanent reports whether err is a fault that retrying the same publish
+// cannot fix. Context cancellation counts as permanent: the caller gave up.
+func IsPermanent(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) {
+		return true
+	}
+	for _, p := range permanentErrors {
+		if errors.Is(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// PublishError is what Publish returns when not every message was confirmed.
+// Messages not listed in Unconfirmed were confirmed by the broker.
+type PublishError struct {
+	Topic string
+	// Unconfirmed holds the watermill UUIDs of the messages the broker did not
+	// confirm, in the order they were passed to Publish.
+	Unconfirmed []string
+	// Err is the cause; when messages failed for different reasons, it is a
+	// permanent one if there is any, so that IsPermanent errs on the side of
+	// not retrying a publish that cannot succeed.
+	Err error
+}
+
+func (e *PublishError) Error() string {
+	ids := e.Unconfirmed
+	suffix := ""
+	if len(ids) > 10 {
+		ids, suffix = ids[:10], fmt.Sprintf(" and %d more", len(e.Unconfirmed)-10)
+	}
+	what := fmt.Sprintf("publish to %q", e.Topic)
+	if e.Topic == "" {
+		what = "close"
+	}
+	return fmt.Sprintf("%s: %d message(s) not confirmed [%s%s]: %v",
+		what, len(e.Unconfirmed), strings.Join(ids, " "), suffix, e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
+// Temporary reports whether publishing the unconfirmed messages again may
+// succeed.
+func (e *PublishError) Temporary() bool { return !IsPermanent(e.Err) }
+
+// classifyBroker maps an AMQP error to this package's sentinels, keeping the
+// original *amqp091.Error reachable through errors.As.
+func classifyBroker(err error) error {
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	switch ae.Code {
+	case amqp091.AccessRefused:
+		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
+	case amqp091.NotFound:
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case amqp091.PreconditionFailed:
+		if strings.Contains(ae.Reason, "message size") {
+			return fmt.Errorf("%w: %w", ErrMessageTooLarge, err)
+		}
+		return fmt.Errorf("%w: %w", ErrPreconditionFailed, err)
+	case amqp091.NotAllowed:
+		// e.g. "vhost not found" on connection.open.
+		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
+	case amqp091.FrameError, amqp091.SyntaxError, amqp091.CommandInvalid:
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
+	}
+	return err
+}
+
+// isPermanentBroker reports whether an AMQP error closing a channel or a
+// connection is one that reconnecting will not fix.
+func isPermanentBroker(err error) bool {
+	return IsPermanent(classifyBroker(err))
+}
+
+// quotedName returns the first single-quoted name in a broker's reply text,
+// e.g. "x" in "NOT_FOUND - no exchange 'x' in vhost '/'".
+func quotedName(reason string) (string, bool) {
+	start := strings.IndexByte(reason, '\'')
+	if start < 0 {
+		return "", false
+	}
+	end := strings.IndexByte(reason[start+1:], '\'')
+	if end < 0 {
+		return "", false
+	}
+	return reason[start+1 : start+1+end], true
+}

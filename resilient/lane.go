@@ -1,0 +1,258 @@
+package resilient
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+var errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
+
+// lane is one confirm-mode channel and the one goroutine that owns it: it
+// claims deliveries from the session's queue, writes them, and matches the
+// broker's confirms to them by delivery tag, with up to MaxInFlight
+// unconfirmed at once. Nothing else touches the channel, so no lock is held
+// around the network. When the channel dies, the lane reports every
+// unconfirmed delivery to its caller (to be re-sent, or failed when the
+// broker's reason names it) and, while the connection lives, opens another.
+type lane struct {
+	sess    *session
+	id      int
+	logger  watermill.LoggerAdapter
+	pending fifo
+	// returned holds mandatory messages the broker returned, by message ID,
+	// until their ack arrives (a return always precedes its ack).
+	returned map[string]amqp091.Return
+}
+
+func newLane(sess *session, id int) *lane {
+	return &lane{
+		sess:     sess,
+		id:       id,
+		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
+		returned: make(map[string]amqp091.Return),
+	}
+}
+
+func (l *lane) run() {
+	defer l.sess.wg.Done()
+	for {
+		ch := l.open()
+		if ch == nil {
+			return
+		}
+		cause := l.serve(ch)
+		l.failPending(cause)
+		if cause == nil || l.sess.conn.IsClosed() {
+			return
+		}
+		l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
+		select {
+		case <-l.sess.stopping:
+			return
+		case <-time.After(defaultChannelReopenBackoff):
+		}
+	}
+}
+
+// open returns a channel in confirm mode, or nil once the connection is gone
+// or the session ends.
+func (l *lane) open() *amqp091.Channel {
+	wait := defaultChannelReopenBackoff
+	for {
+		ch, err := l.sess.conn.Channel()
+		if err == nil {
+			if err = ch.Confirm(false); err == nil {
+				return ch
+			}
+			_ = ch.Close()
+		}
+		if l.sess.conn.IsClosed() {
+			return nil
+		}
+		l.logger.Error("Cannot open publishing channel, retrying", err, nil)
+		select {
+		case <-l.sess.stopping:
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// serve runs the channel until it dies, returning why, or until the session
+// ends, returning nil.
+func (l *lane) serve(ch *amqp091.Channel) error {
+	window := l.sess.cfg.MaxInFlight
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, window))
+	returns := ch.NotifyReturn(make(chan amqp091.Return, window))
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	watchdog := time.NewTicker(l.sess.cfg.ConfirmTimeout / 4)
+	defer watchdog.Stop()
+
+	for {
+		blocked, flowChanged := l.sess.flow()
+		var intake <-chan *delivery
+		if !blocked && l.pending.len() < window {
+			intake = l.sess.queue
+		}
+		select {
+		case <-l.sess.stopping:
+			return nil
+		case <-flowChanged:
+		case d := <-intake:
+			if d.claim() {
+				l.send(ch, d)
+			}
+		case r, ok := <-returns:
+			if ok {
+				l.returned[r.MessageId] = r
+			}
+		case c, ok := <-confirms:
+			if !ok {
+				return l.closedCause(closed)
+			}
+			l.confirm(c, returns)
+		case e := <-closed:
+			// Confirms that arrived before the close still count.
+			for c := range confirms {
+				l.confirm(c, returns)
+			}
+			if e == nil {
+				return errConnectionLost
+			}
+			return e
+		case <-watchdog.C:
+			if head := l.pending.peek(); head != nil && !blocked && time.Since(head.sentAt) > l.sess.cfg.ConfirmTimeout {
+				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
+					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
+				_ = ch.Close()
+				for c := range confirms {
+					l.confirm(c, returns)
+				}
+				return errConfirmTimeout
+			}
+		}
+	}
+}
+
+func (l *lane) closedCause(closed <-chan *amqp091.Error) error {
+	if e, ok := <-closed; ok && e != nil {
+		return e
+	}
+	return errConnectionLost
+}
+
+func (l *lane) send(ch *amqp091.Channel, d *delivery) {
+	m := d.msg
+	dc, err := ch.PublishWithDeferredConfirm(m.exchange, m.routingKey, m.mandatory, false, m.publishing)
+	if err != nil {
+		// The channel is closing: its close notification follows.
+		d.report(outcomeLost, fmt.Errorf("%w: %w", errConnectionLost, err))
+		return
+	}
+	d.tag, d.sentAt = dc.DeliveryTag, time.Now()
+	l.pending.push(d)
+}
+
+func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
+	// A return is handed over before the ack of its message: collect it now,
+	// whatever order select picked the two channels in.
+	for drained := false; !drained; {
+		select {
+		case r, ok := <-returns:
+			if ok {
+				l.returned[r.MessageId] = r
+			} else {
+				drained = true
+			}
+		default:
+			drained = true
+		}
+	}
+	for head := l.pending.peek(); head != nil && head.tag < c.DeliveryTag; head = l.pending.peek() {
+		// Never seen: amqp091-go confirms every tag in order. Re-send.
+		l.pending.pop().report(outcomeLost, errConnectionLost)
+	}
+	head := l.pending.peek()
+	if head == nil || head.tag != c.DeliveryTag {
+		return
+	}
+	d := l.pending.pop()
+	switch {
+	case !c.Ack:
+		d.report(outcomeNacked, ErrNacked)
+	case d.msg.mandatory && len(l.returned) > 0:
+		if r, ok := l.returned[d.msg.publishing.MessageId]; ok {
+			delete(l.returned, d.msg.publishing.MessageId)
+			d.report(outcomeFailed, fmt.Errorf("%w: %d %s (exchange %q, routing key %q)",
+				ErrUnroutable, r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey))
+			return
+		}
+		d.report(outcomeAcked, nil)
+	default:
+		d.report(outcomeAcked, nil)
+	}
+	if l.pending.len() == 0 {
+		clear(l.returned)
+	}
+}
+
+// failPending reports every unconfirmed delivery once the channel is gone.
+// When the broker closed the channel because of one exchange or one message
+// (404/403 naming an exchange, 406 for a message over max size), the
+// deliveries it names fail; the others are re-sent.
+func (l *lane) failPending(cause error) {
+	if cause == nil {
+		cause = errConnectionLost
+	}
+	blame := blameFor(cause)
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		if blame(d.msg) {
+			d.report(outcomeFailed, classifyBroker(cause))
+		} else {
+			d.report(outcomeLost, cause)
+		}
+	}
+	clear(l.returned)
+}
+
+// blameFor reads a channel's close reason and returns which messages it
+// names as the fault.
+func blameFor(cause error) func(*outgoing) bool {
+	none := func(*outgoing) bool { return false }
+	var ae *amqp091.Error
+	if !errors.As(cause, &ae) || !ae.Server {
+		return none
+	}
+	switch ae.Code {
+	case amqp091.NotFound, amqp091.AccessRefused:
+		if !strings.Contains(ae.Reason, "exchange '") {
+			return none
+		}
+		exchange, ok := quotedName(ae.Reason)
+		if !ok {
+			return none
+		}
+		return func(m *outgoing) bool { return m.exchange == exchange }
+	case amqp091.PreconditionFailed:
+		// "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024"
+		const marker = "max size "
+		i := strings.LastIndex(ae.Reason, marker)
+		if i < 0 {
+			return none
+		}
+		limit, err := strconv.Atoi(strings.TrimSpace(ae.Reason[i+len(marker):]))
+		if err != nil {
+			return none
+		}
+		return func(m *outgoing) bool { return len(m.publishing.Body) > limit }
+	}
+	return none
+}

@@ -1,0 +1,171 @@
+package resilient
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// errConnectionLost marks an attempt cut short by the loss of its
+// connection or channel: the messages are re-sent after the reconnect.
+var errConnectionLost = errors.New("connection lost")
+
+// How long ending a session waits for the broker's close-ok.
+const sessionCloseGrace = 2 * time.Second
+
+// session is one live AMQP connection and everything that lives and dies
+// with it: its publishing lanes, its queue of deliveries, and its cache of
+// declared topology. The supervisor creates and ends it; nothing of a
+// session is reused on the next connection.
+type session struct {
+	id     uint64
+	conn   *amqp091.Connection
+	uri    string // password redacted
+	cfg    *Config
+	logger watermill.LoggerAdapter
+
+	queue    chan *delivery
+	stopping chan struct{} // closed by end: lanes and declarers quit
+	dead     chan struct{} // closed by end once they all have
+	wg       sync.WaitGroup
+
+	flowMu      sync.Mutex
+	blocked     bool
+	flowChanged chan struct{} // closed and replaced at each change of blocked
+
+	topoMu sync.Mutex
+	topo   map[string]*topologyEntry
+	ended  bool
+}
+
+func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	s.mu.Unlock()
+	return &session{
+		id:          id,
+		conn:        conn,
+		uri:         uri,
+		cfg:         s.cfg,
+		logger:      s.logger.With(watermill.LogFields{"connection": id}),
+		queue:       make(chan *delivery, s.cfg.Channels*s.cfg.MaxInFlight),
+		stopping:    make(chan struct{}),
+		dead:        make(chan struct{}),
+		flowChanged: make(chan struct{}),
+		topo:        make(map[string]*topologyEntry),
+	}
+}
+
+func (sess *session) start() {
+	sess.wg.Add(sess.cfg.Channels)
+	for i := 0; i < sess.cfg.Channels; i++ {
+		go newLane(sess, i).run()
+	}
+}
+
+// end stops the lanes and declarers, closes the connection, and waits for
+// them: once dead is closed, every claimed delivery has had its outcome.
+func (sess *session) end() {
+	sess.topoMu.Lock()
+	sess.ended = true
+	sess.topoMu.Unlock()
+	close(sess.stopping)
+	// Closing the connection also unblocks a lane stuck writing to a dead or
+	// blocked socket.
+	_ = sess.conn.CloseDeadline(time.Now().Add(sessionCloseGrace))
+	sess.wg.Wait()
+	close(sess.dead)
+}
+
+func (sess *session) setBlocked(blocked bool) {
+	sess.flowMu.Lock()
+	defer sess.flowMu.Unlock()
+	if sess.blocked == blocked {
+		return
+	}
+	sess.blocked = blocked
+	close(sess.flowChanged)
+	sess.flowChanged = make(chan struct{})
+}
+
+func (sess *session) flow() (blocked bool, changed <-chan struct{}) {
+	sess.flowMu.Lock()
+	defer sess.flowMu.Unlock()
+	return sess.blocked, sess.flowChanged
+}
+
+// topologyEntry is the declaration of one topic's topology on one
+// connection: the first publisher to need it starts it, the others wait.
+type topologyEntry struct {
+	done chan struct{}
+	err  error
+}
+
+// ensureTopology declares what topic needs, once per connection. A failed
+// declaration is forgotten, so the next publish tries again.
+func (sess *session) ensureTopology(ctx context.Context, topic string, declare func(*amqp091.Channel, string) error) error {
+	sess.topoMu.Lock()
+	if sess.ended {
+		sess.topoMu.Unlock()
+		return errConnectionLost
+	}
+	e, ok := sess.topo[topic]
+	if !ok {
+		e = &topologyEntry{done: make(chan struct{})}
+		sess.topo[topic] = e
+		sess.wg.Add(1)
+		// Declared on a goroutine of the session's, not the caller's, so a
+		// caller whose context ends never waits on a stuck RPC.
+		go sess.declare(topic, e, declare)
+	}
+	sess.topoMu.Unlock()
+	select {
+	case <-e.done:
+		return e.err
+	case <-sess.stopping:
+		return errConnectionLost
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (sess *session) declare(topic string, e *topologyEntry, declare func(*amqp091.Channel, string) error) {
+	defer sess.wg.Done()
+	defer close(e.done)
+	e.err = sess.declareOnFreshChannel(topic, declare)
+	if e.err != nil {
+		sess.topoMu.Lock()
+		delete(sess.topo, topic)
+		sess.topoMu.Unlock()
+		if !errors.Is(e.err, errConnectionLost) {
+			sess.logger.Error("Cannot declare topology", e.err, watermill.LogFields{"topic": topic})
+		}
+	}
+}
+
+// declareOnFreshChannel uses a channel of its own, so that a declaration the
+// broker rejects (which closes the channel) harms no lane.
+func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
+	ch, err := sess.conn.Channel()
+	if err != nil {
+		if sess.conn.IsClosed() {
+			return errConnectionLost
+		}
+		return classifyBroker(err)
+	}
+	err = declare(ch, topic)
+	_ = ch.Close() // declared or not, the channel has done its job
+	if err == nil {
+		return nil
+	}
+	var ae *amqp091.Error
+	if sess.conn.IsClosed() || (errors.As(err, &ae) && !ae.Server && !isPermanentBroker(err)) {
+		return errConnectionLost
+	}
+	return classifyBroker(err)
+}
