@@ -14,7 +14,7 @@ const (
 	DefaultHeartbeat            = 10 * time.Second
 	DefaultDialTimeout          = 10 * time.Second
 	DefaultChannels             = 4
-	DefaultMaxInFlight          = 256
+	DefaultMaxInFlight          = 512
 	DefaultPublishTimeout       = 30 * time.Second
 	DefaultConfirmTimeout       = 15 * time.Second
 	DefaultCloseTimeout         = 10 * time.Second
@@ -70,7 +70,7 @@ type Config struct {
 	// Channels is the number of confirm-mode channels (publishing lanes), each
 	// owned by one goroutine. Default AMQP.Publish.ChannelPoolSize, else 4.
 	Channels int
-	// MaxInFlight bounds the unconfirmed messages per channel. Default 256.
+	// MaxInFlight bounds the unconfirmed messages per channel. Default 512.
 	MaxInFlight int
 
 	// PublishTimeout bounds a whole Publish call, reconnects and re-sends

@@ -14,7 +14,7 @@ import (
 var errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
 
 // lane is one confirm-mode channel and the one goroutine that owns it: it
-// claims deliveries from the session's queue, writes them, and matches the
+// claims deliveries from its queue, writes them, and matches the
 // broker's confirms to them by delivery tag, with up to MaxInFlight
 // unconfirmed at once. Nothing else touches the channel, so no lock is held
 // around the network. When the channel dies, the lane reports every
@@ -23,6 +23,7 @@ var errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
 type lane struct {
 	sess    *session
 	id      int
+	queue   chan *delivery // deliveries waiting to be claimed
 	logger  watermill.LoggerAdapter
 	pending fifo
 	// returned holds mandatory messages the broker returned, by message ID,
@@ -34,6 +35,7 @@ func newLane(sess *session, id int) *lane {
 	return &lane{
 		sess:     sess,
 		id:       id,
+		queue:    make(chan *delivery, sess.cfg.MaxInFlight),
 		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
 		returned: make(map[string]amqp091.Return),
 	}
@@ -99,7 +101,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		blocked, flowChanged := l.sess.flow()
 		var intake <-chan *delivery
 		if !blocked && l.pending.len() < window {
-			intake = l.sess.queue
+			intake = l.queue
 		}
 		select {
 		case <-l.sess.stopping:

@@ -347,6 +347,7 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 		deliveries[i].msg, deliveries[i].results, deliveries[i].slot = m, results, i
 	}
 	outstanding, enqueued := len(msgs), 0
+	lane := sess.pickLane()
 
 	settle := func(o outcome) {
 		i := o.d.slot
@@ -399,7 +400,7 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 		var intake chan<- *delivery
 		var next *delivery
 		if enqueued < len(deliveries) {
-			intake, next = sess.queue, &deliveries[enqueued]
+			intake, next = lane.queue, &deliveries[enqueued]
 		}
 		select {
 		case intake <- next:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -28,7 +29,8 @@ type session struct {
 	cfg    *Config
 	logger watermill.LoggerAdapter
 
-	queue    chan *delivery
+	lanes    []*lane
+	nextLane atomic.Uint32
 	stopping chan struct{} // closed by end: lanes and declarers quit
 	dead     chan struct{} // closed by end once they all have
 	wg       sync.WaitGroup
@@ -53,7 +55,6 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 		uri:         uri,
 		cfg:         s.cfg,
 		logger:      s.logger.With(watermill.LogFields{"connection": id}),
-		queue:       make(chan *delivery, s.cfg.Channels*s.cfg.MaxInFlight),
 		stopping:    make(chan struct{}),
 		dead:        make(chan struct{}),
 		flowChanged: make(chan struct{}),
@@ -62,10 +63,18 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 }
 
 func (sess *session) start() {
-	sess.wg.Add(sess.cfg.Channels)
-	for i := 0; i < sess.cfg.Channels; i++ {
-		go newLane(sess, i).run()
+	sess.lanes = make([]*lane, sess.cfg.Channels)
+	sess.wg.Add(len(sess.lanes))
+	for i := range sess.lanes {
+		sess.lanes[i] = newLane(sess, i)
+		go sess.lanes[i].run()
 	}
+}
+
+// pickLane spreads callers over the lanes. A call's messages all go to one
+// lane, so they reach the broker in the order they were given.
+func (sess *session) pickLane() *lane {
+	return sess.lanes[int(sess.nextLane.Add(1))%len(sess.lanes)]
 }
 
 // end stops the lanes and declarers, closes the connection, and waits for
