@@ -198,8 +198,12 @@ func (c Config) Validate() error {
 			}
 			continue
 		}
-		if _, err := amqp091.ParseURI(uri); err != nil {
+		parsed, err := amqp091.ParseURI(uri)
+		switch {
+		case err != nil:
 			add("URI %s: %s", redactURI(uri), redactText(err.Error(), uri))
+		case parsed.Port < 1 || parsed.Port > 65535:
+			add("URI %s: port %d out of range", redactURI(uri), parsed.Port)
 		}
 	}
 	if c.AMQP.Marshaler == nil {

@@ -124,7 +124,10 @@ func classifyBroker(err error) error {
 		}
 		return fmt.Errorf("%w: %w", ErrPreconditionFailed, err)
 	case amqp091.NotAllowed:
-		// e.g. "vhost not found" on connection.open.
+		// "NOT_ALLOWED - vhost x not found" on connection.open.
+		if strings.Contains(ae.Reason, "not found") {
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
 	case amqp091.FrameError, amqp091.SyntaxError, amqp091.CommandInvalid:
 		return fmt.Errorf("%w: %w", ErrInvalidName, err)
