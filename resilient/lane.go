@@ -213,48 +213,57 @@ func (l *lane) failPending(cause error) {
 	if cause == nil {
 		cause = errConnectionLost
 	}
-	blame := blameFor(cause)
+	blame, exchange := blameFor(cause)
+	innocent := cause
+	if blame != nil {
+		// The broker named the culprit: the others were merely in flight on
+		// the same channel, and must not count it against themselves.
+		innocent = fmt.Errorf("%w: channel closed by another message's fault (%v)", errConnectionLost, cause)
+	}
+	if exchange != "" {
+		l.sess.suspectExchange(exchange)
+	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
-		if blame(d.msg) {
+		if blame != nil && blame(d.msg) {
 			d.report(outcomeFailed, classifyBroker(cause))
 		} else {
-			d.report(outcomeLost, cause)
+			d.report(outcomeLost, innocent)
 		}
 	}
 	clear(l.returned)
 }
 
 // blameFor reads a channel's close reason and returns which messages it
-// names as the fault.
-func blameFor(cause error) func(*outgoing) bool {
-	none := func(*outgoing) bool { return false }
+// names as the fault (nil when it names none), and the exchange it names.
+func blameFor(cause error) (blame func(*outgoing) bool, exchange string) {
 	var ae *amqp091.Error
 	if !errors.As(cause, &ae) || !ae.Server {
-		return none
+		return nil, ""
 	}
 	switch ae.Code {
 	case amqp091.NotFound, amqp091.AccessRefused:
+		// "NOT_FOUND - no exchange 'x' in vhost '/'"
 		if !strings.Contains(ae.Reason, "exchange '") {
-			return none
+			return nil, ""
 		}
-		exchange, ok := quotedName(ae.Reason)
+		name, ok := quotedName(ae.Reason)
 		if !ok {
-			return none
+			return nil, ""
 		}
-		return func(m *outgoing) bool { return m.exchange == exchange }
+		return func(m *outgoing) bool { return m.exchange == name }, name
 	case amqp091.PreconditionFailed:
 		// "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024"
 		const marker = "max size "
 		i := strings.LastIndex(ae.Reason, marker)
 		if i < 0 {
-			return none
+			return nil, ""
 		}
 		limit, err := strconv.Atoi(strings.TrimSpace(ae.Reason[i+len(marker):]))
 		if err != nil {
-			return none
+			return nil, ""
 		}
-		return func(m *outgoing) bool { return len(m.publishing.Body) > limit }
+		return func(m *outgoing) bool { return len(m.publishing.Body) > limit }, ""
 	}
-	return none
+	return nil, ""
 }

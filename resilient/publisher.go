@@ -240,7 +240,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 			failed = failAll(failed, remaining, p.deadlineErr(ctx, err))
 			break
 		}
-		if err := sess.ensureTopology(ctx, topic, p.declare); err != nil {
+		if err := sess.ensureTopology(ctx, topic, batch[0].exchange, p.declare); err != nil {
 			if errors.Is(err, errConnectionLost) {
 				pause(ctx, sess.stopping, defaultChannelReopenBackoff)
 				continue
@@ -464,7 +464,7 @@ func (p *Publisher) publishError(topic string, failed []failure) error {
 		p.abandoned = append(p.abandoned, ids...)
 		p.abandonedMu.Unlock()
 	}
-	p.logger.Error("Publish failed", cause, watermill.LogFields{"topic": topic, "unconfirmed": len(ids)})
+	p.logger.Debug("Publish failed", watermill.LogFields{"topic": topic, "unconfirmed": len(ids), "error": cause.Error()})
 	return &PublishError{Topic: topic, Unconfirmed: ids, Err: cause}
 }
 

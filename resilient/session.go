@@ -41,7 +41,12 @@ type session struct {
 
 	topoMu sync.Mutex
 	topo   map[string]*topologyEntry
-	ended  bool
+	// suspect holds exchanges the broker said are missing or refused: the
+	// next declaration of a topic publishing to one checks it passively on
+	// its own channel, so that publishes to it fail there, not by killing a
+	// lane's channel (and re-sending everything in flight on it) each time.
+	suspect map[string]bool
+	ended   bool
 }
 
 func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
@@ -59,6 +64,7 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 		dead:        make(chan struct{}),
 		flowChanged: make(chan struct{}),
 		topo:        make(map[string]*topologyEntry),
+		suspect:     make(map[string]bool),
 	}
 }
 
@@ -111,13 +117,27 @@ func (sess *session) flow() (blocked bool, changed <-chan struct{}) {
 // topologyEntry is the declaration of one topic's topology on one
 // connection: the first publisher to need it starts it, the others wait.
 type topologyEntry struct {
-	done chan struct{}
-	err  error
+	exchange string
+	done     chan struct{}
+	err      error
+}
+
+// suspectExchange forgets the topology of the topics publishing to exchange
+// and has their next declaration check that it exists.
+func (sess *session) suspectExchange(exchange string) {
+	sess.topoMu.Lock()
+	defer sess.topoMu.Unlock()
+	sess.suspect[exchange] = true
+	for topic, e := range sess.topo {
+		if e.exchange == exchange {
+			delete(sess.topo, topic)
+		}
+	}
 }
 
 // ensureTopology declares what topic needs, once per connection. A failed
 // declaration is forgotten, so the next publish tries again.
-func (sess *session) ensureTopology(ctx context.Context, topic string, declare func(*amqp091.Channel, string) error) error {
+func (sess *session) ensureTopology(ctx context.Context, topic, exchange string, declare func(*amqp091.Channel, string) error) error {
 	sess.topoMu.Lock()
 	if sess.ended {
 		sess.topoMu.Unlock()
@@ -125,12 +145,12 @@ func (sess *session) ensureTopology(ctx context.Context, topic string, declare f
 	}
 	e, ok := sess.topo[topic]
 	if !ok {
-		e = &topologyEntry{done: make(chan struct{})}
+		e = &topologyEntry{exchange: exchange, done: make(chan struct{})}
 		sess.topo[topic] = e
 		sess.wg.Add(1)
 		// Declared on a goroutine of the session's, not the caller's, so a
 		// caller whose context ends never waits on a stuck RPC.
-		go sess.declare(topic, e, declare)
+		go sess.declare(topic, e, sess.suspect[exchange], declare)
 	}
 	sess.topoMu.Unlock()
 	select {
@@ -143,14 +163,25 @@ func (sess *session) ensureTopology(ctx context.Context, topic string, declare f
 	}
 }
 
-func (sess *session) declare(topic string, e *topologyEntry, declare func(*amqp091.Channel, string) error) {
+func (sess *session) declare(topic string, e *topologyEntry, verify bool, declare func(*amqp091.Channel, string) error) {
 	defer sess.wg.Done()
 	defer close(e.done)
-	e.err = sess.declareOnFreshChannel(topic, declare)
-	if e.err != nil {
-		sess.topoMu.Lock()
+	e.err = sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, topic string) error {
+		if err := declare(ch, topic); err != nil || !verify {
+			return err
+		}
+		// Type and flags are not checked by a passive declare.
+		return ch.ExchangeDeclarePassive(e.exchange, "direct", false, false, false, false, nil)
+	})
+	sess.topoMu.Lock()
+	if e.err == nil && verify {
+		delete(sess.suspect, e.exchange)
+	}
+	if e.err != nil && sess.topo[topic] == e {
 		delete(sess.topo, topic)
-		sess.topoMu.Unlock()
+	}
+	sess.topoMu.Unlock()
+	if e.err != nil {
 		if !errors.Is(e.err, errConnectionLost) {
 			sess.logger.Error("Cannot declare topology", e.err, watermill.LogFields{"topic": topic})
 		}

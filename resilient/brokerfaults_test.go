@@ -1,0 +1,169 @@
+package resilient_test
+
+import (
+	"errors"
+	"net/url"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// A queue that exists with other arguments: the declare fails with 406, the
+// error is permanent, and other topics keep flowing.
+func TestPreconditionFailedOnDeclare(t *testing.T) {
+	conflicting := brokertest.Name("conflict")
+	brokertest.DeleteQueues(t, conflicting)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	if _, err := ch.QueueDeclare(conflicting, false, false, false, false, nil); err != nil { // not durable
+		t.Fatal(err)
+	}
+
+	pub := newPublisher(t, resilient.Config{})
+	healthy := newHealthyTopic(t)
+	healthy.publish(pub)
+	msgs, ids := newMessages(3)
+	err := pub.Publish(conflicting, msgs...)
+	requirePublishError(t, err, resilient.ErrPreconditionFailed, ids)
+	if !resilient.IsPermanent(err) {
+		t.Fatalf("%v should be permanent", err)
+	}
+	t.Log(err)
+	healthy.publish(pub)
+	healthy.requireNoneLost()
+}
+
+// A user without the permission to configure a queue gets ErrAccessRefused
+// for that topic only.
+func TestAccessRefused(t *testing.T) {
+	const user, password = "resilient-test-limited", "limited-Pa55"
+	brokertest.Ctl(t, "add_user", user, password)
+	t.Cleanup(func() { _, _ = brokertest.CtlErr("delete_user", user) })
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, "^allowed-.*", `^(allowed-.*|amq\.default)$`, ".*")
+
+	u, err := url.Parse(brokertest.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(user, password)
+	pub := newPublisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(u.String())})
+
+	allowed, denied := brokertest.Name("allowed"), brokertest.Name("denied")
+	brokertest.DeleteQueues(t, allowed, denied)
+	okMsgs, okIDs := newMessages(10)
+	if err := pub.Publish(allowed, okMsgs...); err != nil {
+		t.Fatalf("allowed topic: %v", err)
+	}
+	msgs, ids := newMessages(3)
+	err = pub.Publish(denied, msgs...)
+	requirePublishError(t, err, resilient.ErrAccessRefused, ids)
+	if !resilient.IsPermanent(err) {
+		t.Fatalf("%v should be permanent", err)
+	}
+	t.Log(err)
+	more, moreIDs := newMessages(10)
+	if err := pub.Publish(allowed, more...); err != nil {
+		t.Fatalf("allowed topic after a refusal: %v", err)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, allowed, append(okIDs, moreIDs...)))
+}
+
+// With Publish.Mandatory, a message no queue takes is an error, not a silent
+// confirm; a routable one is confirmed as usual.
+func TestMandatoryUnroutable(t *testing.T) {
+	exchange := brokertest.Name("fanout")
+	bound := brokertest.Name("bound")
+	brokertest.DeleteQueues(t, bound)
+	cfg := amqp.NewDurablePubSubConfig(brokertest.URI(), nil)
+	cfg.Exchange.Type = "direct"
+	cfg.Publish.GenerateRoutingKey = func(topic string) string { return topic }
+	cfg.Exchange.GenerateName = func(string) string { return exchange }
+	cfg.Publish.Mandatory = true
+	pub := newPublisher(t, resilient.Config{AMQP: cfg})
+
+	// The publisher declares the exchange on first use; then bind one queue.
+	first, firstIDs := newMessages(1)
+	err := pub.Publish("nobody", first...)
+	requirePublishError(t, err, resilient.ErrUnroutable, firstIDs)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	t.Cleanup(func() {
+		if ch, err := conn.Channel(); err == nil {
+			_ = ch.ExchangeDelete(exchange, false, false)
+		}
+	})
+	ch, _ := conn.Channel()
+	if _, err := ch.QueueDeclare(bound, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(bound, "routed", exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	var routedIDs brokertest.IDs
+	for i := 0; i < 5; i++ {
+		routed, ids := newMessages(10)
+		if err := pub.Publish("routed", routed...); err != nil {
+			t.Fatalf("routable: %v", err)
+		}
+		routedIDs.Add(ids...)
+		lost, lostIDs := newMessages(3)
+		err := pub.Publish("nobody", lost...)
+		pe := requirePublishError(t, err, resilient.ErrUnroutable, lostIDs)
+		if i == 0 {
+			t.Log(pe)
+		}
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, bound, routedIDs.All()))
+}
+
+// A queue that rejects publishes past its length makes the broker nack: the
+// publisher re-sends a bounded number of times, then fails with ErrNacked,
+// a transient error, and names exactly the nacked messages.
+func TestNackedMessagesAreRetriedThenReported(t *testing.T) {
+	queue := brokertest.Name("reject-publish")
+	brokertest.DeleteQueues(t, queue)
+	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+	cfg.Queue.Arguments = amqp091.Table{"x-max-length": int32(2), "x-overflow": "reject-publish"}
+	pub := newPublisher(t, resilient.Config{AMQP: cfg, MaxNackRetries: 2})
+
+	msgs, ids := newMessages(5)
+	err := pub.Publish(queue, msgs...)
+	pe := requirePublishError(t, err, resilient.ErrNacked, ids[2:])
+	if !pe.Temporary() || resilient.IsPermanent(err) {
+		t.Fatalf("%v should be temporary", err)
+	}
+	t.Log(err)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, ids[:2]))
+}
+
+// The broker's own max_message_size: the oversized message fails with
+// ErrMessageTooLarge, the others sent on the same channel are re-sent.
+func TestBrokerMaxMessageSize(t *testing.T) {
+	brokertest.Ctl(t, "eval", "application:set_env(rabbit, max_message_size, 4096).")
+	t.Cleanup(func() { brokertest.Ctl(t, "eval", "application:set_env(rabbit, max_message_size, 134217728).") })
+
+	pub := newPublisher(t, resilient.Config{}) // channels opened after the change see it
+	healthy := newHealthyTopic(t)
+	big := brokertest.Name("big")
+	brokertest.DeleteQueues(t, big)
+	msgs, ids := newMessages(5)
+	msgs[2].Payload = make([]byte, 8192)
+	err := pub.Publish(big, msgs...)
+	requirePublishError(t, err, resilient.ErrMessageTooLarge, ids[2:3])
+	t.Log(err)
+	healthy.publish(pub)
+	healthy.requireNoneLost()
+	want := append(append([]string{}, ids[:2]...), ids[3:]...)
+	r := brokertest.Drain(t, big, want)
+	brokertest.RequireNoneLost(t, r)
+}
+
+var _ = errors.Is
+var _ = watermill.NewUUID
