@@ -113,6 +113,12 @@ func classifyBroker(err error) error {
 	if !errors.As(err, &ae) {
 		return err
 	}
+	// amqp091-go reports its own socket errors as *Error too (a reset link
+	// is a 501 FRAME_ERROR with Server false): only the broker's replies, and
+	// the library's credential sentinels, say anything about our input.
+	if !ae.Server && ae.Code != amqp091.AccessRefused {
+		return err
+	}
 	switch ae.Code {
 	case amqp091.AccessRefused:
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)

@@ -1,0 +1,138 @@
+package brokertest
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Load publishes from many goroutines until stopped, each call carrying 1 to
+// 3 messages, and records the UUIDs of every message Publish confirmed.
+type Load struct {
+	t         testing.TB
+	Confirmed IDs
+	stop      chan struct{}
+	wg        sync.WaitGroup
+
+	mu       sync.Mutex
+	errs     []error
+	progress chan struct{} // closed and replaced after each confirmed call
+}
+
+// StartLoad starts goroutines publishing to topic (round robin over topics
+// when several are given).
+func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...string) *Load {
+	l := &Load{t: t, stop: make(chan struct{}), progress: make(chan struct{})}
+	for g := 0; g < goroutines; g++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			topic := topics[g%len(topics)]
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				msgs := make([]*message.Message, 1+(g+i)%3)
+				ids := make([]string, len(msgs))
+				for j := range msgs {
+					msgs[j] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("g%d-i%d-j%d", g, i, j)))
+					ids[j] = msgs[j].UUID
+				}
+				if err := pub.Publish(topic, msgs...); err != nil {
+					l.mu.Lock()
+					l.errs = append(l.errs, err)
+					l.mu.Unlock()
+					return
+				}
+				l.Confirmed.Add(ids...)
+				l.mu.Lock()
+				close(l.progress)
+				l.progress = make(chan struct{})
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// WaitProgress waits until n more messages have been confirmed.
+func (l *Load) WaitProgress(n int) {
+	l.t.Helper()
+	target := l.Confirmed.Len() + n
+	deadline := time.NewTimer(2 * time.Minute)
+	defer deadline.Stop()
+	for l.Confirmed.Len() < target {
+		l.mu.Lock()
+		progress, failed := l.progress, len(l.errs) > 0
+		l.mu.Unlock()
+		if failed {
+			l.Stop()
+			return
+		}
+		select {
+		case <-progress:
+		case <-deadline.C:
+			l.t.Fatalf("no progress: %d of %d confirmed", l.Confirmed.Len(), target)
+		}
+	}
+}
+
+// Stop stops the goroutines, waits for them, and fails the test if any
+// Publish failed.
+func (l *Load) Stop() {
+	l.t.Helper()
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, err := range l.errs {
+		l.t.Errorf("Publish: %v", err)
+	}
+	if len(l.errs) > 0 {
+		l.t.FailNow()
+	}
+}
+
+// States records a publisher's state changes for a test to await.
+type States struct {
+	t  testing.TB
+	ch chan stateEvent
+}
+
+type stateEvent struct {
+	name string
+	at   time.Time
+}
+
+// NewStates returns a recorder and the callback to hand the publisher.
+func NewStates(t testing.TB) (*States, func(name string)) {
+	s := &States{t: t, ch: make(chan stateEvent, 1024)}
+	return s, func(name string) { s.ch <- stateEvent{name, time.Now()} }
+}
+
+// Await waits for the state named name and returns when it was entered.
+func (s *States) Await(name string) time.Time {
+	s.t.Helper()
+	deadline := time.NewTimer(2 * time.Minute)
+	defer deadline.Stop()
+	for {
+		select {
+		case e := <-s.ch:
+			if e.name == name {
+				return e.at
+			}
+		case <-deadline.C:
+			s.t.Fatalf("state %q never came", name)
+		}
+	}
+}

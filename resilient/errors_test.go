@@ -1,0 +1,93 @@
+package resilient
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+func TestClassifyBroker(t *testing.T) {
+	cases := []struct {
+		err       error
+		want      error
+		permanent bool
+	}{
+		{&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no exchange 'x' in vhost '/'", Server: true}, ErrNotFound, true},
+		{&amqp091.Error{Code: 403, Reason: "ACCESS_REFUSED - access to exchange 'x'", Server: true}, ErrAccessRefused, true},
+		{amqp091.ErrCredentials, ErrAccessRefused, true},
+		{&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - inequivalent arg 'durable'", Server: true}, ErrPreconditionFailed, true},
+		{&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true}, ErrMessageTooLarge, true},
+		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - vhost v not found", Server: true}, ErrNotFound, true},
+		{&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED - shutdown", Server: true}, nil, false},
+		// A reset socket, as amqp091-go reports it: never permanent.
+		{&amqp091.Error{Code: 501, Reason: "write: connection reset by peer"}, nil, false},
+		{fmt.Errorf("wrapped: %w", &amqp091.Error{Code: 404, Reason: "NOT_FOUND", Server: true}), ErrNotFound, true},
+	}
+	for _, c := range cases {
+		got := classifyBroker(c.err)
+		if c.want != nil && !errors.Is(got, c.want) {
+			t.Errorf("%v: got %v, want %v", c.err, got, c.want)
+		}
+		var ae *amqp091.Error
+		if !errors.As(got, &ae) {
+			t.Errorf("%v: the *amqp091.Error is no longer reachable", c.err)
+		}
+		if IsPermanent(got) != c.permanent {
+			t.Errorf("%v: permanent %v, want %v", c.err, IsPermanent(got), c.permanent)
+		}
+	}
+}
+
+func TestBlameFor(t *testing.T) {
+	m := func(exchange string, size int) *outgoing {
+		o := &outgoing{exchange: exchange}
+		o.publishing.Body = make([]byte, size)
+		return o
+	}
+	blame, exchange := blameFor(&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no exchange 'gone' in vhost '/'", Server: true})
+	if blame == nil || exchange != "gone" || !blame(m("gone", 1)) || blame(m("other", 1)) {
+		t.Fatalf("404 should blame exchange 'gone' only, got exchange %q", exchange)
+	}
+	blame, _ = blameFor(&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true})
+	if blame == nil || !blame(m("", 9)) || blame(m("", 4)) {
+		t.Fatal("406 message size should blame the bodies over 4 bytes only")
+	}
+	if blame, _ := blameFor(&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED", Server: true}); blame != nil {
+		t.Fatal("a forced close blames no message")
+	}
+	if blame, _ := blameFor(errConnectionLost); blame != nil {
+		t.Fatal("a lost connection blames no message")
+	}
+}
+
+func TestPublishErrorText(t *testing.T) {
+	ids := make([]string, 12)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("id-%d", i)
+	}
+	err := &PublishError{Topic: "orders", Unconfirmed: ids, Err: ErrNacked}
+	text := err.Error()
+	if !strings.Contains(text, "id-0") || !strings.Contains(text, "and 2 more") || !strings.Contains(text, "12 message(s)") {
+		t.Fatalf("text: %s", text)
+	}
+	if !err.Temporary() || !errors.Is(err, ErrNacked) {
+		t.Fatal("a nack is temporary")
+	}
+}
+
+func TestRedaction(t *testing.T) {
+	const uri = "amqp://user:Sup3r-S3cret@broker:5672/vhost"
+	if got := redactURI(uri); strings.Contains(got, "Sup3r-S3cret") || !strings.Contains(got, "broker:5672") {
+		t.Fatalf("redactURI: %s", got)
+	}
+	err := redactErr(fmt.Errorf("dial %s: refused (password Sup3r-S3cret)", uri), uri)
+	if strings.Contains(err.Error(), "Sup3r-S3cret") {
+		t.Fatalf("redactErr: %v", err)
+	}
+	if got := redactText("parse amqp://u:p4ss@h:x/: bad port", "amqp://u:p4ss@h:x/"); strings.Contains(got, "p4ss") {
+		t.Fatalf("redactText on an unparsable URI: %s", got)
+	}
+}

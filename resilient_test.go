@@ -1,0 +1,329 @@
+// End-to-end tests of the whole stack against the real broker, under real
+// faults: forced connection closes, a broker restart, a blackholed and a
+// reset link (through an in-process TCP proxy), a missing exchange, and a
+// memory alarm. Each one publishes from many goroutines, then consumes
+// everything and checks by UUID that nothing confirmed was lost.
+//
+// These tests stop, restart and alarm the shared broker: run them with -p 1
+// (the README's test command does), never beside other tests of the broker.
+package e2e_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const goroutines = 16
+
+// faultPublisher returns a publisher on uri whose state changes are recorded.
+func faultPublisher(t *testing.T, uri string, tune func(*resilient.Config)) (*resilient.Publisher, *brokertest.States) {
+	t.Helper()
+	states, record := brokertest.NewStates(t)
+	cfg := resilient.Config{
+		AMQP:           amqp.NewDurableQueueConfig(uri),
+		PublishTimeout: time.Minute,
+		OnStateChange: func(c resilient.StateChange) {
+			t.Logf("state %s -> %s %v", c.From, c.To, c.Err)
+			record(c.To.String())
+		},
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	pub, err := resilient.NewPublisher(cfg, watermill.NewStdLogger(false, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	states.Await("connected")
+	return pub, states
+}
+
+func closePublisher(t *testing.T, pub *resilient.Publisher) {
+	t.Helper()
+	if err := pub.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func TestForcedConnectionCloses(t *testing.T) {
+	queue := brokertest.Name("forced-close")
+	brokertest.DeleteQueues(t, queue)
+	pub, states := faultPublisher(t, brokertest.URI(), nil)
+	load := brokertest.StartLoad(t, pub, goroutines, queue)
+
+	var recoveries []time.Duration
+	for i := 0; i < 5; i++ {
+		load.WaitProgress(300)
+		closed := time.Now()
+		brokertest.CloseAllConnections(t)
+		states.Await("reconnecting")
+		states.Await("connected")
+		before := load.Confirmed.Len()
+		load.WaitProgress(1)
+		recoveries = append(recoveries, time.Since(closed))
+		t.Logf("close %d: confirmed %d before; first confirm %s after the close", i+1, before, recoveries[i])
+	}
+	load.WaitProgress(300)
+	load.Stop()
+	closePublisher(t, pub)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+	t.Logf("recovery times (close to next confirm): %v", recoveries)
+}
+
+func TestBrokerRestart(t *testing.T) {
+	queue := brokertest.Name("restart")
+	brokertest.DeleteQueues(t, queue)
+	pub, states := faultPublisher(t, brokertest.URI(), nil)
+	load := brokertest.StartLoad(t, pub, goroutines, queue)
+
+	load.WaitProgress(500)
+	stopped := time.Now()
+	brokertest.StopApp(t)
+	states.Await("reconnecting")
+	during := load.Confirmed.Len()
+	brokertest.StartApp(t)
+	up := time.Now()
+	load.WaitProgress(1)
+	t.Logf("broker down %s; first confirm %s after the broker accepted connections again; %d confirmed before the restart",
+		up.Sub(stopped).Round(time.Millisecond), time.Since(up).Round(time.Millisecond), during)
+	load.WaitProgress(500)
+	load.Stop()
+	closePublisher(t, pub)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+}
+
+// proxy runs a toxiproxy between the publisher and the broker, in process.
+func proxy(t *testing.T) (*toxiproxy.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(brokertest.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+	p := toxiproxy.NewProxy(server, "amqp", "127.0.0.1:0", u.Host)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	u.Host = p.Listen
+	return p, u.String()
+}
+
+// A half-open link: the proxy swallows everything, closes nothing. Only the
+// heartbeat can tell; the publisher must notice, reconnect once the link
+// heals, and re-send.
+func TestBlackholedLink(t *testing.T) {
+	queue := brokertest.Name("blackhole")
+	brokertest.DeleteQueues(t, queue)
+	link, uri := proxy(t)
+	pub, states := faultPublisher(t, uri, func(c *resilient.Config) {
+		c.Heartbeat = time.Second
+		c.DialTimeout = 2 * time.Second
+	})
+	load := brokertest.StartLoad(t, pub, goroutines, queue)
+
+	load.WaitProgress(500)
+	cut := time.Now()
+	for _, stream := range []string{"upstream", "downstream"} {
+		if _, err := link.Toxics.AddToxicJson(strings.NewReader(`{"name":"blackhole-` + stream + `","type":"timeout","stream":"` + stream + `","attributes":{"timeout":0}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	detected := states.Await("reconnecting")
+	t.Logf("dead link detected after %s (heartbeat 1s)", detected.Sub(cut).Round(time.Millisecond))
+	link.Toxics.ResetToxics(context.Background())
+	healed := time.Now()
+	states.Await("connected")
+	load.WaitProgress(1)
+	t.Logf("first confirm %s after the link healed", time.Since(healed).Round(time.Millisecond))
+	load.WaitProgress(500)
+	load.Stop()
+	closePublisher(t, pub)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+}
+
+// A link cut outright (every connection closed, new ones refused) and then
+// restored, several times.
+func TestLinkReset(t *testing.T) {
+	queue := brokertest.Name("reset")
+	brokertest.DeleteQueues(t, queue)
+	link, uri := proxy(t)
+	pub, states := faultPublisher(t, uri, nil)
+	load := brokertest.StartLoad(t, pub, goroutines, queue)
+
+	for i := 0; i < 3; i++ {
+		load.WaitProgress(300)
+		link.Stop()
+		states.Await("reconnecting")
+		if err := link.Start(); err != nil {
+			t.Fatal(err)
+		}
+		restored := time.Now()
+		states.Await("connected")
+		load.WaitProgress(1)
+		t.Logf("reset %d: first confirm %s after the link came back", i+1, time.Since(restored).Round(time.Millisecond))
+	}
+	load.WaitProgress(300)
+	load.Stop()
+	closePublisher(t, pub)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+}
+
+// declareOnly declares the exchanges of the topics it knows, so that one
+// topic publishes to an exchange nobody declared.
+type declareOnly struct {
+	amqp.DefaultTopologyBuilder
+	missing string
+}
+
+func (b *declareOnly) ExchangeDeclare(ch *amqp091.Channel, exchange string, cfg amqp.Config) error {
+	if exchange == b.missing {
+		return nil
+	}
+	return b.DefaultTopologyBuilder.ExchangeDeclare(ch, exchange, cfg)
+}
+
+// Publishing to a missing exchange fails those messages with ErrNotFound,
+// at once, while other topics on the same publisher lose nothing.
+func TestMissingExchangeMidStream(t *testing.T) {
+	missing := brokertest.Name("missing")
+	topics := []string{brokertest.Name("ok-a"), brokertest.Name("ok-b"), brokertest.Name("ok-c")}
+	cfg := amqp.NewDurablePubSubConfig(brokertest.URI(), nil)
+	cfg.Exchange.Type = "direct"
+	cfg.TopologyBuilder = &declareOnly{missing: missing}
+	pub, _ := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.AMQP = cfg })
+
+	// One durable queue per healthy exchange, bound before publishing.
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	brokertest.DeleteQueues(t, topics...)
+	t.Cleanup(func() {
+		conn := brokertest.Dial(t)
+		defer conn.Close()
+		if ch, err := conn.Channel(); err == nil {
+			for _, topic := range topics {
+				_ = ch.ExchangeDelete(topic, false, false)
+			}
+		}
+	})
+	for _, topic := range topics {
+		if err := ch.ExchangeDeclare(topic, "direct", true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ch.QueueDeclare(topic, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.QueueBind(topic, "", topic, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	loads := make([]*brokertest.Load, len(topics))
+	for i, topic := range topics {
+		loads[i] = brokertest.StartLoad(t, pub, goroutines/len(topics), topic)
+	}
+	loads[0].WaitProgress(200)
+
+	// Mid-stream, goroutines publish to the missing exchange.
+	var wg sync.WaitGroup
+	var notFound, other int
+	var mu sync.Mutex
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				msg := message.NewMessage(watermill.NewUUID(), []byte("to nowhere"))
+				err := pub.Publish(missing, msg)
+				mu.Lock()
+				if errors.Is(err, resilient.ErrNotFound) && resilient.IsPermanent(err) {
+					notFound++
+				} else {
+					other++
+					t.Errorf("publish to a missing exchange: %v, want ErrNotFound", err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, l := range loads {
+		l.WaitProgress(200)
+	}
+	for _, l := range loads {
+		l.Stop()
+	}
+	closePublisher(t, pub)
+	t.Logf("missing exchange: %d ErrNotFound, %d other", notFound, other)
+	for i, topic := range topics {
+		brokertest.RequireNoneLost(t, brokertest.Drain(t, topic, loads[i].Confirmed.All()))
+	}
+}
+
+// A memory alarm blocks the connection: sending pauses and Publish times out
+// cleanly, naming its messages; once the alarm clears, publishing resumes.
+func TestBlockedConnection(t *testing.T) {
+	queue := brokertest.Name("blocked")
+	brokertest.DeleteQueues(t, queue)
+	pub, states := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.PublishTimeout = 3 * time.Second })
+	defer closePublisher(t, pub)
+	before, beforeIDs := messages(10)
+	if err := pub.Publish(queue, before...); err != nil {
+		t.Fatal(err)
+	}
+
+	watermark := strings.TrimSpace(brokertest.Ctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."))
+	t.Cleanup(func() { _, _ = brokertest.CtlErr("set_vm_memory_high_watermark", watermark) })
+	brokertest.Ctl(t, "set_vm_memory_high_watermark", "0")
+
+	blocked, blockedIDs := messages(5)
+	start := time.Now()
+	err := pub.Publish(queue, blocked...)
+	var pe *resilient.PublishError
+	if !errors.As(err, &pe) || !errors.Is(err, resilient.ErrNotConfirmed) || resilient.IsPermanent(err) || len(pe.Unconfirmed) != len(blockedIDs) {
+		t.Fatalf("Publish while blocked: %v, want a transient ErrNotConfirmed naming %d messages", err, len(blockedIDs))
+	}
+	t.Logf("blocked publish gave up after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	states.Await("blocked")
+
+	brokertest.Ctl(t, "set_vm_memory_high_watermark", watermark)
+	states.Await("connected")
+	after, afterIDs := messages(10)
+	if err := pub.Publish(queue, after...); err != nil {
+		t.Fatalf("Publish after the alarm cleared: %v", err)
+	}
+	r := brokertest.Drain(t, queue, append(beforeIDs, afterIDs...))
+	brokertest.RequireNoneLost(t, r)
+	t.Logf("of the %d messages that timed out while blocked, %d reached the queue later (allowed: not confirmed is not lost)", len(blockedIDs), r.Unexpected)
+}
+
+func messages(n int) ([]*message.Message, []string) {
+	msgs := make([]*message.Message, n)
+	ids := make([]string, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte("payload"))
+		ids[i] = msgs[i].UUID
+	}
+	return msgs, ids
+}
