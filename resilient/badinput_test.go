@@ -132,9 +132,11 @@ func TestInvalidConfig(t *testing.T) {
 		return resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 	}
 	cases := map[string]func(c *resilient.Config){
-		"empty URI":        func(c *resilient.Config) { c.AMQP.Connection.AmqpURI = "" },
-		"bad scheme":       func(c *resilient.Config) { c.AMQP.Connection.AmqpURI = "http://guest:" + secret + "@localhost/" },
-		"bad port":         func(c *resilient.Config) { c.AMQP.Connection.AmqpURI = "amqp://guest:" + secret + "@localhost:99999999/" },
+		"empty URI":  func(c *resilient.Config) { c.AMQP.Connection.AmqpURI = "" },
+		"bad scheme": func(c *resilient.Config) { c.AMQP.Connection.AmqpURI = "http://guest:" + secret + "@localhost/" },
+		"bad port": func(c *resilient.Config) {
+			c.AMQP.Connection.AmqpURI = "amqp://guest:" + secret + "@localhost:99999999/"
+		},
 		"bad failover URI": func(c *resilient.Config) { c.FailoverURIs = []string{"amqp://guest:" + secret + "@host:port:x/"} },
 		"nil marshaler":    func(c *resilient.Config) { c.AMQP.Marshaler = nil },
 		"no routing key":   func(c *resilient.Config) { c.AMQP.Publish.GenerateRoutingKey = nil },
