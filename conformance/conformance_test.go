@@ -1,0 +1,69 @@
+package conformance_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// watermill's conformance suite, with our publisher and watermill-amqp's
+// subscriber on the same config. Its TestReconnect runs apart, in
+// TestConformanceReconnect.
+func restartCommand(t *testing.T) []string {
+	script, err := filepath.Abs("../scripts/restart-broker.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{script}
+}
+
+func pubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, message.Subscriber) {
+	logger := watermill.NopLogger{}
+	pub, err := resilient.NewPublisher(resilient.Config{AMQP: pubCfg}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := amqp.NewSubscriber(subCfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub, sub
+}
+
+func TestConformanceDurableQueue(t *testing.T) {
+	tests.TestPubSub(t, tests.Features{
+		ConsumerGroups:                      false,
+		ExactlyOnceDelivery:                 false,
+		GuaranteedOrder:                     true,
+		GuaranteedOrderWithSingleSubscriber: true,
+		Persistent:                          true,
+		// TestReconnect runs in TestConformanceReconnect.
+	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+		return pubSub(t, cfg, cfg)
+	}, nil)
+}
+
+func TestConformanceDurablePubSub(t *testing.T) {
+	tests.TestPubSub(t, tests.Features{
+		ConsumerGroups:                      true,
+		ExactlyOnceDelivery:                 false,
+		GuaranteedOrder:                     true,
+		GuaranteedOrderWithSingleSubscriber: true,
+		Persistent:                          true,
+		// TestReconnect runs in TestConformanceReconnect.
+	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
+			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
+	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
+		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
+			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(consumerGroup)))
+	})
+}

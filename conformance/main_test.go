@@ -1,0 +1,28 @@
+// Package conformance_test runs watermill's conformance suite
+// (pubsub/tests) with the resilient publisher and watermill-amqp's
+// subscriber against the real broker.
+package conformance_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// The harness leaves some subscribers of watermill-amqp open and never closes
+// the channel its TestReconnect collector ranges over: those goroutines, and
+// the amqp091-go connections under them, are not ours. The publisher's own
+// leak-freedom is checked without exceptions in ../resilient and at the root.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill/pubsub/tests.TestReconnect.func2"),
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill/internal/subscriber.(*multiplier).Subscribe.func2"),
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill/internal/subscriber.(*multiplier).Subscribe.func3"),
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp.(*ConnectionWrapper).handleConnectionClose"),
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp.(*Subscriber).runSubscriber"),
+		goleak.IgnoreAnyFunction("github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp.(*Subscriber).Subscribe.func1"),
+		goleak.IgnoreAnyFunction("github.com/rabbitmq/amqp091-go.(*Connection).heartbeater"),
+		goleak.IgnoreAnyFunction("github.com/rabbitmq/amqp091-go.(*Connection).reader"),
+		goleak.IgnoreAnyFunction("github.com/rabbitmq/amqp091-go.(*consumers).buffer"),
+	)
+}

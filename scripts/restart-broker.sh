@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Restarts the test broker's application (connections drop, durable queues
+# and persistent messages stay). Used by watermill's TestReconnect.
+# RABBITMQCTL overrides the command, e.g. "docker compose exec -T rabbitmq rabbitmqctl".
+set -euo pipefail
+# watermill's TestReconnect may start a second restart before the first ends:
+# take turns, or rabbitmqctl fails on a node that is mid-start.
+exec 9>"${TMPDIR:-/tmp}/resilient-restart-broker.lock"
+flock 9
+read -r -a ctl <<<"${RABBITMQCTL:-rabbitmqctl}"
+"${ctl[@]}" stop_app >/dev/null
+"${ctl[@]}" start_app >/dev/null
+"${ctl[@]}" await_startup >/dev/null
