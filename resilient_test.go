@@ -293,9 +293,7 @@ func TestBlockedConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	watermark := strings.TrimSpace(brokertest.Ctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."))
-	t.Cleanup(func() { _, _ = brokertest.CtlErr("set_vm_memory_high_watermark", watermark) })
-	brokertest.Ctl(t, "set_vm_memory_high_watermark", "0")
+	restore := alarm(t)
 
 	blocked, blockedIDs := messages(5)
 	start := time.Now()
@@ -307,7 +305,7 @@ func TestBlockedConnection(t *testing.T) {
 	t.Logf("blocked publish gave up after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	states.Await("blocked")
 
-	brokertest.Ctl(t, "set_vm_memory_high_watermark", watermark)
+	restore()
 	states.Await("connected")
 	after, afterIDs := messages(10)
 	if err := pub.Publish(queue, after...); err != nil {
@@ -326,4 +324,81 @@ func messages(n int) ([]*message.Message, []string) {
 		ids[i] = msgs[i].UUID
 	}
 	return msgs, ids
+}
+
+// alarm raises a memory alarm on the broker until the returned function (also
+// registered as cleanup) restores the watermark.
+func alarm(t *testing.T) (restore func()) {
+	t.Helper()
+	watermark := strings.TrimSpace(brokertest.Ctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."))
+	var once sync.Once
+	restore = func() { once.Do(func() { brokertest.Ctl(t, "set_vm_memory_high_watermark", watermark) }) }
+	t.Cleanup(restore)
+	brokertest.Ctl(t, "set_vm_memory_high_watermark", "0")
+	return restore
+}
+
+// A message's own Context() bounds its wait, however long PublishTimeout is.
+func TestMessageContextBoundsTheWait(t *testing.T) {
+	queue := brokertest.Name("msg-ctx")
+	brokertest.DeleteQueues(t, queue)
+	pub, states := faultPublisher(t, brokertest.URI(), nil) // PublishTimeout: a minute
+	defer closePublisher(t, pub)
+	warm, warmIDs := messages(1)
+	if err := pub.Publish(queue, warm...); err != nil {
+		t.Fatal(err)
+	}
+	restore := alarm(t)
+
+	msgs, ids := messages(3)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	for _, m := range msgs {
+		m.SetContext(ctx)
+	}
+	err := pub.Publish(queue, msgs...)
+	var pe *resilient.PublishError
+	if !errors.As(err, &pe) || !errors.Is(err, context.DeadlineExceeded) || len(pe.Unconfirmed) != len(ids) {
+		t.Fatalf("Publish: %v, want the message context's deadline naming %d messages", err, len(ids))
+	}
+	t.Log(err)
+	states.Await("blocked")
+	restore()
+	states.Await("connected")
+	after, afterIDs := messages(5)
+	if err := pub.Publish(queue, after...); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, append(warmIDs, afterIDs...)))
+}
+
+// Close waits CloseTimeout for publishes in progress, then gives up on them:
+// both Close and the Publish return an error naming the unconfirmed UUIDs.
+func TestCloseReportsWhatStayedUnconfirmed(t *testing.T) {
+	queue := brokertest.Name("close-blocked")
+	brokertest.DeleteQueues(t, queue)
+	pub, states := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.CloseTimeout = 500 * time.Millisecond })
+	warm, _ := messages(1)
+	if err := pub.Publish(queue, warm...); err != nil {
+		t.Fatal(err)
+	}
+	alarm(t)
+	msgs, ids := messages(4)
+	published := make(chan error, 1)
+	go func() { published <- pub.Publish(queue, msgs...) }()
+	states.Await("blocked")
+
+	err := pub.Close()
+	var pe *resilient.PublishError
+	if !errors.As(err, &pe) || strings.Join(pe.Unconfirmed, ",") != strings.Join(ids, ",") || !errors.Is(err, resilient.ErrClosed) {
+		t.Fatalf("Close: %v, want the %d unconfirmed UUIDs", err, len(ids))
+	}
+	t.Log(err)
+	perr := <-published
+	if !errors.As(perr, &pe) || len(pe.Unconfirmed) != len(ids) || !resilient.IsPermanent(perr) {
+		t.Fatalf("Publish: %v, want ErrClosed naming %d messages", perr, len(ids))
+	}
+	if again := pub.Close(); again != err {
+		t.Fatalf("second Close: %v, want the same result", again)
+	}
 }
