@@ -1,0 +1,208 @@
+// Command long-lived-publisher publishes and confirms messages without end
+// while you restart the broker, drop its connections or pull the network,
+// and prints what happens. When it stops (Ctrl-C or -duration), it reads
+// the queue back and checks, by UUID, that every confirmed message is there.
+//
+//	go run ./examples/long-lived-publisher                      # then restart RabbitMQ in another terminal
+//	go run ./examples/long-lived-publisher -restart-every 10s -duration 35s   # restarts it itself (rabbitmqctl)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+func main() {
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
+	queue := flag.String("queue", "demo-long-lived", "durable queue to publish to (emptied at start)")
+	workers := flag.Int("workers", 16, "goroutines publishing concurrently")
+	batch := flag.Int("batch", 10, "messages per Publish call")
+	duration := flag.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
+	restartEvery := flag.Duration("restart-every", 0, "restart the broker this often with rabbitmqctl ($RABBITMQCTL), 0: never")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+	start := time.Now()
+	stamp := func() string { return fmt.Sprintf("%6.1fs", time.Since(start).Seconds()) }
+
+	purge(*uri, *queue)
+	pub, err := resilient.NewPublisher(resilient.Config{
+		AMQP:                 amqp.NewDurableQueueConfig(*uri),
+		RetryOnFailedConnect: true,
+		PublishTimeout:       2 * time.Minute, // ride through a long restart
+		OnStateChange: func(c resilient.StateChange) {
+			reason := ""
+			if c.Err != nil {
+				reason = ": " + c.Err.Error()
+			}
+			fmt.Printf("%s  state %s -> %s%s\n", stamp(), c.From, c.To, reason)
+		},
+	}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatalf("cannot start: %v", err)
+	}
+
+	var confirmed, failed atomic.Int64
+	var mu sync.Mutex
+	var ids []string
+	var wg sync.WaitGroup
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				msgs := make([]*message.Message, *batch)
+				for i := range msgs {
+					msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(`{"event":"demo"}`))
+				}
+				err := pub.Publish(*queue, msgs...)
+				var pe *resilient.PublishError
+				switch {
+				case err == nil:
+					confirmed.Add(int64(len(msgs)))
+					mu.Lock()
+					for _, m := range msgs {
+						ids = append(ids, m.UUID)
+					}
+					mu.Unlock()
+				case errors.As(err, &pe):
+					failed.Add(int64(len(pe.Unconfirmed)))
+					fmt.Printf("%s  publish failed: %v\n", stamp(), err)
+				default:
+					fmt.Printf("%s  publish failed: %v\n", stamp(), err)
+				}
+			}
+		}()
+	}
+
+	if *restartEvery > 0 {
+		go restartLoop(ctx, *restartEvery, stamp)
+	} else {
+		fmt.Println("Publishing. Restart RabbitMQ now (e.g. `rabbitmqctl stop_app; rabbitmqctl start_app`, or `docker compose restart rabbitmq`) and watch. Ctrl-C to stop.")
+	}
+
+	ticker := time.NewTicker(time.Second)
+	last := int64(0)
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-ticker.C:
+			n := confirmed.Load()
+			fmt.Printf("%s  confirmed %8d  (+%6d/s)  failed %d  state %s\n", stamp(), n, n-last, failed.Load(), pub.Status())
+			last = n
+		}
+	}
+	ticker.Stop()
+	fmt.Printf("%s  stopping: waiting for publishes in progress\n", stamp())
+	wg.Wait()
+	if err := pub.Close(); err != nil {
+		fmt.Printf("close: %v\n", err)
+	}
+	verify(*uri, *queue, ids)
+}
+
+func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
+	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fmt.Printf("%s  >>> restarting the broker\n", stamp())
+		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
+			if out, err := exec.Command(ctl[0], append(ctl[1:], step)...).CombinedOutput(); err != nil {
+				fmt.Printf("%s  rabbitmqctl %s: %v %s\n", stamp(), step, err, out)
+			}
+		}
+		fmt.Printf("%s  >>> broker is back\n", stamp())
+	}
+}
+
+func purge(uri, queue string) {
+	conn, err := amqp091.Dial(uri)
+	if err != nil {
+		return // the publisher will report it
+	}
+	defer conn.Close()
+	if ch, err := conn.Channel(); err == nil {
+		_, _ = ch.QueueDelete(queue, false, false, false)
+	}
+}
+
+// verify reads the queue back and checks that every confirmed message is in it.
+func verify(uri, queue string, confirmed []string) {
+	conn, err := amqp091.Dial(uri)
+	if err != nil {
+		log.Fatalf("verify: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		log.Fatalf("verify: %v", err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		log.Fatalf("verify: %v", err)
+	}
+	_ = ch.Qos(1000, 0, false)
+	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		log.Fatalf("verify: %v", err)
+	}
+	seen := make(map[string]int, q.Messages)
+	for i := 0; i < q.Messages; i++ {
+		d := <-deliveries
+		seen[d.MessageId]++
+	}
+	lost, dups := 0, 0
+	for _, id := range confirmed {
+		switch n := seen[id]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	fmt.Printf("verified: %d confirmed, %d in the queue, %d lost, %d duplicates (re-sent after a fault; drop them by message_id)\n",
+		len(confirmed), q.Messages, lost, dups)
+	_, _ = ch.QueueDelete(queue, false, false, false)
+	if lost > 0 {
+		os.Exit(1)
+	}
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return fallback
+}

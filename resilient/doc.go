@@ -1,0 +1,80 @@
+// Package resilient is a watermill message.Publisher for RabbitMQ that keeps
+// publishing through connection faults and returns nil only for messages the
+// broker has confirmed.
+//
+// # Switching from watermill-amqp
+//
+// It takes watermill-amqp's own amqp.Config, so switching is one line:
+//
+//	pub, err := amqp.NewPublisher(amqp.NewDurableQueueConfig(uri), logger)                            // before
+//	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri)}, logger) // after
+//
+// Any watermill-amqp config works: durable or not, queue or pub/sub, topic
+// exchanges, a custom TopologyBuilder or Marshaler.
+//
+// # Guarantees
+//
+//   - At-least-once, never silently lost: Publish returns nil only after the
+//     broker confirmed (basic.ack) every message. Otherwise it returns a
+//     *PublishError naming the unconfirmed messages by UUID, and IsPermanent
+//     tells whether retrying can help.
+//   - Faults are absorbed: on a TCP reset, a broker restart, a heartbeat
+//     timeout on a half-open link, a connection closed by an operator, or a
+//     channel closed by the broker, Publish waits for the reconnect and
+//     re-sends every unconfirmed message. A nacked message is re-sent up to
+//     Config.MaxNackRetries times. A message can therefore arrive twice; it
+//     carries its UUID as the AMQP message_id, for consumers to drop
+//     duplicates (watermill's Deduplicator middleware does).
+//   - Never hangs: every wait is bounded by the message's Context(),
+//     Config.PublishTimeout and, for Close, Config.CloseTimeout. A channel
+//     that leaves a message unconfirmed for Config.ConfirmTimeout is replaced
+//     and its messages re-sent. While the broker blocks the connection
+//     (memory or disk alarm) sending pauses, and publishes time out cleanly.
+//   - Permanent faults fail fast with typed errors and no retry loop:
+//     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
+//     (declare), ErrMessageTooLarge, ErrInvalidName, ErrNilMessage,
+//     ErrMarshal, ErrConfig, ErrUnroutable (mandatory). Only the messages
+//     concerned fail; the publisher keeps working for other topics.
+//   - Durable by default: the watermill-amqp durable configs declare durable
+//     queues and exchanges and mark messages persistent. With a queue config
+//     (default exchange) the publisher declares the queue itself, so a message
+//     published before any subscriber exists is kept rather than confirmed and
+//     dropped. Topology is declared once per topic per connection and again
+//     after each reconnect.
+//   - Close is idempotent: it stops intake, waits for the publishes in
+//     progress, closes the connection, and waits for every goroutine it
+//     started.
+//   - Passwords never appear in logs or errors.
+//
+// Order: the messages of one Publish call are written in order on one
+// channel, and a caller that waits for each Publish before the next keeps
+// its order. Re-sends after a fault or a nack may break order between
+// concurrent callers.
+//
+// # Design and ownership
+//
+// A supervisor goroutine owns the connection: it dials (Config.FailoverURIs
+// in turn), watches NotifyClose and NotifyBlocked, and redials with
+// exponential backoff and jitter (Config.Reconnect) until Close; it never
+// gives up on its own. amqp091-go's experimental Config.Recovery stays off.
+// Each live connection is a session: Config.Channels publishing lanes, each a
+// confirm-mode channel owned by exactly one goroutine, which writes the
+// messages handed to it and matches the broker's confirms (multiple-acks
+// included) to them by delivery tag, with up to Config.MaxInFlight
+// unconfirmed. The lane drains every notification channel it registers, and
+// sizes them to its window, so amqp091-go never blocks on it. No lock is held
+// across network I/O: callers hand messages to a lane through a channel and
+// wait for their outcomes on a channel of their own.
+//
+// Publish runs on the caller's goroutine: it marshals and validates every
+// message, waits for a connection, ensures the topic's topology (declared on
+// a goroutine and channel of the session's, so a broker refusal harms no
+// lane), hands the messages to one lane, and waits. A lane whose channel dies
+// reports every unconfirmed message back: when the broker's reason names an
+// exchange (404, 403) or a size limit (406), the named messages fail; the
+// others are handed to the next attempt, on a new channel or connection.
+//
+// OnStateChange callbacks run in order on one goroutine the publisher owns,
+// never under its locks. Status, IsConnected and WaitConnected report the
+// connection state for middleware.
+package resilient
