@@ -93,7 +93,8 @@ type Config struct {
 	// OnStateChange, when set, is called on each connection state change, in
 	// order, on one goroutine owned by the publisher (never under its locks).
 	// A slow callback delays later callbacks, never publishing; past 64
-	// pending changes the oldest are dropped.
+	// pending changes the oldest are dropped. It must not call Close, which
+	// waits for the callbacks to finish.
 	OnStateChange func(StateChange)
 }
 

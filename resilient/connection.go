@@ -185,20 +185,19 @@ func (s *supervisor) uninstall(sess *session, lost error) {
 // watch blocks until the session's connection dies (returning why) or the
 // supervisor stops (returning nil). It relays blocked/unblocked to lanes.
 func (s *supervisor) watch(sess *session) error {
-	closed := sess.conn.NotifyClose(make(chan *amqp091.Error, 1))
-	blocked := sess.conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
+	blocked := sess.blocking
 	for {
 		select {
 		case <-s.stopping:
 			return nil
-		case err, ok := <-closed:
+		case err, ok := <-sess.closed:
 			if !ok || err == nil {
 				return errors.New("connection closed")
 			}
 			return classifyBroker(err)
 		case b, ok := <-blocked:
 			if !ok {
-				blocked = nil // closed with the connection: NotifyClose says why
+				blocked = nil // closed with the connection: sess.closed says why
 				continue
 			}
 			sess.setBlocked(b.Active)

@@ -35,6 +35,12 @@ type session struct {
 	dead     chan struct{} // closed by end once they all have
 	wg       sync.WaitGroup
 
+	// Registered at creation, so no notification is ever missed; amqp091-go
+	// sends on them from its reader goroutine, so they are drained until it
+	// closes them, even while the session ends.
+	closed   chan *amqp091.Error
+	blocking chan amqp091.Blocking
+
 	flowMu      sync.Mutex
 	blocked     bool
 	flowChanged chan struct{} // closed and replaced at each change of blocked
@@ -57,6 +63,8 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 	return &session{
 		id:          id,
 		conn:        conn,
+		closed:      conn.NotifyClose(make(chan *amqp091.Error, 1)),
+		blocking:    conn.NotifyBlocked(make(chan amqp091.Blocking, 4)),
 		uri:         uri,
 		cfg:         s.cfg,
 		logger:      s.logger.With(watermill.LogFields{"connection": id}),
@@ -90,6 +98,12 @@ func (sess *session) end() {
 	sess.ended = true
 	sess.topoMu.Unlock()
 	close(sess.stopping)
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		for range sess.blocking { // closed by amqp091-go at shutdown
+		}
+	}()
 	// Closing the connection also unblocks a lane stuck writing to a dead or
 	// blocked socket.
 	_ = sess.conn.CloseDeadline(time.Now().Add(sessionCloseGrace))
