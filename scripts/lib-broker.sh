@@ -14,12 +14,13 @@ ensure_broker() {
   [ "$host" = "$hostport" ] && port=5672
   [ "$host" = "localhost" ] && host=127.0.0.1
 
-  local compose=(docker compose -f "$root/docker-compose.yml")
+  local compose=(docker compose -f "$root/docker-compose.yml") ctl=""
   if broker_answers "$host" "$port"; then
     echo "RabbitMQ answers at $host:$port"
   elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     echo "Starting RabbitMQ with docker compose"
     "${compose[@]}" up -d --wait rabbitmq
+    ctl="${compose[*]} exec -T rabbitmq rabbitmqctl"
   else
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
       echo "Installing rabbitmq-server from Debian's packages"
@@ -32,18 +33,28 @@ ensure_broker() {
       echo "Starting the machine's rabbitmq-server"
       rabbitmq-server -detached
     fi
+    ctl=rabbitmqctl
   fi
 
+  # How the fault tests control the broker: $RABBITMQCTL if set, else the
+  # one that started it, else the machine's rabbitmqctl, else docker's.
   if [ -z "${RABBITMQCTL:-}" ]; then
-    if command -v rabbitmqctl >/dev/null 2>&1 && rabbitmqctl -q status >/dev/null 2>&1 ||
-       timeout 60 rabbitmqctl await_startup >/dev/null 2>&1; then
-      export RABBITMQCTL=rabbitmqctl
+    if [ -n "$ctl" ]; then
+      RABBITMQCTL=$ctl
+    elif command -v rabbitmqctl >/dev/null 2>&1; then
+      RABBITMQCTL=rabbitmqctl
     elif command -v docker >/dev/null 2>&1 && "${compose[@]}" ps -q rabbitmq 2>/dev/null | grep -q .; then
-      export RABBITMQCTL="${compose[*]} exec -T rabbitmq rabbitmqctl"
+      RABBITMQCTL="${compose[*]} exec -T rabbitmq rabbitmqctl"
     fi
   fi
+  export RABBITMQCTL
   if [ -n "${RABBITMQCTL:-}" ]; then
-    $RABBITMQCTL await_startup >/dev/null
+    # await_startup fails at once while the node is still booting: retry.
+    local t
+    for t in $(seq 1 60); do
+      $RABBITMQCTL -q await_startup >/dev/null 2>&1 && break
+      sleep 1
+    done
   fi
 
   local i
