@@ -3,6 +3,7 @@ package resilient_test
 import (
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -52,7 +53,12 @@ func TestAccessRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.User = url.UserPassword(user, password)
-	pub := newPublisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(u.String())})
+	logs := &recordingLogger{}
+	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(u.String())}, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
 
 	allowed, denied := brokertest.Name("allowed"), brokertest.Name("denied")
 	brokertest.DeleteQueues(t, allowed, denied)
@@ -67,11 +73,19 @@ func TestAccessRefused(t *testing.T) {
 		t.Fatalf("%v should be permanent", err)
 	}
 	t.Log(err)
+	// A reconnect logs the URI again: never with the password.
+	brokertest.CloseAllConnections(t)
 	more, moreIDs := newMessages(10)
 	if err := pub.Publish(allowed, more...); err != nil {
-		t.Fatalf("allowed topic after a refusal: %v", err)
+		t.Fatalf("allowed topic after a refusal and a reconnect: %v", err)
 	}
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, allowed, append(okIDs, moreIDs...)))
+	if !strings.Contains(logs.String(), "Reconnected") {
+		t.Fatalf("no reconnect in the logs:\n%s", logs)
+	}
+	if strings.Contains(logs.String(), password) || strings.Contains(err.Error(), password) {
+		t.Fatalf("the password leaked into logs or errors:\n%s", logs)
+	}
 }
 
 // With Publish.Mandatory, a message no queue takes is an error, not a silent
