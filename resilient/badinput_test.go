@@ -3,6 +3,7 @@ package resilient_test
 import (
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,14 +16,19 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
-// failingMarshaler fails for messages carrying metadata "fail".
+// failingMarshaler fails for messages carrying metadata "fail", and adds a
+// header AMQP cannot encode to those carrying "unencodable".
 type failingMarshaler struct{ amqp.DefaultMarshaler }
 
 func (m failingMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
 	if msg.Metadata.Get("fail") != "" {
 		return amqp091.Publishing{}, errors.New("cannot encode this one")
 	}
-	return m.DefaultMarshaler.Marshal(msg)
+	pub, err := m.DefaultMarshaler.Marshal(msg)
+	if msg.Metadata.Get("unencodable") != "" {
+		pub.Headers["count"] = uint64(1)
+	}
+	return pub, err
 }
 
 // publishAlongside publishes to a healthy topic while bad input is tried,
@@ -71,7 +77,12 @@ func requirePublishError(t *testing.T, err error, sentinel error, unconfirmed []
 func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.Marshaler = failingMarshaler{}
-	pub := newPublisher(t, resilient.Config{AMQP: cfg, MaxMessageSize: 1024})
+	var reconnects atomic.Int32
+	pub := newPublisher(t, resilient.Config{AMQP: cfg, MaxMessageSize: 1024, OnStateChange: func(c resilient.StateChange) {
+		if c.To == resilient.StateReconnecting {
+			reconnects.Add(1)
+		}
+	}})
 	healthy := newHealthyTopic(t)
 
 	bad := brokertest.Name("bad-input")
@@ -99,6 +110,23 @@ func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 			msgs[1].Metadata.Set("fail", "yes")
 			return msgs, ids
 		}, resilient.ErrMarshal},
+		// amqp091-go would close the whole connection on these, again after
+		// every reconnect: they must be refused before sending.
+		{"message id over 255 bytes", bad, func() ([]*message.Message, []string) {
+			msgs, _ := newMessages(2)
+			msgs = append(msgs, message.NewMessage(strings.Repeat("u", 300), nil))
+			return msgs, []string{msgs[0].UUID, msgs[1].UUID, msgs[2].UUID}
+		}, resilient.ErrMarshal},
+		{"header name over 255 bytes", bad, func() ([]*message.Message, []string) {
+			msgs, ids := newMessages(2)
+			msgs[0].Metadata.Set(strings.Repeat("k", 300), "v")
+			return msgs, ids
+		}, resilient.ErrMarshal},
+		{"header AMQP cannot encode", bad, func() ([]*message.Message, []string) {
+			msgs, ids := newMessages(2)
+			msgs[1].Metadata.Set("unencodable", "yes")
+			return msgs, ids
+		}, resilient.ErrMarshal},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -124,6 +152,9 @@ func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 		t.Fatalf("rejected batches sent %d messages", q.Messages)
 	}
 	healthy.requireNoneLost()
+	if n := reconnects.Load(); n != 0 {
+		t.Fatalf("bad input cost %d reconnect(s)", n)
+	}
 }
 
 func TestInvalidConfig(t *testing.T) {
@@ -144,6 +175,10 @@ func TestInvalidConfig(t *testing.T) {
 		"transactional":    func(c *resilient.Config) { c.AMQP.Publish.Transactional = true },
 		"negative timeout": func(c *resilient.Config) { c.PublishTimeout = -time.Second },
 		"jitter":           func(c *resilient.Config) { c.Reconnect.Jitter = 2 },
+		"heartbeat < 1s":   func(c *resilient.Config) { c.Heartbeat = 500 * time.Millisecond },
+		"tiny confirm timeout": func(c *resilient.Config) {
+			c.ConfirmTimeout = time.Nanosecond
+		},
 		"amqp091 recovery": func(c *resilient.Config) {
 			c.AMQP.Connection.AmqpConfig = &amqp091.Config{Recovery: &amqp091.Recovery{}}
 		},
@@ -168,6 +203,14 @@ func TestInvalidConfig(t *testing.T) {
 	if err := valid().Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
+	// Only InitialWait set, above the default MaxWait; jitter off: valid.
+	cfg := valid()
+	cfg.Reconnect = resilient.ReconnectConfig{InitialWait: 5 * time.Second, Jitter: resilient.NoJitter}
+	pub, err := resilient.NewPublisher(cfg, nil)
+	if err != nil {
+		t.Fatalf("valid reconnect config: %v", err)
+	}
+	pub.Close()
 }
 
 func TestWrongCredentialsFailNewPublisher(t *testing.T) {

@@ -29,6 +29,9 @@ const (
 	defaultChannelReopenBackoff = 50 * time.Millisecond
 )
 
+// NoJitter as ReconnectConfig.Jitter turns jitter off (0 means the default).
+const NoJitter = -1
+
 // Config configures a Publisher. Only AMQP is required: it is watermill-amqp's
 // own Config, so switching from amqp.NewPublisher(cfg, logger) is writing
 // resilient.NewPublisher(resilient.Config{AMQP: cfg}, logger).
@@ -51,9 +54,9 @@ type Config struct {
 	// ConnectionName is shown in RabbitMQ's management UI.
 	// Default DefaultConnectionName.
 	ConnectionName string
-	// Heartbeat is the AMQP heartbeat interval; a silent peer is declared dead
-	// after about 1.5 intervals (amqp091-go's read deadline). Default 10 s,
-	// unless AMQP.Connection.AmqpConfig sets one.
+	// Heartbeat is the AMQP heartbeat interval, at least 1 s; a silent peer is
+	// declared dead after about 1.5 intervals (amqp091-go's read deadline).
+	// Default 10 s, unless AMQP.Connection.AmqpConfig sets one.
 	Heartbeat time.Duration
 	// DialTimeout bounds each TCP connect and AMQP handshake. Default 10 s.
 	DialTimeout time.Duration
@@ -78,7 +81,8 @@ type Config struct {
 	PublishTimeout time.Duration
 	// ConfirmTimeout is how long a channel may leave its oldest message
 	// unconfirmed (while the connection is not blocked) before it is deemed
-	// stuck: it is closed and its messages are re-sent. Default 15 s.
+	// stuck: it is closed and its messages are re-sent. At least 100 ms;
+	// default 15 s.
 	ConfirmTimeout time.Duration
 	// CloseTimeout bounds how long Close waits for in-flight publishes.
 	// Default 10 s.
@@ -107,7 +111,8 @@ type ReconnectConfig struct {
 	MaxWait time.Duration
 	// Multiplier grows the wait after each failed attempt. Default 2.
 	Multiplier float64
-	// Jitter randomizes each wait by ±Jitter×wait. Default 0.5.
+	// Jitter randomizes each wait by ±Jitter×wait. Default 0.5; NoJitter
+	// (-1) for none.
 	Jitter float64
 }
 
@@ -173,13 +178,16 @@ func (r *ReconnectConfig) setDefaults(legacy *amqp.ReconnectConfig) {
 		r.InitialWait = DefaultReconnectWait
 	}
 	if r.MaxWait == 0 {
-		r.MaxWait = DefaultReconnectMaxWait
+		r.MaxWait = max(DefaultReconnectMaxWait, r.InitialWait)
 	}
 	if r.Multiplier == 0 {
 		r.Multiplier = DefaultReconnectMultiplier
 	}
-	if r.Jitter == 0 {
+	switch r.Jitter {
+	case 0:
 		r.Jitter = DefaultReconnectJitter
+	case NoJitter:
+		r.Jitter = 0
 	}
 }
 
@@ -240,8 +248,14 @@ func (c Config) Validate() error {
 	if c.Reconnect.Multiplier != 0 && c.Reconnect.Multiplier < 1 {
 		add("Reconnect.Multiplier must be at least 1, got %v", c.Reconnect.Multiplier)
 	}
-	if c.Reconnect.Jitter < 0 || c.Reconnect.Jitter > 1 {
-		add("Reconnect.Jitter must be within [0, 1], got %v", c.Reconnect.Jitter)
+	if (c.Reconnect.Jitter < 0 || c.Reconnect.Jitter > 1) && c.Reconnect.Jitter != NoJitter {
+		add("Reconnect.Jitter must be within [0, 1] or NoJitter, got %v", c.Reconnect.Jitter)
+	}
+	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
+		add("Heartbeat must be at least 1s (AMQP counts whole seconds), got %s", c.Heartbeat)
+	}
+	if c.ConfirmTimeout > 0 && c.ConfirmTimeout < 100*time.Millisecond {
+		add("ConfirmTimeout must be at least 100ms, got %s", c.ConfirmTimeout)
 	}
 	if c.Channels < 0 || c.Channels > 1024 {
 		add("Channels must be within [1, 1024], got %d", c.Channels)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -22,16 +23,18 @@ type supervisor struct {
 	uris     []string
 	notifier *notifier
 
-	mu        sync.Mutex
-	current   *session      // nil while not connected
-	ready     chan struct{} // closed while current != nil
-	state     State
-	dialErr   error // last dial error while disconnected, nil once connected
-	nextID    uint64
-	stopping  chan struct{}
-	done      chan struct{}
-	stopOnce  sync.Once
-	startOnce sync.Once
+	mu      sync.Mutex
+	current *session      // nil while not connected
+	ready   chan struct{} // closed while current != nil
+	state   State
+	dialErr error // last dial error while disconnected, nil once connected
+	// permanentStreak counts the dial rounds in a row that failed permanently.
+	permanentStreak int
+	nextID          uint64
+	stopping        chan struct{}
+	done            chan struct{}
+	stopOnce        sync.Once
+	startOnce       sync.Once
 }
 
 func newSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier) *supervisor {
@@ -47,48 +50,61 @@ func newSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier) *su
 	}
 }
 
-// connectOnce tries each URI once. A permanent error (credentials, vhost,
-// bad URI) is returned as is: the caller must not loop on it.
+// permanentAfter is how many redial rounds in a row must fail permanently
+// (credentials, vhost) before waiting callers are failed fast: RabbitMQ
+// drops the socket on bad credentials without a word (3 s after the
+// attempt), which amqp091-go reports as ErrCredentials, and so it does for a
+// socket dropped mid-handshake by a broker shutting down. At start-up one
+// round decides: there, a wrong password is by far the likelier cause.
+const permanentAfter = 3
+
+// connectOnce tries each URI once, in turn, and returns the first session.
+// The error joins every URI's, and is permanent only if each one was.
 func (s *supervisor) connectOnce() (*session, error) {
 	var errs []error
 	for _, uri := range s.uris {
+		select {
+		case <-s.stopping:
+			return nil, ErrClosed
+		default:
+		}
 		conn, err := amqp091.DialConfig(uri, s.amqpConfig())
 		if err == nil {
 			return s.newSession(conn, redactURI(uri)), nil
 		}
 		err = redactErr(classifyBroker(err), uri)
 		errs = append(errs, fmt.Errorf("dial %s: %w", redactURI(uri), err))
-		if IsPermanent(err) {
-			break
+	}
+	err := errors.Join(errs...)
+	for _, e := range errs {
+		if !IsPermanent(e) {
+			return nil, &transientDialError{err}
 		}
 	}
-	return nil, errors.Join(errs...)
+	return nil, err
+}
+
+// transientDialError keeps the causes' text and errors.As targets, but not
+// their permanence: some URIs failed for reasons that may pass.
+type transientDialError struct{ err error }
+
+func (e *transientDialError) Error() string { return e.err.Error() }
+func (e *transientDialError) As(target any) bool {
+	return errors.As(e.err, target)
 }
 
 func (s *supervisor) amqpConfig() amqp091.Config {
 	var c amqp091.Config
 	if user := s.cfg.AMQP.Connection.AmqpConfig; user != nil {
 		c = *user
-		// amqp091-go zeroes the passwords of the SASL mechanisms it used once
-		// the connection is open: give it copies, or the next redial would
-		// present an empty password.
-		c.SASL = nil
-		for _, mech := range user.SASL {
-			switch m := mech.(type) {
-			case *amqp091.PlainAuth:
-				cp := *m
-				mech = &cp
-			case *amqp091.AMQPlainAuth:
-				cp := *m
-				mech = &cp
-			}
-			c.SASL = append(c.SASL, mech)
-		}
 	}
 	c.Heartbeat = s.cfg.Heartbeat
-	if s.cfg.AMQP.Connection.TLSConfig != nil && c.TLSClientConfig == nil {
+	if c.TLSClientConfig == nil {
 		c.TLSClientConfig = s.cfg.AMQP.Connection.TLSConfig
 	}
+	// amqp091-go sets ServerName on the config it is given: a copy per dial,
+	// or failing over to a second node would check the first node's name.
+	c.TLSClientConfig = c.TLSClientConfig.Clone()
 	props := amqp091.NewConnectionProperties()
 	for k, v := range c.Properties {
 		props[k] = v
@@ -97,6 +113,17 @@ func (s *supervisor) amqpConfig() amqp091.Config {
 	c.Properties = props
 	if c.Dial == nil {
 		c.Dial = amqp091.DefaultDial(s.cfg.DialTimeout)
+	} else {
+		// A user's dialer gets the same deadline for the handshake;
+		// amqp091-go clears it once the connection is open.
+		dial, timeout := c.Dial, s.cfg.DialTimeout
+		c.Dial = func(network, addr string) (net.Conn, error) {
+			conn, err := dial(network, addr)
+			if err == nil {
+				err = conn.SetDeadline(time.Now().Add(timeout))
+			}
+			return conn, err
+		}
 	}
 	c.Recovery = nil // we own reconnection
 	return c
@@ -152,8 +179,16 @@ func (s *supervisor) redial() *session {
 			s.logger.Info("Reconnected to AMQP", watermill.LogFields{"uri": sess.uri, "attempts": attempt})
 			return sess
 		}
+		if errors.Is(err, ErrClosed) {
+			return nil
+		}
 		s.mu.Lock()
 		s.dialErr = err
+		if IsPermanent(err) {
+			s.permanentStreak++
+		} else {
+			s.permanentStreak = 0
+		}
 		s.mu.Unlock()
 		wait := b.NextBackOff()
 		s.logger.Error("Cannot reconnect to AMQP, will retry", err, watermill.LogFields{"attempt": attempt, "retry_in": wait.String()})
@@ -165,7 +200,7 @@ func (s *supervisor) install(sess *session) {
 	sess.start()
 	s.mu.Lock()
 	s.current = sess
-	s.dialErr = nil
+	s.dialErr, s.permanentStreak = nil, 0
 	close(s.ready)
 	s.mu.Unlock()
 	s.setState(StateConnected, nil, sess.uri)
@@ -232,17 +267,17 @@ func (s *supervisor) status() State {
 }
 
 // await returns the live session, waiting for one while reconnecting. It
-// fails fast when the last dial failed permanently (e.g. credentials
+// fails fast when dialing keeps failing permanently (e.g. credentials
 // revoked) and when the supervisor stops.
 func (s *supervisor) await(ctx context.Context) (*session, error) {
 	for {
 		s.mu.Lock()
-		sess, ready, dialErr := s.current, s.ready, s.dialErr
+		sess, ready, dialErr, streak := s.current, s.ready, s.dialErr, s.permanentStreak
 		s.mu.Unlock()
 		if sess != nil {
 			return sess, nil
 		}
-		if IsPermanent(dialErr) {
+		if streak >= permanentAfter {
 			return nil, dialErr
 		}
 		select {

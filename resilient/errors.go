@@ -21,7 +21,8 @@ var (
 	ErrConfig = errors.New("resilient: invalid configuration")
 	// ErrNilMessage: a nil *message.Message was passed to Publish. Permanent.
 	ErrNilMessage = errors.New("resilient: nil message")
-	// ErrMarshal: the configured Marshaler failed. Permanent.
+	// ErrMarshal: the configured Marshaler failed, or produced properties or
+	// headers AMQP cannot carry. Permanent.
 	ErrMarshal = errors.New("resilient: cannot marshal message")
 	// ErrInvalidName: a topic, exchange, queue or routing key that AMQP cannot
 	// carry (empty topic, longer than 255 bytes, not UTF-8). Permanent.
@@ -42,7 +43,7 @@ var (
 	// changes.
 	ErrUnroutable = errors.New("resilient: message unroutable")
 	// ErrNacked: the broker nacked the message more than Config.MaxNackRetries
-	// times in a row. Transient.
+	// times. Transient.
 	ErrNacked = errors.New("resilient: message nacked by broker")
 	// ErrNotConfirmed: the message was not confirmed before its deadline
 	// (its Context, Config.PublishTimeout, or Close). It may or may not have
@@ -130,8 +131,12 @@ func classifyBroker(err error) error {
 		}
 		return fmt.Errorf("%w: %w", ErrPreconditionFailed, err)
 	case amqp091.NotAllowed:
-		// "NOT_ALLOWED - vhost x not found" on connection.open.
-		if strings.Contains(ae.Reason, "not found") {
+		switch {
+		case strings.Contains(ae.Reason, "limit"):
+			// "connection limit (n) is reached", "cannot be queried": wait.
+			return err
+		case strings.Contains(ae.Reason, "not found"):
+			// "NOT_ALLOWED - vhost x not found" on connection.open.
 			return fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)

@@ -22,6 +22,8 @@ func TestClassifyBroker(t *testing.T) {
 		{&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true}, ErrMessageTooLarge, true},
 		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - vhost v not found", Server: true}, ErrNotFound, true},
 		{&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED - shutdown", Server: true}, nil, false},
+		// A connection limit passes: not permanent.
+		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - connection limit (10) is reached", Server: true}, nil, false},
 		// A reset socket, as amqp091-go reports it: never permanent.
 		{&amqp091.Error{Code: 501, Reason: "write: connection reset by peer"}, nil, false},
 		{fmt.Errorf("wrapped: %w", &amqp091.Error{Code: 404, Reason: "NOT_FOUND", Server: true}), ErrNotFound, true},

@@ -1,6 +1,7 @@
 package resilient
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,6 +30,9 @@ type lane struct {
 	// returned holds mandatory messages the broker returned, by message ID,
 	// until their ack arrives (a return always precedes its ack).
 	returned map[string]amqp091.Return
+	// resumedAt is when the broker last unblocked the connection: time spent
+	// blocked does not count against ConfirmTimeout.
+	resumedAt time.Time
 }
 
 func newLane(sess *session, id int) *lane {
@@ -97,8 +101,13 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 	watchdog := time.NewTicker(l.sess.cfg.ConfirmTimeout / 4)
 	defer watchdog.Stop()
 
+	wasBlocked := false
 	for {
 		blocked, flowChanged := l.sess.flow()
+		if wasBlocked && !blocked {
+			l.resumedAt = time.Now()
+		}
+		wasBlocked = blocked
 		var intake <-chan *delivery
 		if !blocked && l.pending.len() < window {
 			intake = l.queue
@@ -108,9 +117,14 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			return nil
 		case <-flowChanged:
 		case d := <-intake:
-			if d.claim() {
-				l.send(ch, d)
+			if !d.claim() {
+				continue // its caller gave up on it
 			}
+			if err := d.msg.ctx.Err(); err != nil {
+				d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx)))
+				continue
+			}
+			l.send(ch, d)
 		case r, ok := <-returns:
 			if ok {
 				l.returned[r.MessageId] = r
@@ -130,7 +144,10 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			}
 			return e
 		case <-watchdog.C:
-			if head := l.pending.peek(); head != nil && !blocked && time.Since(head.sentAt) > l.sess.cfg.ConfirmTimeout {
+			if blocked, _ := l.sess.flow(); blocked {
+				continue
+			}
+			if head := l.pending.peek(); head != nil && time.Since(later(head.sentAt, l.resumedAt)) > l.sess.cfg.ConfirmTimeout {
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				_ = ch.Close()
@@ -141,6 +158,13 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			}
 		}
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (l *lane) closedCause(closed <-chan *amqp091.Error) error {
@@ -154,7 +178,9 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 	m := d.msg
 	dc, err := ch.PublishWithDeferredConfirm(m.exchange, m.routingKey, m.mandatory, false, m.publishing)
 	if err != nil {
-		// The channel is closing: its close notification follows.
+		// A write error: the channel or connection is going, and its close
+		// notification follows. (What amqp091-go cannot encode never gets
+		// here: Publish validates properties and headers first.)
 		d.report(outcomeLost, fmt.Errorf("%w: %w", errConnectionLost, err))
 		return
 	}
@@ -188,6 +214,7 @@ func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
 	d := l.pending.pop()
 	switch {
 	case !c.Ack:
+		delete(l.returned, d.msg.publishing.MessageId)
 		d.report(outcomeNacked, ErrNacked)
 	case d.msg.mandatory && len(l.returned) > 0:
 		if r, ok := l.returned[d.msg.publishing.MessageId]; ok {
@@ -208,7 +235,11 @@ func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
 // failPending reports every unconfirmed delivery once the channel is gone.
 // When the broker closed the channel because of one exchange or one message
 // (404/403 naming an exchange, 406 for a message over max size), the
-// deliveries it names fail; the others are re-sent.
+// deliveries it names fail; the others are re-sent. A missing exchange (404)
+// is the exception: its messages go back to their caller, whose next attempt
+// declares the topic again and checks the exchange on a channel of its own,
+// failing there if it is still missing, and succeeding if the declaration
+// brought it back.
 func (l *lane) failPending(cause error) {
 	if cause == nil {
 		cause = errConnectionLost
@@ -225,9 +256,12 @@ func (l *lane) failPending(cause error) {
 	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
-		if blame != nil && blame(d.msg) {
+		switch {
+		case blame != nil && blame(d.msg) && errors.Is(classifyBroker(cause), ErrNotFound):
+			d.report(outcomeLost, cause) // a strike: see maxStrikes
+		case blame != nil && blame(d.msg):
 			d.report(outcomeFailed, classifyBroker(cause))
-		} else {
+		default:
 			d.report(outcomeLost, innocent)
 		}
 	}

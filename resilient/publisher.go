@@ -19,6 +19,9 @@ import (
 // with that exception rather than re-sent once more.
 const maxStrikes = 3
 
+// retryPause is the pause before re-sending on a connection that lives.
+const retryPause = 50 * time.Millisecond
+
 // Publisher is a watermill message.Publisher for RabbitMQ whose Publish
 // returns nil only once the broker has confirmed every message, and which
 // rides through connection loss by reconnecting and re-sending.
@@ -157,6 +160,10 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		if pub.MessageId == "" {
 			pub.MessageId = msg.UUID
 		}
+		if err := validProperties(pub); err != nil {
+			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
+			continue
+		}
 		if len(pub.Body) > p.cfg.MaxMessageSize {
 			errs = append(errs, fmt.Errorf("%w: %s has %d bytes, the limit is %d", ErrMessageTooLarge, msg.UUID, len(pub.Body), p.cfg.MaxMessageSize))
 			continue
@@ -195,6 +202,39 @@ func validName(kind, name string, emptyOK bool) error {
 		return fmt.Errorf("%w: %s of %d bytes, AMQP allows %d", ErrInvalidName, kind, len(name), maxShortString)
 	case !utf8.ValidString(name):
 		return fmt.Errorf("%w: %s %q is not UTF-8", ErrInvalidName, kind, name)
+	}
+	return nil
+}
+
+// validProperties rejects what amqp091-go cannot encode, before it is sent:
+// an encoding failure would otherwise close the whole connection, again after
+// every reconnect.
+func validProperties(pub amqp091.Publishing) error {
+	for name, v := range map[string]string{
+		"content type": pub.ContentType, "content encoding": pub.ContentEncoding,
+		"correlation id": pub.CorrelationId, "reply to": pub.ReplyTo, "expiration": pub.Expiration,
+		"message id": pub.MessageId, "type": pub.Type, "user id": pub.UserId, "app id": pub.AppId,
+	} {
+		if len(v) > maxShortString {
+			return fmt.Errorf("%s of %d bytes, AMQP allows %d", name, len(v), maxShortString)
+		}
+	}
+	if err := pub.Headers.Validate(); err != nil {
+		return fmt.Errorf("headers: %w", err)
+	}
+	return validTableKeys(pub.Headers)
+}
+
+func validTableKeys(t amqp091.Table) error {
+	for k, v := range t {
+		if len(k) > maxShortString {
+			return fmt.Errorf("header name of %d bytes, AMQP allows %d", len(k), maxShortString)
+		}
+		if nested, ok := v.(amqp091.Table); ok {
+			if err := validTableKeys(nested); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -251,6 +291,12 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 		var failedNow []failure
 		remaining, failedNow = p.attempt(ctx, sess, remaining, wake)
 		failed = append(failed, failedNow...)
+		if len(remaining) > 0 {
+			// Nacked, or lost with a channel while the connection lives: give
+			// the broker (or the lane reopening its channel) a moment rather
+			// than spin. A lost connection ends the pause at once.
+			pause(ctx, sess.stopping, retryPause)
+		}
 	}
 	if len(failed) == 0 {
 		return nil
@@ -397,6 +443,18 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 	}
 
 	for outstanding > 0 {
+		// A message whose context ended is never handed over.
+		for enqueued < len(deliveries) && deliveries[enqueued].msg.ctx.Err() != nil {
+			d := &deliveries[enqueued]
+			d.abandon()
+			resolved[enqueued] = true
+			outstanding--
+			failed = append(failed, failure{d.msg, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx))})
+			enqueued++
+		}
+		if outstanding == 0 {
+			break
+		}
 		var intake chan<- *delivery
 		var next *delivery
 		if enqueued < len(deliveries) {

@@ -77,7 +77,13 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 }
 
 func (sess *session) start() {
-	sess.lanes = make([]*lane, sess.cfg.Channels)
+	n := sess.cfg.Channels
+	// Keep one channel for declarations within the negotiated channel_max.
+	if max := int(sess.conn.Config.ChannelMax); max > 1 && n > max-1 {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": max - 1, "configured": n})
+		n = max - 1
+	}
+	sess.lanes = make([]*lane, n)
 	sess.wg.Add(len(sess.lanes))
 	for i := range sess.lanes {
 		sess.lanes[i] = newLane(sess, i)
