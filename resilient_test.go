@@ -62,6 +62,34 @@ func faultPublisher(t *testing.T, uri string, tune func(*resilient.Config)) (*re
 	return pub, states
 }
 
+// fault is one fault test's publisher, the queue it fills, and the load
+// publishing to it from many goroutines.
+type fault struct {
+	queue  string
+	pub    *resilient.Publisher
+	states *brokertest.States
+	load   *brokertest.Load
+}
+
+func startFault(t *testing.T, name, uri string, tune func(*resilient.Config)) *fault {
+	t.Helper()
+	f := &fault{queue: brokertest.Name(name)}
+	brokertest.DeleteQueues(t, f.queue)
+	f.pub, f.states = faultPublisher(t, uri, tune)
+	f.load = brokertest.StartLoad(t, f.pub, goroutines, f.queue)
+	return f
+}
+
+// finish publishes a little more after the last fault, stops, and checks
+// by UUID that every confirmed message is in the queue.
+func (f *fault) finish(t *testing.T, more int) {
+	t.Helper()
+	f.load.WaitProgress(more)
+	f.load.Stop()
+	closePublisher(t, f.pub)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, f.queue, f.load.Confirmed.All()))
+}
+
 func closePublisher(t *testing.T, pub *resilient.Publisher) {
 	t.Helper()
 	if err := pub.Close(); err != nil {
@@ -70,49 +98,35 @@ func closePublisher(t *testing.T, pub *resilient.Publisher) {
 }
 
 func TestForcedConnectionCloses(t *testing.T) {
-	queue := brokertest.Name("forced-close")
-	brokertest.DeleteQueues(t, queue)
-	pub, states := faultPublisher(t, brokertest.URI(), nil)
-	load := brokertest.StartLoad(t, pub, goroutines, queue)
-
+	f := startFault(t, "forced-close", brokertest.URI(), nil)
 	var recoveries []time.Duration
 	for i := 0; i < 5; i++ {
-		load.WaitProgress(300)
+		f.load.WaitProgress(300)
 		brokertest.CloseAllConnections(t)
-		lost := states.Await("reconnecting") // rabbitmqctl itself takes ~0.5 s: time from here
-		states.Await("connected")
-		before := load.Confirmed.Len()
-		load.WaitProgress(1)
+		lost := f.states.Await("reconnecting") // rabbitmqctl itself takes ~0.5 s: time from here
+		f.states.Await("connected")
+		before := f.load.Confirmed.Len()
+		f.load.WaitProgress(1)
 		recoveries = append(recoveries, time.Since(lost).Round(time.Millisecond))
 		t.Logf("close %d: confirmed %d before; first confirm %s after the connection dropped", i+1, before, recoveries[i])
 	}
-	load.WaitProgress(300)
-	load.Stop()
-	closePublisher(t, pub)
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+	f.finish(t, 300)
 	t.Logf("recovery times (connection dropped to next confirm): %v", recoveries)
 }
 
 func TestBrokerRestart(t *testing.T) {
-	queue := brokertest.Name("restart")
-	brokertest.DeleteQueues(t, queue)
-	pub, states := faultPublisher(t, brokertest.URI(), nil)
-	load := brokertest.StartLoad(t, pub, goroutines, queue)
-
-	load.WaitProgress(500)
+	f := startFault(t, "restart", brokertest.URI(), nil)
+	f.load.WaitProgress(500)
 	stopped := time.Now()
 	brokertest.StopApp(t)
-	states.Await("reconnecting")
-	during := load.Confirmed.Len()
+	f.states.Await("reconnecting")
+	during := f.load.Confirmed.Len()
 	brokertest.StartApp(t)
 	up := time.Now()
-	load.WaitProgress(1)
+	f.load.WaitProgress(1)
 	t.Logf("broker down %s; first confirm %s after the broker accepted connections again; %d confirmed before the restart",
 		up.Sub(stopped).Round(time.Millisecond), time.Since(up).Round(time.Millisecond), during)
-	load.WaitProgress(500)
-	load.Stop()
-	closePublisher(t, pub)
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+	f.finish(t, 500)
 }
 
 // proxy runs a toxiproxy between the publisher and the broker, in process.
@@ -136,60 +150,46 @@ func proxy(t *testing.T) (*toxiproxy.Proxy, string) {
 // heartbeat can tell; the publisher must notice, reconnect once the link
 // heals, and re-send.
 func TestBlackholedLink(t *testing.T) {
-	queue := brokertest.Name("blackhole")
-	brokertest.DeleteQueues(t, queue)
 	link, uri := proxy(t)
-	pub, states := faultPublisher(t, uri, func(c *resilient.Config) {
+	f := startFault(t, "blackhole", uri, func(c *resilient.Config) {
 		c.Heartbeat = time.Second
 		c.DialTimeout = 2 * time.Second
 	})
-	load := brokertest.StartLoad(t, pub, goroutines, queue)
-
-	load.WaitProgress(500)
+	f.load.WaitProgress(500)
 	cut := time.Now()
 	for _, stream := range []string{"upstream", "downstream"} {
 		if _, err := link.Toxics.AddToxicJson(strings.NewReader(`{"name":"blackhole-` + stream + `","type":"timeout","stream":"` + stream + `","attributes":{"timeout":0}}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	detected := states.Await("reconnecting")
+	detected := f.states.Await("reconnecting")
 	t.Logf("dead link detected after %s (heartbeat 1s)", detected.Sub(cut).Round(time.Millisecond))
 	link.Toxics.ResetToxics(context.Background())
 	healed := time.Now()
-	states.Await("connected")
-	load.WaitProgress(1)
+	f.states.Await("connected")
+	f.load.WaitProgress(1)
 	t.Logf("first confirm %s after the link healed", time.Since(healed).Round(time.Millisecond))
-	load.WaitProgress(500)
-	load.Stop()
-	closePublisher(t, pub)
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+	f.finish(t, 500)
 }
 
 // A link cut outright (every connection closed, new ones refused) and then
 // restored, several times.
 func TestLinkReset(t *testing.T) {
-	queue := brokertest.Name("reset")
-	brokertest.DeleteQueues(t, queue)
 	link, uri := proxy(t)
-	pub, states := faultPublisher(t, uri, nil)
-	load := brokertest.StartLoad(t, pub, goroutines, queue)
-
+	f := startFault(t, "reset", uri, nil)
 	for i := 0; i < 3; i++ {
-		load.WaitProgress(300)
+		f.load.WaitProgress(300)
 		link.Stop()
-		states.Await("reconnecting")
+		f.states.Await("reconnecting")
 		if err := link.Start(); err != nil {
 			t.Fatal(err)
 		}
 		restored := time.Now()
-		states.Await("connected")
-		load.WaitProgress(1)
+		f.states.Await("connected")
+		f.load.WaitProgress(1)
 		t.Logf("reset %d: first confirm %s after the link came back", i+1, time.Since(restored).Round(time.Millisecond))
 	}
-	load.WaitProgress(300)
-	load.Stop()
-	closePublisher(t, pub)
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, load.Confirmed.All()))
+	f.finish(t, 300)
 }
 
 // declareOnly declares the exchanges of the topics it knows, so that one
@@ -319,15 +319,7 @@ func TestBlockedConnection(t *testing.T) {
 	t.Logf("of the %d messages that timed out while blocked, %d reached the queue later (allowed: not confirmed is not lost)", len(blockedIDs), r.Unexpected)
 }
 
-func messages(n int) ([]*message.Message, []string) {
-	msgs := make([]*message.Message, n)
-	ids := make([]string, n)
-	for i := range msgs {
-		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte("payload"))
-		ids[i] = msgs[i].UUID
-	}
-	return msgs, ids
-}
+var messages = brokertest.Messages
 
 // alarm raises a memory alarm on the broker until the returned function (also
 // registered as cleanup) restores the watermark.

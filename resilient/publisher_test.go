@@ -10,7 +10,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
-	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
@@ -34,15 +33,7 @@ func newPublisher(t *testing.T, cfg resilient.Config) *resilient.Publisher {
 	return pub
 }
 
-func newMessages(n int) ([]*message.Message, []string) {
-	msgs := make([]*message.Message, n)
-	ids := make([]string, n)
-	for i := range msgs {
-		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("payload %d", i)))
-		ids[i] = msgs[i].UUID
-	}
-	return msgs, ids
-}
+var newMessages = brokertest.Messages
 
 // The call shape of someone switching from amqp.NewPublisher: the queue is
 // declared by the publisher, so messages published before any subscriber

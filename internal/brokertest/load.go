@@ -38,12 +38,7 @@ func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...st
 					return
 				default:
 				}
-				msgs := make([]*message.Message, 1+(g+i)%3)
-				ids := make([]string, len(msgs))
-				for j := range msgs {
-					msgs[j] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("g%d-i%d-j%d", g, i, j)))
-					ids[j] = msgs[j].UUID
-				}
+				msgs, ids := Messages(1 + (g+i)%3)
 				if err := pub.Publish(topic, msgs...); err != nil {
 					l.mu.Lock()
 					l.errs = append(l.errs, err)
@@ -59,6 +54,17 @@ func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...st
 		}()
 	}
 	return l
+}
+
+// Messages returns n new messages and their UUIDs.
+func Messages(n int) ([]*message.Message, []string) {
+	msgs := make([]*message.Message, n)
+	ids := make([]string, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("payload %d", i)))
+		ids[i] = msgs[i].UUID
+	}
+	return msgs, ids
 }
 
 // WaitProgress waits until n more messages have been confirmed.
