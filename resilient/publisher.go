@@ -36,8 +36,9 @@ type Publisher struct {
 	closed bool
 	calls  sync.WaitGroup
 
-	abortCtx context.Context // cancelled when Close stops waiting for calls
-	abort    context.CancelCauseFunc
+	abortCtx     context.Context // cancelled when Close stops waiting for calls
+	abort        context.CancelCauseFunc
+	timeoutCause error // why a Publish ran out of time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -50,10 +51,10 @@ var _ message.Publisher = (*Publisher)(nil)
 
 // NewPublisher validates cfg, connects, and returns a Publisher.
 //
-// It fails with an error matching ErrConfig for a bad configuration, and
-// with ErrAccessRefused when the broker refuses the credentials or the vhost.
-// When the broker cannot be reached it fails too, unless
-// cfg.RetryOnFailedConnect is set. A nil logger logs nothing.
+// It fails with an error matching ErrConfig for a bad configuration, with
+// ErrAccessRefused when the broker refuses the credentials, and with
+// ErrNotFound for a missing vhost. When the broker cannot be reached it fails
+// too, unless cfg.RetryOnFailedConnect is set. A nil logger logs nothing.
 func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error) {
 	if logger == nil {
 		logger = watermill.NopLogger{}
@@ -63,9 +64,13 @@ func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error
 		return nil, err
 	}
 	n := newNotifier(cfg.OnStateChange, logger)
-	p := &Publisher{cfg: cfg, logger: logger, notifier: n}
+	p := &Publisher{
+		cfg:          cfg,
+		logger:       logger,
+		notifier:     n,
+		timeoutCause: fmt.Errorf("%w (%s)", errPublishTimeout, cfg.PublishTimeout),
+	}
 	p.sup = newSupervisor(&p.cfg, logger, n)
-	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
 
 	first, err := p.sup.connectOnce()
 	if err != nil {
@@ -78,6 +83,7 @@ func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error
 	} else {
 		logger.Info("Connected to AMQP", watermill.LogFields{"uri": first.uri})
 	}
+	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
 	p.sup.start(first)
 	return p, nil
 }
@@ -266,7 +272,7 @@ var errPublishTimeout = errors.New("publish timeout")
 func (p *Publisher) publish(topic string, batch []*outgoing) error {
 	base, cancelBase := context.WithCancelCause(context.Background())
 	defer cancelBase(nil)
-	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, fmt.Errorf("%w (%s)", errPublishTimeout, p.cfg.PublishTimeout))
+	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
 	defer cancel()
 	defer context.AfterFunc(p.abortCtx, func() { cancelBase(ErrClosed) })()
 	wake := make(chan struct{}, 1)
@@ -282,7 +288,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 		}
 		if err := sess.ensureTopology(ctx, topic, batch[0].exchange, p.declare); err != nil {
 			if errors.Is(err, errConnectionLost) {
-				pause(ctx, sess.stopping, defaultChannelReopenBackoff)
+				pause(ctx, sess.stopping, retryPause)
 				continue
 			}
 			failed = failAll(failed, remaining, p.deadlineErr(ctx, err))
