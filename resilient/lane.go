@@ -103,7 +103,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 
 	wasBlocked := false
 	for {
-		blocked, flowChanged := l.sess.flow()
+		blocked, flowChanged := l.sess.flowNow()
 		if wasBlocked && !blocked {
 			l.resumedAt = time.Now()
 		}
@@ -126,9 +126,11 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			}
 			l.send(ch, d)
 		case r, ok := <-returns:
-			if ok {
-				l.returned[r.MessageId] = r
+			if !ok {
+				returns = nil // closed with the channel: closed says why
+				continue
 			}
+			l.returned[r.MessageId] = r
 		case c, ok := <-confirms:
 			if !ok {
 				return l.closedCause(closed)
@@ -144,7 +146,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			}
 			return e
 		case <-watchdog.C:
-			if blocked, _ := l.sess.flow(); blocked {
+			if blocked, _ := l.sess.flowNow(); blocked {
 				continue
 			}
 			if head := l.pending.peek(); head != nil && time.Since(later(head.sentAt, l.resumedAt)) > l.sess.cfg.ConfirmTimeout {
@@ -194,11 +196,11 @@ func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
 	for drained := false; !drained; {
 		select {
 		case r, ok := <-returns:
-			if ok {
-				l.returned[r.MessageId] = r
-			} else {
+			if !ok {
 				drained = true
+				continue
 			}
+			l.returned[r.MessageId] = r
 		default:
 			drained = true
 		}

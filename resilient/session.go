@@ -41,9 +41,7 @@ type session struct {
 	closed   chan *amqp091.Error
 	blocking chan amqp091.Blocking
 
-	flowMu      sync.Mutex
-	blocked     bool
-	flowChanged chan struct{} // closed and replaced at each change of blocked
+	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
 
 	topoMu sync.Mutex
 	topo   map[string]*topologyEntry
@@ -60,20 +58,21 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 	s.nextID++
 	id := s.nextID
 	s.mu.Unlock()
-	return &session{
-		id:          id,
-		conn:        conn,
-		closed:      conn.NotifyClose(make(chan *amqp091.Error, 1)),
-		blocking:    conn.NotifyBlocked(make(chan amqp091.Blocking, 4)),
-		uri:         uri,
-		cfg:         s.cfg,
-		logger:      s.logger.With(watermill.LogFields{"connection": id}),
-		stopping:    make(chan struct{}),
-		dead:        make(chan struct{}),
-		flowChanged: make(chan struct{}),
-		topo:        make(map[string]*topologyEntry),
-		suspect:     make(map[string]bool),
+	sess := &session{
+		id:       id,
+		conn:     conn,
+		closed:   conn.NotifyClose(make(chan *amqp091.Error, 1)),
+		blocking: conn.NotifyBlocked(make(chan amqp091.Blocking, 4)),
+		uri:      uri,
+		cfg:      s.cfg,
+		logger:   s.logger.With(watermill.LogFields{"connection": id}),
+		stopping: make(chan struct{}),
+		dead:     make(chan struct{}),
+		topo:     make(map[string]*topologyEntry),
+		suspect:  make(map[string]bool),
 	}
+	sess.flow.Store(&flowState{changed: make(chan struct{})})
+	return sess
 }
 
 func (sess *session) start() {
@@ -117,21 +116,26 @@ func (sess *session) end() {
 	close(sess.dead)
 }
 
-func (sess *session) setBlocked(blocked bool) {
-	sess.flowMu.Lock()
-	defer sess.flowMu.Unlock()
-	if sess.blocked == blocked {
-		return
-	}
-	sess.blocked = blocked
-	close(sess.flowChanged)
-	sess.flowChanged = make(chan struct{})
+// flowState is whether the broker blocks the connection, and the channel
+// closed when that changes.
+type flowState struct {
+	blocked bool
+	changed chan struct{}
 }
 
-func (sess *session) flow() (blocked bool, changed <-chan struct{}) {
-	sess.flowMu.Lock()
-	defer sess.flowMu.Unlock()
-	return sess.blocked, sess.flowChanged
+// setBlocked is called by the supervisor goroutine only.
+func (sess *session) setBlocked(blocked bool) {
+	old := sess.flow.Load()
+	if old.blocked == blocked {
+		return
+	}
+	sess.flow.Store(&flowState{blocked: blocked, changed: make(chan struct{})})
+	close(old.changed)
+}
+
+func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
+	f := sess.flow.Load()
+	return f.blocked, f.changed
 }
 
 // topologyEntry is the declaration of one topic's topology on one
