@@ -19,8 +19,8 @@ var errConnectionLost = errors.New("connection lost")
 const sessionCloseGrace = 2 * time.Second
 
 // session is one live AMQP connection and everything that lives and dies
-// with it: its publishing lanes, its queue of deliveries, and its cache of
-// declared topology. The supervisor creates and ends it; nothing of a
+// with it: its publishing lanes (each with its queue of deliveries) and its
+// cache of declared topology. The supervisor creates and ends it; nothing of a
 // session is reused on the next connection.
 type session struct {
 	id     uint64
@@ -78,9 +78,9 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 func (sess *session) start() {
 	n := sess.cfg.Channels
 	// Keep one channel for declarations within the negotiated channel_max.
-	if max := int(sess.conn.Config.ChannelMax); max > 1 && n > max-1 {
-		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": max - 1, "configured": n})
-		n = max - 1
+	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 1 && n > channelMax-1 {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 1, "configured": n})
+		n = channelMax - 1
 	}
 	sess.lanes = make([]*lane, n)
 	sess.wg.Add(len(sess.lanes))
