@@ -30,7 +30,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	brokertest.Main(m, nil,
 		// toxiproxy (the test's TCP proxy, not ours) can leave a link's pipe
 		// blocked after Stop when its toxics were reset.
 		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),

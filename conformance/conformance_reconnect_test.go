@@ -28,6 +28,7 @@ func TestConformanceReconnect(t *testing.T) {
 			GuaranteedOrderWithSingleSubscriber: true,
 			Persistent:                          true,
 			RestartServiceCommand:               restartCommand(t),
+			GenerateTopicFunc:                   topicName,
 		},
 	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())

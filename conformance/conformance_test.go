@@ -45,6 +45,7 @@ func TestConformanceDurableQueue(t *testing.T) {
 		GuaranteedOrderWithSingleSubscriber: true,
 		Persistent:                          true,
 		// TestReconnect runs in TestConformanceReconnect.
+		GenerateTopicFunc: topicName,
 	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 		return pubSub(t, cfg, cfg)
@@ -59,11 +60,12 @@ func TestConformanceDurablePubSub(t *testing.T) {
 		GuaranteedOrderWithSingleSubscriber: true,
 		Persistent:                          true,
 		// TestReconnect runs in TestConformanceReconnect.
+		GenerateTopicFunc: topicName,
 	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
 			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
 	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
 		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
-			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(consumerGroup)))
+			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(conformancePrefix+consumerGroup)))
 	})
 }

@@ -46,7 +46,7 @@ func TestAccessRefused(t *testing.T) {
 	const user, password = "resilient-test-limited", "limited-Pa55"
 	brokertest.Ctl(t, "add_user", user, password)
 	t.Cleanup(func() { _, _ = brokertest.CtlErr("delete_user", user) })
-	brokertest.Ctl(t, "set_permissions", "-p", "/", user, "^allowed-.*", `^(allowed-.*|amq\.default)$`, ".*")
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, "^"+brokertest.Prefix+"allowed-.*", `^(`+brokertest.Prefix+`allowed-.*|amq\.default)$`, ".*")
 
 	u, err := url.Parse(brokertest.URI())
 	if err != nil {
@@ -105,13 +105,15 @@ func TestMandatoryUnroutable(t *testing.T) {
 	first, firstIDs := newMessages(1)
 	err := pub.Publish("nobody", first...)
 	requirePublishError(t, err, resilient.ErrUnroutable, firstIDs)
-	conn := brokertest.Dial(t)
-	defer conn.Close()
 	t.Cleanup(func() {
+		conn := brokertest.Dial(t)
+		defer conn.Close()
 		if ch, err := conn.Channel(); err == nil {
 			_ = ch.ExchangeDelete(exchange, false, false)
 		}
 	})
+	conn := brokertest.Dial(t)
+	defer conn.Close()
 	ch, _ := conn.Channel()
 	if _, err := ch.QueueDeclare(bound, true, false, false, false, nil); err != nil {
 		t.Fatal(err)

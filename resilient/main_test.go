@@ -3,9 +3,9 @@ package resilient_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	brokertest.Main(m, nil)
 }

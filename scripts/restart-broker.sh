@@ -8,6 +8,7 @@ set -euo pipefail
 exec 9>"${TMPDIR:-/tmp}/resilient-restart-broker.lock"
 flock 9
 read -r -a ctl <<<"${RABBITMQCTL:-rabbitmqctl}"
-"${ctl[@]}" stop_app >/dev/null
-"${ctl[@]}" start_app >/dev/null
-"${ctl[@]}" await_startup >/dev/null
+# Bounded: a broker that cannot start again fails the test, never hangs it.
+timeout 120 "${ctl[@]}" stop_app >/dev/null
+timeout 120 "${ctl[@]}" start_app >/dev/null
+timeout 120 "${ctl[@]}" await_startup >/dev/null

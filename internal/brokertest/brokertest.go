@@ -26,9 +26,10 @@ func URI() string {
 	return "amqp://guest:guest@127.0.0.1:5672/"
 }
 
-// Name returns a name unique to this run, for queues and exchanges.
+// Name returns a name unique to this run, for queues and exchanges; it
+// starts with Prefix.
 func Name(prefix string) string {
-	return fmt.Sprintf("%s-%s", prefix, uuid.NewString()[:8])
+	return fmt.Sprintf("%s%s-%s", Prefix, prefix, uuid.NewString()[:8])
 }
 
 // ctlCommand is how to run rabbitmqctl: $RABBITMQCTL (e.g.
