@@ -28,7 +28,10 @@ type lane struct {
 	logger  watermill.LoggerAdapter
 	pending fifo
 	// returned holds mandatory messages the broker returned, by message ID,
-	// until their ack arrives (a return always precedes its ack).
+	// until their ack arrives (a return always precedes its ack). A return
+	// carries no delivery tag: two mandatory messages in flight on one
+	// channel with the same message ID (the same message published twice at
+	// once) can have a return attributed to the wrong one.
 	returned map[string]amqp091.Return
 	// resumedAt is when the broker last unblocked the connection: time spent
 	// blocked does not count against ConfirmTimeout.
