@@ -21,16 +21,9 @@ import (
 // flag during reconnects, outside this module; .ci/run runs it in a
 // separate, race-free invocation.
 func TestConformanceReconnect(t *testing.T) {
-	tests.TestReconnect(t, tests.TestContext{
-		TestID: tests.NewTestID(),
-		Features: tests.Features{
-			GuaranteedOrder:                     true,
-			GuaranteedOrderWithSingleSubscriber: true,
-			Persistent:                          true,
-			RestartServiceCommand:               restartCommand(t),
-			GenerateTopicFunc:                   topicName,
-		},
-	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+	f := features()
+	f.RestartServiceCommand = restartCommand(t)
+	tests.TestReconnect(t, tests.TestContext{TestID: tests.NewTestID(), Features: f}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 		pub, sub := pubSub(t, cfg, cfg)
 		g := &publishGate{published: make(map[string]time.Time), changed: make(chan struct{})}

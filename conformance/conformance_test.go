@@ -37,31 +37,29 @@ func pubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, messag
 	return pub, sub
 }
 
-func TestConformanceDurableQueue(t *testing.T) {
-	tests.TestPubSub(t, tests.Features{
-		ConsumerGroups:                      false,
-		ExactlyOnceDelivery:                 false,
+// features are what RabbitMQ durable queues give: at-least-once (not
+// exactly-once), in order, persistent. TestReconnect runs apart, in
+// TestConformanceReconnect, which adds RestartServiceCommand.
+func features() tests.Features {
+	return tests.Features{
 		GuaranteedOrder:                     true,
 		GuaranteedOrderWithSingleSubscriber: true,
 		Persistent:                          true,
-		// TestReconnect runs in TestConformanceReconnect.
-		GenerateTopicFunc: topicName,
-	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+		GenerateTopicFunc:                   topicName,
+	}
+}
+
+func TestConformanceDurableQueue(t *testing.T) {
+	tests.TestPubSub(t, features(), func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 		return pubSub(t, cfg, cfg)
 	}, nil)
 }
 
 func TestConformanceDurablePubSub(t *testing.T) {
-	tests.TestPubSub(t, tests.Features{
-		ConsumerGroups:                      true,
-		ExactlyOnceDelivery:                 false,
-		GuaranteedOrder:                     true,
-		GuaranteedOrderWithSingleSubscriber: true,
-		Persistent:                          true,
-		// TestReconnect runs in TestConformanceReconnect.
-		GenerateTopicFunc: topicName,
-	}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+	f := features()
+	f.ConsumerGroups = true
+	tests.TestPubSub(t, f, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
 			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
 	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
