@@ -1,18 +1,8 @@
-// Package benchmarks compares, in one run and against the real broker, the
-// resilient publisher with raw amqp091-go doing the same work: N goroutines,
-// each publishing one 1 KiB persistent message to a durable queue and
-// waiting for its confirm. Both send the same bytes: a watermill message
-// marshaled by watermill-amqp's DefaultMarshaler, its UUID as message_id.
-//
-//	go test ./benchmarks -run '^$' -bench . -benchtime 20000x -count 5 | tee new.txt
-//	benchstat new.txt
 package benchmarks_test
 
 import (
 	"context"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -24,97 +14,175 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
-const rawChannels = 4 // as many confirm-mode channels as the publisher's default lanes
+var sizes = []struct {
+	name  string
+	bytes int
+}{{"100B", 100}, {"1KiB", 1 << 10}, {"64KiB", 64 << 10}}
 
-var payload = make([]byte, 1024)
+// rawChannels is how many confirm-mode channels raw amqp091-go shares
+// between its goroutines: as many as the publisher's default lanes.
+const rawChannels = 4
 
-// run calls publish b.N times from goroutines goroutines and reports msgs/s.
-func run(b *testing.B, goroutines int, publish func(worker int) error) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, goroutines)
-	b.ResetTimer()
-	for w := 0; w < goroutines; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(b.N) {
-				if err := publish(w); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	b.StopTimer()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-}
-
-// queue declares a durable queue for one benchmark and deletes it after.
-func queue(b *testing.B, ch *amqp091.Channel) string {
-	name := brokertest.Name("bench")
-	if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _, _ = ch.QueueDelete(name, false, false, false) })
-	return name
-}
-
+// BenchmarkPublish: N goroutines, each publishing one message at a time and
+// waiting for its confirm.
+//
+//   - raw: amqp091-go, PublishWithDeferredConfirmWithContext over
+//     rawChannels shared confirm-mode channels, each goroutine waiting for
+//     its own confirm. With one goroutine this is a synchronous confirm.
+//   - resilient: Publisher.Publish(topic, msg) with the default Config.
+//   - watermill-amqp: its Publisher in its best confirmed configuration
+//     (ConfirmDelivery, a pool of 8 channels), at 64 goroutines only.
 func BenchmarkPublish(b *testing.B) {
+	for _, size := range sizes {
+		for _, goroutines := range []int{1, 16, 64, 256} {
+			prefix := fmt.Sprintf("size=%s/goroutines=%d", size.name, goroutines)
+			b.Run(prefix+"/impl=raw", func(b *testing.B) {
+				benchRaw(b, size.bytes, goroutines)
+			})
+			b.Run(prefix+"/impl=resilient", func(b *testing.B) {
+				pub := newResilient(b)
+				q := queue(b)
+				concurrently(b, goroutines, func(int) error {
+					return pub.Publish(q, newMessage(size.bytes))
+				})
+			})
+			if goroutines == 64 && size.bytes == 1<<10 {
+				b.Run(prefix+"/impl=watermill-amqp", func(b *testing.B) {
+					cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+					cfg.Publish.ConfirmDelivery = true
+					cfg.Publish.ChannelPoolSize = 8
+					pub, err := amqp.NewPublisher(cfg, watermill.NopLogger{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer pub.Close()
+					q := queue(b)
+					concurrently(b, goroutines, func(int) error {
+						return pub.Publish(q, newMessage(size.bytes))
+					})
+				})
+			}
+		}
+	}
+}
+
+func benchRaw(b *testing.B, size, goroutines int) {
 	conn := brokertest.Dial(b)
 	defer conn.Close()
-	admin, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
+	channels := make([]*amqp091.Channel, rawChannels)
+	for i := range channels {
+		var err error
+		if channels[i], err = conn.Channel(); err != nil {
+			b.Fatal(err)
+		}
+		if err := channels[i].Confirm(false); err != nil {
+			b.Fatal(err)
+		}
 	}
-	for _, goroutines := range []int{1, 16, 64} {
-		b.Run(fmt.Sprintf("raw/goroutines=%d", goroutines), func(b *testing.B) {
-			q := queue(b, admin)
-			channels := make([]*amqp091.Channel, rawChannels)
-			for i := range channels {
-				if channels[i], err = conn.Channel(); err != nil {
-					b.Fatal(err)
-				}
-				if err := channels[i].Confirm(false); err != nil {
-					b.Fatal(err)
-				}
-				defer channels[i].Close()
-			}
-			run(b, goroutines, func(w int) error {
-				// The same bytes on the wire as the publisher sends: watermill's
-				// headers, the UUID as message_id, persistent.
-				msg := message.NewMessage(watermill.NewUUID(), payload)
-				pub, err := amqp.DefaultMarshaler{}.Marshal(msg)
-				if err != nil {
-					return err
-				}
-				pub.MessageId = msg.UUID
-				dc, err := channels[w%rawChannels].PublishWithDeferredConfirmWithContext(context.Background(), "", q, false, false, pub)
-				if err != nil {
-					return err
-				}
-				if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
-					return fmt.Errorf("not confirmed: %v", err)
-				}
-				return nil
-			})
-		})
-		b.Run(fmt.Sprintf("resilient/goroutines=%d", goroutines), func(b *testing.B) {
-			q := queue(b, admin)
-			pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
+	q := queue(b)
+	ctx := context.Background()
+	concurrently(b, goroutines, func(w int) error {
+		pub, err := marshal(newMessage(size))
+		if err != nil {
+			return err
+		}
+		dc, err := channels[w%rawChannels].PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+		if err != nil {
+			return err
+		}
+		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+			return fmt.Errorf("not confirmed: %v", err)
+		}
+		return nil
+	})
+}
+
+// batchSize is how many messages one Publish call carries, and window how
+// many unconfirmed messages raw amqp091-go keeps in flight (the publisher's
+// default MaxInFlight).
+const batchSize, window = 1000, 512
+
+// BenchmarkBatch: one goroutine publishing batchSize messages at a time.
+//
+//   - raw: amqp091-go on one confirm-mode channel, pipelining: it keeps up
+//     to window messages unconfirmed, waits for the oldest when the window
+//     is full, and for all at the end of a batch.
+//   - resilient: one Publisher.Publish(topic, batch...) call per batch.
+func BenchmarkBatch(b *testing.B) {
+	for _, size := range sizes {
+		b.Run(fmt.Sprintf("size=%s/batch=%d/impl=raw", size.name, batchSize), func(b *testing.B) {
+			conn := brokertest.Dial(b)
+			defer conn.Close()
+			ch, err := conn.Channel()
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer pub.Close()
-			b.ReportAllocs()
-			run(b, goroutines, func(int) error {
-				return pub.Publish(q, message.NewMessage(watermill.NewUUID(), payload))
+			if err := ch.Confirm(false); err != nil {
+				b.Fatal(err)
+			}
+			q := queue(b)
+			ctx := context.Background()
+			pending := make([]*amqp091.DeferredConfirmation, 0, window)
+			await := func(dc *amqp091.DeferredConfirmation) error {
+				if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+					return fmt.Errorf("not confirmed: %v", err)
+				}
+				return nil
+			}
+			inBatches(b, batchSize, func(n int) error {
+				for range n {
+					if len(pending) == window {
+						if err := await(pending[0]); err != nil {
+							return err
+						}
+						pending = pending[1:]
+					}
+					pub, err := marshal(newMessage(size.bytes))
+					if err != nil {
+						return err
+					}
+					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+					if err != nil {
+						return err
+					}
+					if len(pending) == cap(pending) {
+						pending = append(make([]*amqp091.DeferredConfirmation, 0, window), pending...)
+					}
+					pending = append(pending, dc)
+				}
+				for _, dc := range pending {
+					if err := await(dc); err != nil {
+						return err
+					}
+				}
+				pending = pending[:0]
+				return nil
+			})
+		})
+		b.Run(fmt.Sprintf("size=%s/batch=%d/impl=resilient", size.name, batchSize), func(b *testing.B) {
+			pub := newResilient(b)
+			q := queue(b)
+			inBatches(b, batchSize, func(n int) error {
+				msgs := make([]*message.Message, n)
+				for i := range msgs {
+					msgs[i] = newMessage(size.bytes)
+				}
+				return pub.Publish(q, msgs...)
 			})
 		})
 	}
+}
+
+// newResilient is the publisher with its default settings.
+func newResilient(b *testing.B) *resilient.Publisher {
+	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := pub.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	return pub
 }

@@ -1,0 +1,133 @@
+// Command benchtable reads the output of the benchmarks in this module
+// (go test -bench, any -count) and prints a Markdown table comparing the
+// resilient publisher with raw amqp091-go and watermill-amqp: medians over
+// the runs, as ratios, each against its target.
+//
+//	go test ./benchmarks -run '^$' -bench . -count 3 | tee bench.txt | go run ./benchmarks/benchtable
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// A result line: name-GOMAXPROCS, iterations, then value/unit pairs.
+var line = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+
+// samples holds, per case and implementation, every value of every unit.
+type samples map[string]map[string]map[string][]float64
+
+func parse(r io.Reader) (samples, []string, error) {
+	s := samples{}
+	var order []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		text := sc.Text()
+		fmt.Fprintln(os.Stderr, text) // the raw output stays visible
+		m := line.FindStringSubmatch(text)
+		if m == nil {
+			continue
+		}
+		name, impl, ok := strings.Cut(m[1], "/impl=")
+		if !ok {
+			continue
+		}
+		if s[name] == nil {
+			s[name] = map[string]map[string][]float64{}
+			order = append(order, name)
+		}
+		if s[name][impl] == nil {
+			s[name][impl] = map[string][]float64{}
+		}
+		fields := strings.Fields(m[2])
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				continue
+			}
+			s[name][impl][fields[i+1]] = append(s[name][impl][fields[i+1]], v)
+		}
+	}
+	return s, order, sc.Err()
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func (s samples) get(name, impl, unit string) float64 { return median(s[name][impl][unit]) }
+
+func check(ratio, target float64, atLeast bool) string {
+	if target == 0 {
+		return ""
+	}
+	ok := ratio >= target
+	sign := "≥"
+	if !atLeast {
+		ok, sign = ratio <= target, "≤"
+	}
+	mark := "✅"
+	if !ok {
+		mark = "❌"
+	}
+	return fmt.Sprintf("%s %s %.2f", mark, sign, target)
+}
+
+func main() {
+	s, order, err := parse(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	n := 0
+	for _, name := range order {
+		n = max(n, len(s[name]["resilient"]["msgs/s"]))
+	}
+	fmt.Printf("\nMedians of %d run(s). raw = amqp091-go doing the same work; ratio = resilient / raw.\n\n", n)
+	fmt.Println("| case | raw msgs/s | resilient msgs/s | ratio | target | p50 µs raw / ours | p99 µs raw / ours | allocs/msg raw / ours | B/msg raw / ours | CPU µs/msg raw / ours (ratio ≤ 2) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	for _, name := range order {
+		if s[name]["raw"] == nil || s[name]["resilient"] == nil {
+			continue
+		}
+		raw, ours := s.get(name, "raw", "msgs/s"), s.get(name, "resilient", "msgs/s")
+		ratio := ours / raw
+		var target float64
+		if strings.Contains(name, "batch=") || !strings.Contains(name, "goroutines=1/") && !strings.HasSuffix(name, "goroutines=1") {
+			target = 0.95
+		}
+		cpuRaw, cpuOurs := s.get(name, "raw", "cpu-µs/msg"), s.get(name, "resilient", "cpu-µs/msg")
+		fmt.Printf("| %s | %.0f | %.0f | %.2f | %s | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f (%.2f) |\n",
+			name, raw, ours, ratio, check(ratio, target, true),
+			s.get(name, "raw", "p50-µs"), s.get(name, "resilient", "p50-µs"),
+			s.get(name, "raw", "p99-µs"), s.get(name, "resilient", "p99-µs"),
+			s.get(name, "raw", "allocs/op"), s.get(name, "resilient", "allocs/op"),
+			s.get(name, "raw", "B/op"), s.get(name, "resilient", "B/op"),
+			cpuRaw, cpuOurs, cpuOurs/cpuRaw)
+	}
+	fmt.Println()
+	for _, name := range order {
+		if strings.HasSuffix(name, "/goroutines=1") && s[name]["raw"] != nil && s[name]["resilient"] != nil {
+			raw, ours := s.get(name, "raw", "p50-µs"), s.get(name, "resilient", "p50-µs")
+			fmt.Printf("- %s, p50 latency vs raw synchronous confirm: %.0f µs / %.0f µs = %.2f %s\n", name, ours, raw, ours/raw, check(ours/raw, 1.15, false))
+		}
+		if wm := s[name]["watermill-amqp"]; wm != nil && s[name]["resilient"] != nil {
+			w, ours := median(wm["msgs/s"]), s.get(name, "resilient", "msgs/s")
+			fmt.Printf("- %s, vs watermill-amqp (confirms, pool of 8): %.0f / %.0f msgs/s = %.2f× %s\n", name, ours, w, ours/w, check(ours/w, 2.5, true))
+		}
+	}
+}
