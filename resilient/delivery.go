@@ -39,7 +39,8 @@ type delivery struct {
 	msg     *outgoing
 	state   atomic.Int32
 	results chan<- outcome
-	slot    int // in its attempt
+
+	resolved bool // owned by the caller: outcome settled or given up on
 
 	// Owned by the lane once claimed.
 	tag    uint64

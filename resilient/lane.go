@@ -120,14 +120,17 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			return nil
 		case <-flowChanged:
 		case d := <-intake:
-			if !d.claim() {
-				continue // its caller gave up on it
+			l.take(ch, d)
+			// More are usually queued behind it (a batch, or many callers):
+			// take them without going round the whole select each time.
+			for more := true; more && l.pending.len() < window; {
+				select {
+				case d := <-l.queue:
+					l.take(ch, d)
+				default:
+					more = false
+				}
 			}
-			if err := d.msg.ctx.Err(); err != nil {
-				d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx)))
-				continue
-			}
-			l.send(ch, d)
 		case r, ok := <-returns:
 			if !ok {
 				returns = nil // closed with the channel: closed says why
@@ -139,6 +142,18 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				return l.closedCause(closed)
 			}
 			l.confirm(c, returns)
+			// A multiple-ack arrives as one confirmation per tag.
+			for more := true; more; {
+				select {
+				case c, ok := <-confirms:
+					if !ok {
+						return l.closedCause(closed)
+					}
+					l.confirm(c, returns)
+				default:
+					more = false
+				}
+			}
 		case e := <-closed:
 			// Confirms that arrived before the close still count.
 			for c := range confirms {
@@ -177,6 +192,18 @@ func (l *lane) closedCause(closed <-chan *amqp091.Error) error {
 		return e
 	}
 	return errConnectionLost
+}
+
+// take claims d and sends it, unless its caller gave up on it.
+func (l *lane) take(ch *amqp091.Channel, d *delivery) {
+	if !d.claim() {
+		return // its caller gave up on it
+	}
+	if err := d.msg.ctx.Err(); err != nil {
+		d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx)))
+		return
+	}
+	l.send(ch, d)
 }
 
 func (l *lane) send(ch *amqp091.Channel, d *delivery) {

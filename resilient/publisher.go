@@ -45,6 +45,8 @@ type Publisher struct {
 
 	abandonedMu sync.Mutex
 	abandoned   []string // UUIDs left unconfirmed because of Close
+
+	declareTopic func(*amqp091.Channel, string) error // p.declare, bound once
 }
 
 var _ message.Publisher = (*Publisher)(nil)
@@ -70,6 +72,7 @@ func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error
 		notifier:     n,
 		timeoutCause: fmt.Errorf("%w (%s)", errPublishTimeout, cfg.PublishTimeout),
 	}
+	p.declareTopic = p.declare
 	p.sup = newSupervisor(&p.cfg, logger, n)
 
 	first, err := p.sup.connectOnce()
@@ -150,14 +153,14 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		}
 	}
 
+	// One allocation for all the messages of the call, however many.
+	store := make([]outgoing, len(messages))
 	batch := make([]*outgoing, 0, len(messages))
-	uuids := make([]string, 0, len(messages))
 	for i, msg := range messages {
 		if msg == nil {
 			errs = append(errs, fmt.Errorf("%w at index %d", ErrNilMessage, i))
 			continue
 		}
-		uuids = append(uuids, msg.UUID)
 		pub, err := p.cfg.AMQP.Marshaler.Marshal(msg)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
@@ -174,7 +177,7 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			errs = append(errs, fmt.Errorf("%w: %s has %d bytes, the limit is %d", ErrMessageTooLarge, msg.UUID, len(pub.Body), p.cfg.MaxMessageSize))
 			continue
 		}
-		batch = append(batch, &outgoing{
+		store[i] = outgoing{
 			index:      i,
 			uuid:       msg.UUID,
 			ctx:        msg.Context(),
@@ -182,9 +185,16 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			routingKey: routingKey,
 			mandatory:  p.cfg.AMQP.Publish.Mandatory,
 			publishing: pub,
-		})
+		}
+		batch = append(batch, &store[i])
 	}
 	if len(errs) > 0 {
+		uuids := make([]string, 0, len(messages))
+		for _, msg := range messages {
+			if msg != nil {
+				uuids = append(uuids, msg.UUID)
+			}
+		}
 		// The first error names the kind; all are listed.
 		return nil, &PublishError{Topic: topic, Unconfirmed: uuids, Err: fmt.Errorf("%w (nothing was sent)", joinFirst(errs))}
 	}
@@ -216,13 +226,14 @@ func validName(kind, name string, emptyOK bool) error {
 // an encoding failure would otherwise close the whole connection, again after
 // every reconnect.
 func validProperties(pub amqp091.Publishing) error {
-	for name, v := range map[string]string{
-		"content type": pub.ContentType, "content encoding": pub.ContentEncoding,
-		"correlation id": pub.CorrelationId, "reply to": pub.ReplyTo, "expiration": pub.Expiration,
-		"message id": pub.MessageId, "type": pub.Type, "user id": pub.UserId, "app id": pub.AppId,
+	// An array, not a map: this runs for every message.
+	for _, f := range [...]struct{ name, value string }{
+		{"content type", pub.ContentType}, {"content encoding", pub.ContentEncoding},
+		{"correlation id", pub.CorrelationId}, {"reply to", pub.ReplyTo}, {"expiration", pub.Expiration},
+		{"message id", pub.MessageId}, {"type", pub.Type}, {"user id", pub.UserId}, {"app id", pub.AppId},
 	} {
-		if len(v) > maxShortString {
-			return fmt.Errorf("%s of %d bytes, AMQP allows %d", name, len(v), maxShortString)
+		if len(f.value) > maxShortString {
+			return fmt.Errorf("%s of %d bytes, AMQP allows %d", f.name, len(f.value), maxShortString)
 		}
 	}
 	if err := pub.Headers.Validate(); err != nil {
@@ -270,13 +281,20 @@ var errPublishTimeout = errors.New("publish timeout")
 
 // publish runs attempts until every message is confirmed or failed.
 func (p *Publisher) publish(topic string, batch []*outgoing) error {
-	base, cancelBase := context.WithCancelCause(context.Background())
-	defer cancelBase(nil)
+	// The call's context ends when Close gives up on it (abortCtx, whose
+	// cause is ErrClosed), after PublishTimeout, or once every message's
+	// Context() has ended.
+	base := p.abortCtx
+	var wake chan struct{} // nil unless some message's Context() can end
+	if watched, immortal := contextsToWatch(batch); len(watched) > 0 {
+		var cancelBase context.CancelCauseFunc
+		base, cancelBase = context.WithCancelCause(p.abortCtx)
+		defer cancelBase(nil)
+		wake = make(chan struct{}, 1)
+		defer watchMessageContexts(watched, immortal, wake, cancelBase)()
+	}
 	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
 	defer cancel()
-	defer context.AfterFunc(p.abortCtx, func() { cancelBase(ErrClosed) })()
-	wake := make(chan struct{}, 1)
-	defer watchMessageContexts(batch, wake, cancelBase)()
 
 	var failed []failure
 	remaining := batch
@@ -286,7 +304,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 			failed = failAll(failed, remaining, p.deadlineErr(ctx, err))
 			break
 		}
-		if err := sess.ensureTopology(ctx, topic, batch[0].exchange, p.declare); err != nil {
+		if err := sess.ensureTopology(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
 			if errors.Is(err, errConnectionLost) {
 				pause(ctx, sess.stopping, retryPause)
 				continue
@@ -334,12 +352,11 @@ func (p *Publisher) deadlineErr(ctx context.Context, err error) error {
 	return fmt.Errorf("%w: %w; %v", ErrNotConfirmed, context.Cause(ctx), err)
 }
 
-// watchMessageContexts wakes the attempt loop when a message's Context()
-// ends, and cancels the call once every message's has. It returns the
-// function that stops watching.
-func watchMessageContexts(batch []*outgoing, wake chan struct{}, cancel context.CancelCauseFunc) func() {
-	var distinct []context.Context
-	immortal := false // some message's context never ends
+// contextsToWatch lists the distinct message contexts that can end, and
+// tells whether some message's context never ends. Most messages carry
+// context.Background(): then there is nothing to watch, and nothing to
+// allocate.
+func contextsToWatch(batch []*outgoing) (distinct []context.Context, immortal bool) {
 	for _, m := range batch {
 		if m.ctx.Done() == nil {
 			immortal = true
@@ -353,6 +370,14 @@ func watchMessageContexts(batch []*outgoing, wake chan struct{}, cancel context.
 			distinct = append(distinct, m.ctx)
 		}
 	}
+	return distinct, immortal
+}
+
+// watchMessageContexts wakes the attempt loop when a message's Context()
+// ends, and cancels the call once every message's has (unless some
+// message's context is immortal). It returns the function that stops
+// watching.
+func watchMessageContexts(distinct []context.Context, immortal bool, wake chan struct{}, cancel context.CancelCauseFunc) func() {
 	var mu sync.Mutex
 	live := len(distinct)
 	stops := make([]func() bool, 0, len(distinct))
@@ -394,19 +419,17 @@ func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) {
 func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing, wake <-chan struct{}) (retry []*outgoing, failed []failure) {
 	results := make(chan outcome, len(msgs))
 	deliveries := make([]delivery, len(msgs))
-	resolved := make([]bool, len(msgs))
 	for i, m := range msgs {
-		deliveries[i].msg, deliveries[i].results, deliveries[i].slot = m, results, i
+		deliveries[i].msg, deliveries[i].results = m, results
 	}
 	outstanding, enqueued := len(msgs), 0
 	lane := sess.pickLane()
 
 	settle := func(o outcome) {
-		i := o.d.slot
-		if resolved[i] {
+		if o.d.resolved {
 			return // given up on already
 		}
-		resolved[i] = true
+		o.d.resolved = true
 		outstanding--
 		m := o.d.msg
 		switch o.kind {
@@ -436,12 +459,12 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 	giveUp := func(expired func(*outgoing) error) {
 		for i := range deliveries {
 			d := &deliveries[i]
-			if resolved[i] {
+			if deliveries[i].resolved {
 				continue
 			}
 			if err := expired(d.msg); err != nil {
 				d.abandon()
-				resolved[i] = true
+				deliveries[i].resolved = true
 				outstanding--
 				failed = append(failed, failure{d.msg, err})
 			}
@@ -453,7 +476,7 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 		for enqueued < len(deliveries) && deliveries[enqueued].msg.ctx.Err() != nil {
 			d := &deliveries[enqueued]
 			d.abandon()
-			resolved[enqueued] = true
+			deliveries[enqueued].resolved = true
 			outstanding--
 			failed = append(failed, failure{d.msg, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx))})
 			enqueued++
@@ -465,6 +488,14 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 		var next *delivery
 		if enqueued < len(deliveries) {
 			intake, next = lane.queue, &deliveries[enqueued]
+			// Room in the lane's queue, the usual case: no need to watch
+			// every other channel for it.
+			select {
+			case intake <- next:
+				enqueued++
+				continue
+			default:
+			}
 		}
 		select {
 		case intake <- next:
@@ -492,8 +523,8 @@ func (p *Publisher) attempt(ctx context.Context, sess *session, msgs []*outgoing
 				}
 			}
 			for i := range deliveries {
-				if !resolved[i] && deliveries[i].abandon() {
-					resolved[i] = true
+				if !deliveries[i].resolved && deliveries[i].abandon() {
+					deliveries[i].resolved = true
 					outstanding--
 					retry = append(retry, deliveries[i].msg)
 				}

@@ -178,6 +178,11 @@ func (sess *session) ensureTopology(ctx context.Context, topic, exchange string,
 	}
 	sess.topoMu.Unlock()
 	select {
+	case <-e.done: // declared already, the usual case
+		return e.err
+	default:
+	}
+	select {
 	case <-e.done:
 		return e.err
 	case <-sess.stopping:
