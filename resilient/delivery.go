@@ -43,7 +43,7 @@ type delivery struct {
 	resolved bool // owned by the caller: outcome settled or given up on
 
 	// Owned by the lane once claimed.
-	tag    uint64
+	dc     *amqp091.DeferredConfirmation
 	sentAt time.Time
 }
 
@@ -69,9 +69,8 @@ func (d *delivery) report(kind outcomeKind, err error) {
 	d.results <- outcome{d: d, kind: kind, err: err}
 }
 
-// fifo holds a lane's unconfirmed deliveries in delivery-tag order, which is
-// the order amqp091-go hands confirmations over (it resequences them and
-// expands multiple-acks into one confirmation per tag).
+// fifo holds a lane's unconfirmed deliveries in delivery-tag order: the
+// order they were sent in, which a lane settles them in.
 type fifo struct {
 	items []*delivery
 	head  int

@@ -59,10 +59,11 @@
 // gives up on its own. amqp091-go's experimental Config.Recovery stays off.
 // Each live connection is a session: Config.Channels publishing lanes, each a
 // confirm-mode channel owned by exactly one goroutine, which writes the
-// messages handed to it and matches the broker's confirms (multiple-acks
-// included) to them by delivery tag, with up to Config.MaxInFlight
-// unconfirmed. The lane drains every notification channel it registers, and
-// sizes them to its window, so amqp091-go never blocks on it. No lock is held
+// messages handed to it, with up to Config.MaxInFlight unconfirmed, and
+// settles them in delivery-tag order from their deferred confirmations,
+// waiting on the oldest only, so that a multiple-ack wakes it once. The lane
+// drains every notification channel it registers, and sizes them to its
+// window, so amqp091-go never blocks on it. No lock is held
 // across network I/O: callers hand messages to a lane through a channel and
 // wait for their outcomes on a channel of their own.
 //

@@ -98,7 +98,11 @@ func (l *lane) open() *amqp091.Channel {
 // ends, returning nil.
 func (l *lane) serve(ch *amqp091.Channel) error {
 	window := l.sess.cfg.MaxInFlight
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, window))
+	// Confirms are read from each message's DeferredConfirmation, oldest
+	// first, rather than from NotifyPublish: amqp091-go hands a NotifyPublish
+	// listener one confirmation per tag, arming a timer for each, so a
+	// multiple-ack of 200 messages would wake this goroutine 200 times
+	// instead of once.
 	returns := ch.NotifyReturn(make(chan amqp091.Return, window))
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	watchdog := time.NewTicker(l.sess.cfg.ConfirmTimeout / 4)
@@ -114,6 +118,10 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		var intake <-chan *delivery
 		if !blocked && l.pending.len() < window {
 			intake = l.queue
+		}
+		var oldestDone <-chan struct{}
+		if head := l.pending.peek(); head != nil {
+			oldestDone = head.dc.Done()
 		}
 		select {
 		case <-l.sess.stopping:
@@ -137,32 +145,22 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				continue
 			}
 			l.returned[r.MessageId] = r
-		case c, ok := <-confirms:
-			if !ok {
-				return l.closedCause(closed)
-			}
-			l.confirm(c, returns)
-			// A multiple-ack arrives as one confirmation per tag.
-			for more := true; more; {
+		case <-oldestDone:
+			if !l.settle(ch, returns) {
+				// Resolved by the channel's end, not by the broker: its
+				// close notification is on its way, and says why.
+				var cause error = errConnectionLost
 				select {
-				case c, ok := <-confirms:
-					if !ok {
-						return l.closedCause(closed)
-					}
-					l.confirm(c, returns)
-				default:
-					more = false
+				case e, ok := <-closed:
+					cause = closeCause(e, ok)
+				case <-l.sess.stopping:
 				}
+				l.settleAfterClose(returns)
+				return cause
 			}
-		case e := <-closed:
-			// Confirms that arrived before the close still count.
-			for c := range confirms {
-				l.confirm(c, returns)
-			}
-			if e == nil {
-				return errConnectionLost
-			}
-			return e
+		case e, ok := <-closed:
+			l.settleAfterClose(returns)
+			return closeCause(e, ok)
 		case <-watchdog.C:
 			if blocked, _ := l.sess.flowNow(); blocked {
 				continue
@@ -171,9 +169,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				_ = ch.Close()
-				for c := range confirms {
-					l.confirm(c, returns)
-				}
+				l.settleAfterClose(returns)
 				return errConfirmTimeout
 			}
 		}
@@ -187,8 +183,9 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-func (l *lane) closedCause(closed <-chan *amqp091.Error) error {
-	if e, ok := <-closed; ok && e != nil {
+// closeCause is why a channel closed, from its close notification.
+func closeCause(e *amqp091.Error, ok bool) error {
+	if ok && e != nil {
 		return e
 	}
 	return errConnectionLost
@@ -216,41 +213,82 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 		d.report(outcomeLost, fmt.Errorf("%w: %w", errConnectionLost, err))
 		return
 	}
-	d.tag, d.sentAt = dc.DeliveryTag, time.Now()
+	d.dc, d.sentAt = dc, time.Now()
 	l.pending.push(d)
 }
 
-func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
-	// A return is handed over before the ack of its message: collect it now,
-	// whatever order select picked the two channels in.
-	for drained := false; !drained; {
+// settle reports the oldest messages whose confirmation has arrived, in
+// order, and stops at the first still waiting. It returns false when it
+// meets a confirmation resolved negatively because the channel ended
+// (amqp091-go resolves every outstanding one so when a channel closes): that
+// is no nack, and stays pending for failPending.
+func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
+	for head := l.pending.peek(); head != nil; head = l.pending.peek() {
+		select {
+		case <-head.dc.Done():
+		default:
+			return true
+		}
+		// A channel marks itself closed before it resolves its confirmations.
+		if !head.dc.Acked() && ch.IsClosed() {
+			return false
+		}
+		l.report(l.pending.pop(), head.dc.Acked(), returns)
+	}
+	return true
+}
+
+// settleAfterClose reports, once the channel is closed, the messages the
+// broker confirmed before it closed; the others stay pending for
+// failPending. amqp091-go resolves every outstanding confirmation as it
+// closes a channel, so the wait is short; it ends with the session anyway.
+func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
+	var unconfirmed fifo
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		select {
+		case <-d.dc.Done():
+			if d.dc.Acked() {
+				l.report(d, true, returns)
+				continue
+			}
+		case <-l.sess.stopping:
+		}
+		unconfirmed.push(d)
+	}
+	l.pending = unconfirmed
+}
+
+// collectReturns takes the returns the broker sent so far. amqp091-go hands
+// a return over before it resolves the ack of the same message, so
+// collecting them once that ack is seen attributes every one.
+func (l *lane) collectReturns(returns <-chan amqp091.Return) {
+	for {
 		select {
 		case r, ok := <-returns:
 			if !ok {
-				drained = true
-				continue
+				return
 			}
 			l.returned[r.MessageId] = r
 		default:
-			drained = true
+			return
 		}
 	}
-	for head := l.pending.peek(); head != nil && head.tag < c.DeliveryTag; head = l.pending.peek() {
-		// Never seen: amqp091-go confirms every tag in order. Re-send.
-		l.pending.pop().report(outcomeLost, errConnectionLost)
+}
+
+// report tells d's caller how the broker answered.
+func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
+	id := d.msg.publishing.MessageId
+	if d.msg.mandatory {
+		l.collectReturns(returns)
 	}
-	head := l.pending.peek()
-	if head == nil || head.tag != c.DeliveryTag {
-		return
-	}
-	d := l.pending.pop()
 	switch {
-	case !c.Ack:
-		delete(l.returned, d.msg.publishing.MessageId)
+	case !acked:
+		delete(l.returned, id)
 		d.report(outcomeNacked, ErrNacked)
 	case d.msg.mandatory && len(l.returned) > 0:
-		if r, ok := l.returned[d.msg.publishing.MessageId]; ok {
-			delete(l.returned, d.msg.publishing.MessageId)
+		if r, ok := l.returned[id]; ok {
+			delete(l.returned, id)
 			d.report(outcomeFailed, fmt.Errorf("%w: %d %s (exchange %q, routing key %q)",
 				ErrUnroutable, r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey))
 			return
@@ -264,14 +302,6 @@ func (l *lane) confirm(c amqp091.Confirmation, returns <-chan amqp091.Return) {
 	}
 }
 
-// failPending reports every unconfirmed delivery once the channel is gone.
-// When the broker closed the channel because of one exchange or one message
-// (404/403 naming an exchange, 406 for a message over max size), the
-// deliveries it names fail; the others are re-sent. A missing exchange (404)
-// is the exception: its messages go back to their caller, whose next attempt
-// declares the topic again and checks the exchange on a channel of its own,
-// failing there if it is still missing, and succeeding if the declaration
-// brought it back.
 func (l *lane) failPending(cause error) {
 	if cause == nil {
 		cause = errConnectionLost
