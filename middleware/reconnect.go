@@ -28,8 +28,10 @@ type ReconnectConfig struct {
 	// (watermill-amqp's). Default 100ms.
 	PollInterval time.Duration
 	// OnWait, when set, is called after each wait for the connection with
-	// how long it took and why it ended (nil: connected). It runs on the
-	// publishing goroutine: keep it short.
+	// how long it took and why it ended (nil: connected, or MaxWait passed
+	// and the publish goes ahead). A publisher that has WaitConnected but
+	// not IsConnected is waited for (briefly, when up) before every
+	// publish. It runs on the publishing goroutine: keep it short.
 	OnWait func(waited time.Duration, err error)
 	// Logger logs waits at Info. Default watermill.NopLogger.
 	Logger watermill.LoggerAdapter
@@ -145,7 +147,9 @@ func (r *reconnectPublisher) wait(topic string, messages []*message.Message) err
 	ctx, cancel := context.WithTimeoutCause(msgCtx, r.cfg.MaxWait, errMaxWait)
 	defer cancel()
 
-	r.cfg.Logger.Info("Publisher not connected, waiting", watermill.LogFields{"topic": topic})
+	if r.reporter != nil {
+		r.cfg.Logger.Info("Publisher not connected, waiting", watermill.LogFields{"topic": topic})
+	}
 	var err error
 	if r.waiter != nil {
 		err = r.waitWith(ctx)
@@ -155,6 +159,9 @@ func (r *reconnectPublisher) wait(topic string, messages []*message.Message) err
 	waited := time.Since(start)
 	switch {
 	case err == nil:
+		if r.reporter != nil {
+			r.cfg.Logger.Info("Publisher connected", watermill.LogFields{"topic": topic, "waited": waited.String()})
+		}
 	case errors.Is(context.Cause(ctx), errMaxWait) && msgCtx.Err() == nil:
 		err = nil // attempt anyway
 		r.cfg.Logger.Info("Still not connected after MaxWait, publishing anyway", watermill.LogFields{"topic": topic, "waited": waited.String()})
@@ -163,9 +170,6 @@ func (r *reconnectPublisher) wait(topic string, messages []*message.Message) err
 	}
 	if r.cfg.OnWait != nil {
 		r.cfg.OnWait(waited, err)
-	}
-	if err == nil {
-		r.cfg.Logger.Info("Publisher connected", watermill.LogFields{"topic": topic, "waited": waited.String()})
 	}
 	return err
 }
