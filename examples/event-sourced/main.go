@@ -382,15 +382,15 @@ func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Sub
 	return amqp.NewSubscriber(cfg, logger)
 }
 
+// restartLoop restarts the broker, then waits `every` after it is back, until
+// ctx is done. A restart in progress runs to the end.
 func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
 	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	t := time.NewTicker(every)
-	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(every):
 		}
 		fmt.Printf("%s  >>> restarting the broker\n", stamp())
 		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
