@@ -202,6 +202,9 @@ func main() {
 	case <-time.After(*timeout):
 		fmt.Printf("timed out after %s\n", *timeout)
 	}
+	// The router acks a command after its handler returned, so the last
+	// commands may still be unacked here: they stay queued (with -keep) and a
+	// next run would handle them again; their events carry the same UUID.
 	check(router.Close(), "router close")
 
 	projection.mu.Lock()
