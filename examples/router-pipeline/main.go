@@ -250,9 +250,10 @@ func (t *tally) output(msg *message.Message) error {
 	var o Order
 	ok := json.Unmarshal(msg.Payload, &o) == nil && o.Status == "ENRICHED" && o.Customer == strings.ToUpper(o.Customer)
 	t.do(func() {
-		t.out[msg.UUID] = true
-		if !ok {
-			t.badOutput++
+		if ok {
+			t.out[msg.UUID] = true
+		} else {
+			t.badOutput++ // counted apart, so that it cannot hide a lost order
 		}
 	})
 	return nil
@@ -310,7 +311,7 @@ func (t *tally) report() (lost int) {
 	}
 	lost = t.missing()
 	fmt.Printf("in:         %d orders confirmed (%d malformed)\n", len(t.sent), malformed)
-	fmt.Printf("out:        %d distinct enriched orders (%d badly enriched)\n", len(t.out), t.badOutput)
+	fmt.Printf("out:        %d distinct enriched orders (and %d deliveries that were not)\n", len(t.out), t.badOutput)
 	fmt.Printf("duplicates: %d deliveries of the output, %d dropped by the Deduplicator\n", t.deliveries, t.deliveries-len(t.out))
 	fmt.Printf("poisoned:   %d %v\n", len(t.poisoned), reasons)
 	fmt.Printf("retried:    %d transient failures, retried by middleware.Retry\n", t.transients)
