@@ -99,9 +99,14 @@ func main() {
 		}()
 	}
 
+	restarts := make(chan struct{})
 	if *restartEvery > 0 {
-		go restartLoop(ctx, *restartEvery, stamp)
+		go func() {
+			defer close(restarts)
+			restartLoop(ctx, *restartEvery, stamp)
+		}()
 	} else {
+		close(restarts)
 		fmt.Println("Publishing. Restart RabbitMQ now (e.g. `rabbitmqctl stop_app; rabbitmqctl start_app`, or `docker compose restart rabbitmq`) and watch. Ctrl-C to stop.")
 	}
 
@@ -121,6 +126,7 @@ loop:
 	ticker.Stop()
 	fmt.Printf("%s  stopping: waiting for publishes in progress\n", stamp())
 	wg.Wait()
+	<-restarts // never leave the broker stopped mid-restart
 	if err := pub.Close(); err != nil {
 		fmt.Printf("close: %v\n", err)
 	}
@@ -129,13 +135,13 @@ loop:
 
 func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
 	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	t := time.NewTicker(every)
-	defer t.Stop()
 	for {
+		// The full interval after the broker is back, however long a
+		// restart takes: restarts never run back to back.
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(every):
 		}
 		fmt.Printf("%s  >>> restarting the broker\n", stamp())
 		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
