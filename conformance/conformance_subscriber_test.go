@@ -24,6 +24,12 @@ func resilientPubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publishe
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The harness leaves some subscribers open (e.g. when a test ends on
+	// its own context); both Close calls are idempotent.
+	t.Cleanup(func() {
+		_ = sub.Close()
+		_ = pub.Close()
+	})
 	return pub, sub
 }
 
