@@ -30,6 +30,7 @@ type flow struct {
 	mu      sync.Mutex
 	seen    map[string]int
 	total   int
+	times   []time.Time // when each was seen
 	changed chan struct{}
 }
 
@@ -40,22 +41,34 @@ func (f *flow) add(id string) {
 	defer f.mu.Unlock()
 	f.seen[id]++
 	f.total++
+	f.times = append(f.times, time.Now())
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
 
-// next returns once a handler saw something after the call, and when.
-func (f *flow) next(t *testing.T) time.Time {
+// next returns when a handler first saw something after since, waiting
+// for it if need be.
+func (f *flow) next(t *testing.T, since time.Time) time.Time {
 	t.Helper()
-	f.mu.Lock()
-	changed := f.changed
-	f.mu.Unlock()
-	select {
-	case <-changed:
-		return time.Now()
-	case <-time.After(time.Minute):
-		t.Fatal("nothing flowed for a minute")
-		return time.Time{}
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		f.mu.Lock()
+		i, _ := slices.BinarySearchFunc(f.times, since, func(a, b time.Time) int { return a.Compare(b) })
+		var at time.Time
+		if i < len(f.times) {
+			at = f.times[i]
+		}
+		changed := f.changed
+		f.mu.Unlock()
+		if !at.IsZero() {
+			return at
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatal("nothing flowed for a minute")
+		}
 	}
 }
 
@@ -148,50 +161,67 @@ func runRouter(t *testing.T, r *message.Router) {
 // it logs how long after each fault the handlers saw the next message.
 func faults(t *testing.T, f *flow, states *brokertest.States) {
 	t.Helper()
-	f.next(t)
+	f.next(t, time.Now())
 	brokertest.CloseAllConnections(t)
 	dropped := states.Await("reconnecting")
 	states.Await("connected")
 	t.Logf("forced close: next message handled %s after the subscriber's connection dropped",
-		f.next(t).Sub(dropped).Round(time.Millisecond))
+		f.next(t, dropped).Sub(dropped).Round(time.Millisecond))
 
-	f.next(t)
+	f.next(t, time.Now())
+	stopped := time.Now()
 	brokertest.StopApp(t)
 	states.Await("reconnecting")
-	brokertest.StartApp(t)
+	brokertest.StartApp(t) // returns after await_startup: the broker accepts work
 	up := time.Now()
-	states.Await("connected")
-	t.Logf("broker restart: next message handled %s after start_app returned", f.next(t).Sub(up).Round(time.Millisecond))
+	reconnected := states.Await("connected")
+	t.Logf("broker restart: down %s; subscriber reconnected %s after start_app returned (negative: during await_startup); next message handled %s after the reconnect",
+		up.Sub(stopped).Round(time.Millisecond), reconnected.Sub(up).Round(time.Millisecond), f.next(t, reconnected).Sub(reconnected).Round(time.Millisecond))
 }
 
-// publishAll publishes n messages to topic in batches, in the background;
-// each 100th carries the payload "poison".
-func publishAll(t *testing.T, pub message.Publisher, topic string, n int) (ids, poison []string, done <-chan error) {
+// publisher publishes batches of 10 messages to topic in the background,
+// at least n of them and on until stop is called; each 100th carries the
+// payload "poison". stop returns the UUIDs of the others and of the poison.
+func publishUntil(t *testing.T, pub message.Publisher, topic string, n int) (stop func() (ids, poison []string)) {
 	t.Helper()
-	var batches [][]*message.Message
-	for i := 0; i < n; i += 10 {
-		msgs, batchIDs := brokertest.Messages(10)
-		for j, m := range msgs {
-			if (i+j)%100 == 99 {
-				m.Payload = []byte("poison")
-				poison = append(poison, batchIDs[j])
-			} else {
-				ids = append(ids, batchIDs[j])
-			}
-		}
-		batches = append(batches, msgs)
-	}
-	errs := make(chan error, 1)
+	var ids, poisoned []string
+	quit, errs := make(chan struct{}), make(chan error, 1)
 	go func() {
-		for _, b := range batches {
-			if err := pub.Publish(topic, b...); err != nil {
+		for i := 0; ; i += 10 {
+			if i >= n {
+				select {
+				case <-quit:
+					errs <- nil
+					return
+				default:
+				}
+			}
+			msgs, batchIDs := brokertest.Messages(10)
+			for j, m := range msgs {
+				if (i+j)%100 == 99 {
+					m.Payload = []byte("poison")
+				}
+			}
+			if err := pub.Publish(topic, msgs...); err != nil {
 				errs <- err
 				return
 			}
+			for j, m := range msgs {
+				if string(m.Payload) == "poison" {
+					poisoned = append(poisoned, batchIDs[j])
+				} else {
+					ids = append(ids, batchIDs[j])
+				}
+			}
 		}
-		errs <- nil
 	}()
-	return ids, poison, errs
+	return func() ([]string, []string) {
+		close(quit)
+		if err := <-errs; err != nil {
+			t.Fatalf("publish inputs: %v", err)
+		}
+		return ids, poisoned
+	}
 }
 
 var errFlaky = errors.New("flaky: first attempt fails")
@@ -202,7 +232,7 @@ var errFlaky = errors.New("flaky: first attempt fails")
 // connections and restarts. Every input arrives at the end queue; a second
 // Router with the Deduplicator handles each exactly once.
 func TestRouterPipelineUnderFaults(t *testing.T) {
-	const n = 3000
+	const n = 1000 // at least; more while the faults last
 	in, out, poisonQ := brokertest.Name("router-in"), brokertest.Name("router-out"), brokertest.Name("router-poison")
 	brokertest.DeleteQueues(t, in, out, poisonQ)
 	pub := stackPublisher(t)
@@ -241,11 +271,9 @@ func TestRouterPipelineUnderFaults(t *testing.T) {
 	})
 	runRouter(t, router)
 
-	ids, poisoned, published := publishAll(t, pub, in, n)
+	stop := publishUntil(t, pub, in, n)
 	faults(t, handled, states)
-	if err := <-published; err != nil {
-		t.Fatalf("publish inputs: %v", err)
-	}
+	ids, poisoned := stop()
 
 	// The end of the pipeline: a Router with the Deduplicator, keyed on the
 	// input's UUID, in front of a handler counting what it handles.
@@ -324,7 +352,7 @@ type orderShipped struct {
 // restarts; each handled command publishes an event; every command's event
 // arrives at least once, checked by command ID.
 func TestCQRSUnderFaults(t *testing.T) {
-	const n = 1500
+	const n = 500 // at least; more while the faults last
 	prefix := brokertest.Name("cqrs")
 	brokertest.DeleteQueues(t, prefix+".commands", prefix+".events")
 	pub := stackPublisher(t)
@@ -393,19 +421,29 @@ func TestCQRSUnderFaults(t *testing.T) {
 	}
 	runRouter(t, router)
 
-	ids := make([]string, n)
-	sent := make(chan error, 1)
+	// Commands are sent, n at least, until the faults are over.
+	var ids []string
+	quit, sent := make(chan struct{}), make(chan error, 1)
 	go func() {
-		for i := range ids {
-			ids[i] = watermill.NewUUID()
-			if err := commandBus.Send(context.Background(), &shipOrder{CommandID: ids[i], Order: i}); err != nil {
+		for i := 0; ; i++ {
+			if i >= n {
+				select {
+				case <-quit:
+					sent <- nil
+					return
+				default:
+				}
+			}
+			id := watermill.NewUUID()
+			if err := commandBus.Send(context.Background(), &shipOrder{CommandID: id, Order: i}); err != nil {
 				sent <- fmt.Errorf("command %d: %w", i, err)
 				return
 			}
+			ids = append(ids, id)
 		}
-		sent <- nil
 	}()
 	faults(t, shipped, states)
+	close(quit)
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
