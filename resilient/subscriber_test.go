@@ -3,6 +3,7 @@ package resilient_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +50,8 @@ type received struct {
 	mu       sync.Mutex
 	seen     map[string]int
 	total    int
-	phantoms int // messages without UUID or payload
+	phantoms int         // messages without UUID or payload
+	times    []time.Time // when each message was handed out
 	changed  chan struct{}
 }
 
@@ -65,6 +67,7 @@ func (r *received) add(msg *message.Message) {
 		r.phantoms++
 	}
 	r.seen[msg.UUID]++
+	r.times = append(r.times, time.Now())
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -187,18 +190,29 @@ func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger water
 }
 
 // firstAfter returns how long after since the subscription handed out its
-// next message.
+// first message after since, waiting for one if need be.
 func firstAfter(t *testing.T, r *received, since time.Time) time.Duration {
 	t.Helper()
-	r.mu.Lock()
-	changed := r.changed
-	r.mu.Unlock()
-	select {
-	case <-changed:
-	case <-time.After(time.Minute):
-		t.Fatal("no message consumed in a minute after the fault")
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		i, _ := slices.BinarySearchFunc(r.times, since, func(a, b time.Time) int { return a.Compare(b) })
+		var at time.Time
+		if i < len(r.times) {
+			at = r.times[i]
+		}
+		changed := r.changed
+		r.mu.Unlock()
+		if !at.IsZero() {
+			return at.Sub(since).Round(time.Millisecond)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatal("no message consumed in a minute after the fault")
+		}
 	}
-	return time.Since(since).Round(time.Millisecond)
 }
 
 func TestSubscriberForcedConnectionCloses(t *testing.T) {
@@ -220,7 +234,7 @@ func TestSubscriberBrokerRestart(t *testing.T) {
 		brokertest.StartApp(t) // returns once the broker accepts work
 		up := time.Now()
 		reconnected := states.Await("connected")
-		t.Logf("reconnected %s after start_app returned (negative: before await_startup did); first message handled %s after that",
+		t.Logf("reconnected %s after start_app returned (negative: before await_startup did); first message handled %s after the reconnect",
 			reconnected.Sub(up).Round(time.Millisecond), firstAfter(t, r, reconnected))
 	})
 }
@@ -279,7 +293,8 @@ func TestSubscriberChannelClosedInFlight(t *testing.T) {
 		<-interrupted.fired
 		closed := time.Now()
 		r.awaitCount(t, held, 2)
-		t.Logf("recovered: the held message delivered again %s after the broker closed the channel", time.Since(closed).Round(time.Millisecond))
+		t.Logf("recovered: the held message delivered again %s after the broker closed the channel; first message after the close handed out %s after it",
+			time.Since(closed).Round(time.Millisecond), firstAfter(t, r, closed))
 		restore() // no more timeouts: the rest must flow
 	})
 	r0.mu.Lock()
@@ -435,4 +450,83 @@ func TestSubscribePreconditionFailed(t *testing.T) {
 	if err := sub.SubscribeInitialize(fresh); err != nil {
 		t.Fatalf("SubscribeInitialize of a new queue: %v", err)
 	}
+}
+
+// eventLogger sends each Info message to events (dropping when full).
+type eventLogger struct {
+	watermill.LoggerAdapter
+	events chan string
+}
+
+func (l eventLogger) Info(msg string, fields watermill.LogFields) {
+	select {
+	case l.events <- msg:
+	default:
+	}
+	l.LoggerAdapter.Info(msg, fields)
+}
+
+func (l eventLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return eventLogger{LoggerAdapter: l.LoggerAdapter.With(fields), events: l.events}
+}
+
+func (l eventLogger) await(t *testing.T, msg string) {
+	t.Helper()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		select {
+		case got := <-l.events:
+			if got == msg {
+				return
+			}
+		case <-deadline.C:
+			t.Fatalf("never logged %q", msg)
+		}
+	}
+}
+
+// An operator deletes the queue under the consumer: the broker cancels the
+// consumer (basic.cancel, the channel stays open). The subscriber declares
+// the queue again and consumes from it.
+func TestSubscriberQueueDeleted(t *testing.T) {
+	queue := brokertest.Name("sub-deleted")
+	brokertest.DeleteQueues(t, queue)
+	logger := eventLogger{LoggerAdapter: watermill.NewStdLogger(false, false), events: make(chan string, 64)}
+	sub, _ := newSubscriber(t, resilient.Config{}, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.await(t, "Consuming")
+	pub := newPublisher(t, resilient.Config{})
+	r := newReceived()
+	done := consumeAll(msgs, r, nil)
+	before, beforeIDs := newMessages(5)
+	if err := pub.Publish(queue, before...); err != nil {
+		t.Fatal(err)
+	}
+	r.awaitAll(t, beforeIDs)
+
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	logger.await(t, "Consuming interrupted, resuming")
+	logger.await(t, "Consuming") // the queue exists again
+	after, afterIDs := newMessages(5)
+	if err := pub.Publish(queue, after...); err != nil {
+		t.Fatal(err)
+	}
+	r.awaitAll(t, afterIDs)
+	cancel()
+	<-done
+	r.tally(t, append(beforeIDs, afterIDs...))
 }
