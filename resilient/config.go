@@ -191,9 +191,12 @@ func (r *ReconnectConfig) setDefaults(legacy *amqp.ReconnectConfig) {
 	}
 }
 
-// Validate reports every problem of the configuration at once. Errors match
-// ErrConfig and never contain a password.
-func (c Config) Validate() error {
+// Validate reports every problem of the configuration of a Publisher at
+// once. Errors match ErrConfig and never contain a password.
+func (c Config) Validate() error { return c.validate(true) }
+
+// validate checks what a publisher (publishing) or a subscriber needs.
+func (c Config) validate(publishing bool) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
@@ -221,14 +224,18 @@ func (c Config) Validate() error {
 	if c.AMQP.Exchange.GenerateName == nil {
 		add("AMQP.Exchange.GenerateName is nil")
 	}
-	if c.AMQP.Publish.GenerateRoutingKey == nil {
-		add("AMQP.Publish.GenerateRoutingKey is nil")
-	}
-	if c.AMQP.Publish.Immediate {
-		add("AMQP.Publish.Immediate is not supported by RabbitMQ")
-	}
-	if c.AMQP.Publish.Transactional {
-		add("AMQP.Publish.Transactional is not supported: publisher confirms are always on")
+	if publishing {
+		if c.AMQP.Publish.GenerateRoutingKey == nil {
+			add("AMQP.Publish.GenerateRoutingKey is nil")
+		}
+		if c.AMQP.Publish.Immediate {
+			add("AMQP.Publish.Immediate is not supported by RabbitMQ")
+		}
+		if c.AMQP.Publish.Transactional {
+			add("AMQP.Publish.Transactional is not supported: publisher confirms are always on")
+		}
+	} else if c.AMQP.Queue.GenerateName == nil {
+		add("AMQP.Queue.GenerateName is nil")
 	}
 	if c.AMQP.Connection.AmqpConfig != nil && c.AMQP.Connection.AmqpConfig.Recovery != nil {
 		add("AMQP.Connection.AmqpConfig.Recovery must be nil: this publisher owns reconnection")

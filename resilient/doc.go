@@ -1,6 +1,7 @@
 // Package resilient is a watermill message.Publisher for RabbitMQ that keeps
 // publishing through connection faults and returns nil only for messages the
-// broker has confirmed.
+// broker has confirmed, and a message.Subscriber that keeps consuming through
+// them, at-least-once.
 //
 // # Switching from watermill-amqp
 //
@@ -74,6 +75,50 @@
 // reports every unconfirmed message back: when the broker's reason names an
 // exchange (404, 403) or a size limit (406), the named messages fail; the
 // others are handed to the next attempt, on a new channel or connection.
+//
+// # Consuming
+//
+// Subscriber is the matching message.Subscriber (and SubscribeInitializer),
+// on the same Config and the same connection supervisor:
+//
+//	sub, err := amqp.NewSubscriber(amqp.NewDurableQueueConfig(uri), logger)                            // before
+//	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri)}, logger) // after
+//
+// It uses the config's queue name generator, exchange, bindings
+// (TopologyBuilder), Consume settings (Qos prefetch, consumer tag, exclusive,
+// arguments, NoRequeueOnNack) and Marshaler.Unmarshal. What it promises:
+//
+//   - At-least-once: a delivery is acked only after the handler Acks the
+//     message; Nack sends basic.nack with requeue, unless NoRequeueOnNack.
+//     Messages are handed out one at a time, the next after the previous
+//     one's Ack or Nack, as watermill's Router expects.
+//   - Faults are absorbed: after a connection loss (reset, restart, forced
+//     close, dead heartbeat) or a channel closed by the broker (e.g. a
+//     consumer_timeout's PRECONDITION_FAILED, a deleted queue's
+//     basic.cancel), it declares the topology again and resumes consuming on
+//     its own. Nothing is lost: the broker redelivers what was not acked, so
+//     a message may be handled twice (same UUID; watermill's
+//     middleware.Deduplicator drops the copy).
+//   - Never a phantom: a closed delivery channel is never read as a message.
+//     A message without watermill's UUID header gets its AMQP message_id as
+//     UUID.
+//   - An outcome is sent only on the channel that delivered the message: a
+//     handler that Acks after that channel died sends nothing (delivery tags
+//     belong to their channel), and the broker delivers the message again.
+//     Meanwhile the subscription waits for that handler, so the redelivered
+//     copy is not handled concurrently with it.
+//   - The output channel closes when the Subscribe context ends or on Close;
+//     what was not acked then goes back to the queue. Close is idempotent and
+//     waits for every goroutine the subscriber started.
+//
+// Each subscription is one goroutine owning one AMQP channel at a time; the
+// supervisor owns the connection, and the subscription asks it for the live
+// one after every loss. watermill-amqp v2.1.3's own subscriber is not used:
+// it races on its connection flag during reconnects (ConnectionWrapper's
+// connected field, written by handleConnectionClose while IsConnected and
+// Subscribe read it), and reads its delivery channel without checking that
+// it is open, which can hand a handler an empty message after a channel
+// dies.
 //
 // OnStateChange callbacks run in order on one goroutine the publisher owns,
 // never under its locks. Status, IsConnected and WaitConnected report the

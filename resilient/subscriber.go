@@ -1,0 +1,466 @@
+package resilient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// DefaultSubscriberConnectionName is a Subscriber's Config.ConnectionName
+// when none is set.
+const DefaultSubscriberConnectionName = "watermill-resilient-subscriber"
+
+// Subscriber is a watermill message.Subscriber for RabbitMQ that keeps
+// consuming through connection and channel loss: it reconnects (with the
+// same supervisor as the Publisher: failover URIs, heartbeat, backoff),
+// declares the topology again and resumes consuming on its own.
+//
+// Delivery is at-least-once: a message is acked to the broker only after
+// the handler Acks it; Nack sends basic.nack with requeue (unless
+// AMQP.Consume.NoRequeueOnNack). After a fault the broker redelivers what
+// was not acked, so a message may arrive more than once (its UUID is the
+// same: deduplicate on it, e.g. with watermill's middleware.Deduplicator).
+// It is safe for concurrent use.
+type Subscriber struct {
+	cfg      Config
+	logger   watermill.LoggerAdapter
+	sup      *supervisor
+	notifier *notifier
+
+	mu     sync.Mutex // guards closed against subs.Add
+	closed bool
+	subs   sync.WaitGroup
+
+	closeCtx  context.Context // cancelled by Close: every subscription ends
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+}
+
+var (
+	_ message.Subscriber           = (*Subscriber)(nil)
+	_ message.SubscribeInitializer = (*Subscriber)(nil)
+)
+
+// NewSubscriber validates cfg, connects, and returns a Subscriber.
+//
+// From cfg.AMQP it uses Connection, Queue (GenerateName and the queue's
+// flags), Exchange, QueueBind, TopologyBuilder, Consume (Qos, Consumer,
+// Exclusive, NoLocal, NoWait, Arguments, NoRequeueOnNack) and Marshaler
+// (its Unmarshal). Of the knobs of Config it uses FailoverURIs,
+// ConnectionName (default DefaultSubscriberConnectionName), Heartbeat,
+// DialTimeout, Reconnect, RetryOnFailedConnect, PublishTimeout (which bounds
+// how long SubscribeInitialize waits for a connection) and OnStateChange;
+// the publishing knobs are ignored.
+//
+// It fails like NewPublisher: ErrConfig, ErrAccessRefused, ErrNotFound, or an
+// unreachable broker unless RetryOnFailedConnect. A nil logger logs nothing.
+func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*Subscriber, error) {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	if cfg.ConnectionName == "" {
+		cfg.ConnectionName = DefaultSubscriberConnectionName
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(false); err != nil {
+		return nil, err
+	}
+	// A subscriber's connections open no publishing lanes: the session
+	// starts as many lanes as Channels says.
+	cfg.Channels = 0
+	n := newNotifier(cfg.OnStateChange, logger)
+	s := &Subscriber{cfg: cfg, logger: logger, notifier: n}
+	s.sup = newSupervisor(&s.cfg, logger, n)
+
+	first, err := s.sup.connectOnce()
+	if err != nil {
+		if IsPermanent(err) || !cfg.RetryOnFailedConnect {
+			n.stop()
+			return nil, fmt.Errorf("cannot connect to AMQP: %w", err)
+		}
+		logger.Error("Cannot connect to AMQP yet, retrying in the background", err, nil)
+		s.sup.dialErr = err
+	} else {
+		logger.Info("Connected to AMQP", watermill.LogFields{"uri": first.uri})
+	}
+	s.closeCtx, s.cancel = context.WithCancel(context.Background())
+	s.sup.start(first)
+	if first != nil {
+		// The supervisor installs the first session on its own goroutine:
+		// wait for it, so that Subscribe declares at once.
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+		_, _ = s.sup.await(ctx)
+		cancel()
+	}
+	return s, nil
+}
+
+// Status returns the state of the connection.
+func (s *Subscriber) Status() State { return s.sup.status() }
+
+// IsConnected reports whether a connection is up (blocked counts as up).
+func (s *Subscriber) IsConnected() bool {
+	st := s.Status()
+	return st == StateConnected || st == StateBlocked
+}
+
+// WaitConnected blocks until a connection is up, ctx ends, or the
+// subscriber is closed (ErrClosed).
+func (s *Subscriber) WaitConnected(ctx context.Context) error {
+	_, err := s.sup.await(ctx)
+	return err
+}
+
+// Subscribe consumes topic: its queue is AMQP.Queue.GenerateName(topic),
+// declared and bound (AMQP.TopologyBuilder) on every connection and channel
+// before consuming from it. The returned channel yields one message at a
+// time: the next comes once the handler Acked or Nacked the previous one.
+// It is closed when ctx ends or the subscriber is closed; messages not acked
+// by then go back to the queue.
+//
+// When connected, Subscribe declares the topology before it returns, so
+// that messages published afterwards are not lost; a declaration the broker
+// refuses (ErrPreconditionFailed, ErrAccessRefused, ErrNotFound) fails it.
+// When not connected it returns at once and consumes once connected.
+func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	queue, exchange, err := s.names(topic)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	s.subs.Add(1)
+	s.mu.Unlock()
+
+	if err := s.declareIfConnected(topic, queue, exchange); err != nil && !errors.Is(err, errConnectionLost) {
+		s.subs.Done()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.closeCtx, cancel)
+	sub := &subscription{
+		s:        s,
+		ctx:      ctx,
+		topic:    topic,
+		queue:    queue,
+		exchange: exchange,
+		out:      make(chan *message.Message),
+		logger: s.logger.With(watermill.LogFields{
+			"topic": topic, "amqp_queue_name": queue, "amqp_exchange_name": exchange,
+		}),
+	}
+	go func() {
+		defer s.subs.Done()
+		defer cancel()
+		defer stop()
+		sub.run()
+	}()
+	return sub.out, nil
+}
+
+// SubscribeInitialize declares the topology of topic (queue, exchange,
+// binding) without consuming, waiting for a connection up to
+// Config.PublishTimeout.
+func (s *Subscriber) SubscribeInitialize(topic string) error {
+	queue, exchange, err := s.names(topic)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.closeCtx, s.cfg.PublishTimeout)
+	defer cancel()
+	for {
+		sess, err := s.sup.await(ctx)
+		if err != nil {
+			if s.closeCtx.Err() != nil {
+				return ErrClosed
+			}
+			return err
+		}
+		err = s.declare(sess, topic, queue, exchange)
+		if !errors.Is(err, errConnectionLost) {
+			return err
+		}
+		select { // the supervisor is replacing the session
+		case <-sess.dead:
+		case <-ctx.Done():
+			return fmt.Errorf("%w (topology of %s not declared: connection lost)", ctx.Err(), topic)
+		}
+	}
+}
+
+// Close ends every subscription (their channels close; what they had not
+// acked goes back to the queue), then the connection. It is idempotent and
+// waits for every goroutine the subscriber started.
+func (s *Subscriber) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.cancel()
+		s.subs.Wait()
+		s.sup.stop()
+		s.notifier.stop()
+	})
+	return nil
+}
+
+func (s *Subscriber) names(topic string) (queue, exchange string, err error) {
+	if err := validName("topic", topic, false); err != nil {
+		return "", "", err
+	}
+	queue = s.cfg.AMQP.Queue.GenerateName(topic)
+	exchange = s.cfg.AMQP.Exchange.GenerateName(topic)
+	if err := validName("queue", queue, true); err != nil {
+		return "", "", err
+	}
+	if err := validName("exchange", exchange, true); err != nil {
+		return "", "", err
+	}
+	return queue, exchange, nil
+}
+
+// declareIfConnected declares topic's topology when a connection is up.
+func (s *Subscriber) declareIfConnected(topic, queue, exchange string) error {
+	now, cancel := context.WithCancel(context.Background())
+	cancel() // await returns a live session without waiting, else fails
+	sess, err := s.sup.await(now)
+	if err != nil {
+		return errConnectionLost
+	}
+	return s.declare(sess, topic, queue, exchange)
+}
+
+func (s *Subscriber) declare(sess *session, topic, queue, exchange string) error {
+	return sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, _ string) error {
+		return s.cfg.AMQP.TopologyBuilder.BuildTopology(ch, queue, exchange, s.cfg.AMQP, s.logger)
+	})
+}
+
+// subscription is one Subscribe call. Its goroutine owns its channel, and
+// is the only one that reads deliveries, acks and nacks.
+type subscription struct {
+	s                      *Subscriber
+	ctx                    context.Context // the caller's, cancelled by Close too
+	topic, queue, exchange string
+	out                    chan *message.Message
+	logger                 watermill.LoggerAdapter
+}
+
+// consumer is one AMQP channel consuming the queue, and how it may end.
+type consumer struct {
+	sess       *session
+	ch         *amqp091.Channel
+	deliveries <-chan amqp091.Delivery
+	dead       chan struct{} // closed once the channel is closed, for any reason
+	why        *amqp091.Error
+}
+
+func (sub *subscription) run() {
+	defer close(sub.out)
+	for {
+		c := sub.attach()
+		if c == nil {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
+		stopping := sub.consume(c)
+		_ = c.ch.Close() // unacked deliveries go back to the queue
+		<-c.dead
+		if stopping {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		sub.logger.Info("Consuming interrupted, resuming", watermill.LogFields{"reason": fmt.Sprint(c.why)})
+	}
+}
+
+// attach waits for a connection, opens a channel, declares the topology,
+// sets Qos and starts consuming, retrying with a fresh backoff until it
+// succeeds; nil means the subscription ends.
+func (sub *subscription) attach() *consumer {
+	b := sub.s.newBackoff()
+	for attempt := 1; ; attempt++ {
+		sess, err := sub.s.sup.await(sub.ctx)
+		if err != nil {
+			if sub.ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return nil
+			}
+			// Dialing fails permanently for now (e.g. credentials revoked):
+			// keep waiting, the supervisor keeps dialing.
+			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
+		} else {
+			c, err := sub.open(sess)
+			if err == nil {
+				return c
+			}
+			if !errors.Is(err, errConnectionLost) {
+				sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+			}
+		}
+		wait := time.NewTimer(b.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			return nil
+		}
+	}
+}
+
+func (s *Subscriber) newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = s.cfg.Reconnect.InitialWait
+	b.MaxInterval = s.cfg.Reconnect.MaxWait
+	b.Multiplier = s.cfg.Reconnect.Multiplier
+	b.RandomizationFactor = s.cfg.Reconnect.Jitter
+	b.Reset()
+	return b
+}
+
+func (sub *subscription) open(sess *session) (*consumer, error) {
+	cfg := sub.s.cfg.AMQP
+	ch, err := sess.conn.Channel()
+	if err != nil {
+		return nil, sub.channelErr(sess, err)
+	}
+	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	go func() { // ends when amqp091-go closes the notification channel
+		for e := range closed {
+			c.why = e
+			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+		}
+		close(c.dead)
+	}()
+	fail := func(err error) (*consumer, error) {
+		_ = ch.Close()
+		<-c.dead
+		return nil, sub.channelErr(sess, err)
+	}
+	if err := cfg.TopologyBuilder.BuildTopology(ch, sub.queue, sub.exchange, cfg, sub.logger); err != nil {
+		return fail(err)
+	}
+	if q := cfg.Consume.Qos; q != (amqp.QosConfig{}) {
+		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, q.Global); err != nil {
+			return fail(err)
+		}
+	}
+	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
+		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
+	if err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// channelErr says errConnectionLost when the connection died under an
+// operation, else classifies what the broker said.
+func (sub *subscription) channelErr(sess *session, err error) error {
+	var ae *amqp091.Error
+	if sess.conn.IsClosed() || errors.Is(err, amqp091.ErrClosed) || (errors.As(err, &ae) && !ae.Server && !isPermanentBroker(err)) {
+		return errConnectionLost
+	}
+	return classifyBroker(err)
+}
+
+// consume hands c's deliveries out one at a time until the channel or the
+// connection dies (false: attach again) or the subscription ends (true).
+func (sub *subscription) consume(c *consumer) (stopping bool) {
+	for {
+		select {
+		case d, ok := <-c.deliveries:
+			if !ok {
+				// The channel died, or the broker cancelled the consumer
+				// (queue deleted): never hand out the zero Delivery.
+				return sub.ctx.Err() != nil
+			}
+			if stop, alive := sub.handle(c, d); stop || !alive {
+				return stop
+			}
+		case <-c.dead:
+			return false
+		case <-c.sess.stopping:
+			return false
+		case <-sub.ctx.Done():
+			return true
+		}
+	}
+}
+
+// handle hands one delivery to the handler and acks or nacks it as the
+// handler says. alive is false when c's channel is gone: an outcome can no
+// longer be sent for it (delivery tags belong to their channel), and the
+// broker will deliver the message again.
+func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bool) {
+	select {
+	case <-c.dead: // a delivery read after its channel died is requeued already
+		return false, false
+	default:
+	}
+	cfg := sub.s.cfg.AMQP
+	msg, err := cfg.Marshaler.Unmarshal(d)
+	if err != nil {
+		sub.logger.Error("Cannot unmarshal message, nacking it", err, watermill.LogFields{"message_id": d.MessageId})
+		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack))
+	}
+	if msg.UUID == "" {
+		msg.UUID = d.MessageId // a message from another publisher
+	}
+	ctx, cancel := context.WithCancel(sub.ctx)
+	defer cancel()
+	msg.SetContext(ctx)
+	fields := watermill.LogFields{"message_uuid": msg.UUID}
+
+	select {
+	case sub.out <- msg:
+	case <-sub.ctx.Done():
+		return true, true // the channel closes: the message goes back
+	case <-c.dead:
+		return false, false
+	case <-c.sess.stopping:
+		return false, false
+	}
+
+	// The handler has it: wait for its verdict even if the channel dies
+	// meanwhile, so that the redelivered copy is not handled concurrently.
+	var ack bool
+	select {
+	case <-msg.Acked():
+		ack = true
+	case <-msg.Nacked():
+	case <-sub.ctx.Done():
+		return true, true
+	}
+	select {
+	case <-c.dead:
+		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		return false, false
+	default:
+	}
+	if ack {
+		return false, sub.settle(c, d.Ack(false))
+	}
+	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack))
+}
+
+// settle reports whether an ack or nack was sent; when it was not, the
+// channel is closing and the message will be delivered again.
+func (sub *subscription) settle(c *consumer, err error) (alive bool) {
+	if err != nil {
+		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
+		return false
+	}
+	return true
+}

@@ -1,0 +1,532 @@
+package resilient_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// newSubscriber returns a subscriber on cfg (a durable queue config when
+// empty), closed when the test ends, and a recorder of its states.
+func newSubscriber(t *testing.T, cfg resilient.Config, logger watermill.LoggerAdapter) (*resilient.Subscriber, *brokertest.States) {
+	t.Helper()
+	if cfg.AMQP.Connection.AmqpURI == "" {
+		cfg.AMQP = amqp.NewDurableQueueConfig(brokertest.URI())
+	}
+	states, record := brokertest.NewStates(t)
+	cfg.OnStateChange = func(c resilient.StateChange) {
+		t.Logf("subscriber state %s -> %s %v", c.From, c.To, c.Err)
+		record(c.To.String())
+	}
+	if logger == nil {
+		logger = watermill.NewStdLogger(false, false)
+	}
+	sub, err := resilient.NewSubscriber(cfg, logger)
+	if err != nil {
+		t.Fatalf("NewSubscriber: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := sub.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return sub, states
+}
+
+// received counts what a subscription handed out, by UUID.
+type received struct {
+	mu       sync.Mutex
+	seen     map[string]int
+	total    int
+	phantoms int         // messages without UUID or payload
+	times    []time.Time // when each message was handed out
+	changed  chan struct{}
+}
+
+func newReceived() *received {
+	return &received{seen: make(map[string]int), changed: make(chan struct{})}
+}
+
+func (r *received) add(msg *message.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.total++
+	if msg.UUID == "" || len(msg.Payload) == 0 {
+		r.phantoms++
+	}
+	r.seen[msg.UUID]++
+	r.times = append(r.times, time.Now())
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// awaitAll waits until every id was received at least once, or fails after
+// a generous bound (a stall).
+func (r *received) awaitAll(t *testing.T, ids []string) {
+	t.Helper()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		missing := 0
+		for _, id := range ids {
+			if r.seen[id] == 0 {
+				missing++
+			}
+		}
+		changed := r.changed
+		r.mu.Unlock()
+		if missing == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("consuming stalled: %d of %d messages never received", missing, len(ids))
+		}
+	}
+}
+
+// awaitCount waits until the message id() names was received n times.
+func (r *received) awaitCount(t *testing.T, id func() string, n int) {
+	t.Helper()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		got, changed := r.seen[id()], r.changed
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("message %s received %d times, want %d", id(), got, n)
+		}
+	}
+}
+
+// tally reports what was received against ids, and fails on a phantom.
+func (r *received) tally(t *testing.T, ids []string) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lost, dups := 0, 0
+	for _, id := range ids {
+		switch n := r.seen[id]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	t.Logf("published %d, handled %d, lost %d, duplicated %d, phantom %d", len(ids), r.total, lost, dups, r.phantoms)
+	if lost > 0 || r.phantoms > 0 {
+		t.Fatalf("lost %d, phantom %d", lost, r.phantoms)
+	}
+}
+
+// consumeAll acks everything it receives (after hold, if set, returns).
+func consumeAll(msgs <-chan *message.Message, r *received, hold func(*message.Message)) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for msg := range msgs {
+			if hold != nil {
+				hold(msg)
+			}
+			r.add(msg)
+			msg.Ack()
+		}
+	}()
+	return done
+}
+
+// consumeUnderFaults publishes from many goroutines into a queue that a
+// Subscriber consumes, runs fault, then checks by UUID that the handler
+// got every confirmed message, and no phantom.
+func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger watermill.LoggerAdapter, hold func(*message.Message), fault func(*brokertest.Load, *brokertest.States, *received)) {
+	t.Helper()
+	queue := brokertest.Name("sub-fault")
+	brokertest.DeleteQueues(t, queue)
+	pub := newPublisher(t, resilient.Config{})
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
+	cfg.AMQP.Consume.Qos.PrefetchCount = 64
+	if tune != nil {
+		tune(&cfg)
+	}
+	sub, states := newSubscriber(t, cfg, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceived()
+	done := consumeAll(msgs, r, hold)
+	load := brokertest.StartLoad(t, pub, 4, queue)
+	load.WaitProgress(200)
+	fault(load, states, r)
+	load.WaitProgress(200)
+	load.Stop()
+	ids := load.Confirmed.All()
+	r.awaitAll(t, ids)
+	cancel()
+	<-done // the output channel closes when ctx ends
+	r.tally(t, ids)
+}
+
+// firstAfter returns how long after since the subscription handed out its
+// first message after since, waiting for one if need be.
+func firstAfter(t *testing.T, r *received, since time.Time) time.Duration {
+	t.Helper()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		i, _ := slices.BinarySearchFunc(r.times, since, func(a, b time.Time) int { return a.Compare(b) })
+		var at time.Time
+		if i < len(r.times) {
+			at = r.times[i]
+		}
+		changed := r.changed
+		r.mu.Unlock()
+		if !at.IsZero() {
+			return at.Sub(since).Round(time.Millisecond)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatal("no message consumed in a minute after the fault")
+		}
+	}
+}
+
+func TestSubscriberForcedConnectionCloses(t *testing.T) {
+	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
+		for i := 0; i < 3; i++ {
+			load.WaitProgress(200)
+			brokertest.CloseAllConnections(t)
+			lost := states.Await("reconnecting")
+			states.Await("connected")
+			t.Logf("close %d: first message handled %s after the subscriber's connection dropped", i+1, firstAfter(t, r, lost))
+		}
+	})
+}
+
+func TestSubscriberBrokerRestart(t *testing.T) {
+	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
+		brokertest.StopApp(t)
+		states.Await("reconnecting")
+		brokertest.StartApp(t) // returns once the broker accepts work
+		up := time.Now()
+		reconnected := states.Await("connected")
+		t.Logf("reconnected %s after start_app returned (negative: before await_startup did); first message handled %s after the reconnect",
+			reconnected.Sub(up).Round(time.Millisecond), firstAfter(t, r, reconnected))
+	})
+}
+
+// signalLogger closes fired the first time a line containing want is logged.
+type signalLogger struct {
+	watermill.LoggerAdapter
+	want  string
+	once  *sync.Once
+	fired chan struct{}
+}
+
+func (l signalLogger) Info(msg string, fields watermill.LogFields) {
+	if strings.Contains(msg, l.want) {
+		l.once.Do(func() { close(l.fired) })
+	}
+	l.LoggerAdapter.Info(msg, fields)
+}
+
+func (l signalLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return signalLogger{LoggerAdapter: l.LoggerAdapter.With(fields), want: l.want, once: l.once, fired: l.fired}
+}
+
+// The broker closes the channel (PRECONDITION_FAILED, consumer_timeout)
+// while the handler holds a message: the subscriber consumes again on a new
+// channel, does not send the held message's ack there (its delivery tag
+// belongs to the dead channel), and the broker delivers it again.
+func TestSubscriberChannelClosedInFlight(t *testing.T) {
+	interrupted := signalLogger{LoggerAdapter: watermill.NewStdLogger(false, false), want: "Channel closed", once: &sync.Once{}, fired: make(chan struct{})}
+	// The broker checks consumer_timeout on each channel tick (60 s by
+	// default); both are read by channels opened from now on.
+	restoreTick := setBrokerEnv(t, "channel_tick_interval", "500")
+	restoreTimeout := setBrokerEnv(t, "consumer_timeout", "2000")
+	restore := func() { restoreTimeout(); restoreTick() }
+
+	var heldID atomic.Value
+	held := func() string { id, _ := heldID.Load().(string); return id }
+	var holdOnce sync.Once
+	armed := make(chan struct{})
+	hold := func(msg *message.Message) {
+		select {
+		case <-armed:
+		default:
+			return
+		}
+		holdOnce.Do(func() {
+			heldID.Store(msg.UUID)
+			t.Logf("handler holds %s until the broker closes the channel", msg.UUID)
+			<-interrupted.fired
+		})
+	}
+	var r0 *received
+	consumeUnderFaults(t, nil, interrupted, hold, func(load *brokertest.Load, states *brokertest.States, r *received) {
+		r0 = r
+		close(armed)
+		<-interrupted.fired
+		closed := time.Now()
+		r.awaitCount(t, held, 2)
+		t.Logf("recovered: the held message delivered again %s after the broker closed the channel; first message after the close handed out %s after it",
+			time.Since(closed).Round(time.Millisecond), firstAfter(t, r, closed))
+		restore() // no more timeouts: the rest must flow
+	})
+	r0.mu.Lock()
+	n := r0.seen[held()]
+	r0.mu.Unlock()
+	if n < 2 {
+		t.Fatalf("the message held across the channel's death was handled %d time(s), want it delivered again", n)
+	}
+}
+
+// setBrokerEnv sets the rabbit application's key to value (an Erlang term)
+// until the returned function (also a cleanup) restores what it was.
+func setBrokerEnv(t *testing.T, key, value string) (restore func()) {
+	t.Helper()
+	was := strings.TrimSpace(brokertest.Ctl(t, "eval", "application:get_env(rabbit, "+key+")."))
+	var once sync.Once
+	restore = func() {
+		once.Do(func() {
+			if v, ok := strings.CutPrefix(was, "{ok,"); ok {
+				brokertest.Ctl(t, "eval", "application:set_env(rabbit, "+key+", "+strings.TrimSuffix(v, "}")+").")
+			} else { // undefined; never unset a key the broker needs
+				brokertest.Ctl(t, "eval", "application:unset_env(rabbit, "+key+").")
+			}
+		})
+	}
+	t.Cleanup(restore)
+	brokertest.Ctl(t, "eval", "application:set_env(rabbit, "+key+", "+value+").")
+	return restore
+}
+
+// Nack requeues: the message comes again. With NoRequeueOnNack it is dropped
+// (dead-lettered when the queue says so).
+func TestSubscriberNack(t *testing.T) {
+	for _, noRequeue := range []bool{false, true} {
+		t.Run(map[bool]string{false: "requeue", true: "no-requeue"}[noRequeue], func(t *testing.T) {
+			queue := brokertest.Name("sub-nack")
+			brokertest.DeleteQueues(t, queue)
+			cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
+			cfg.AMQP.Consume.NoRequeueOnNack = noRequeue
+			sub, _ := newSubscriber(t, cfg, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			msgs, err := sub.Subscribe(ctx, queue)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := newPublisher(t, resilient.Config{})
+			in, ids := newMessages(2)
+			if err := pub.Publish(queue, in...); err != nil {
+				t.Fatal(err)
+			}
+			first := <-msgs
+			if first.UUID != ids[0] || string(first.Payload) != string(in[0].Payload) {
+				t.Fatalf("got %s %q, want %s", first.UUID, first.Payload, ids[0])
+			}
+			first.Nack()
+			next := <-msgs
+			next.Ack()
+			if noRequeue {
+				if next.UUID != ids[1] {
+					t.Fatalf("after a nack without requeue got %s, want the second message", next.UUID)
+				}
+				cancel()
+				for range msgs {
+				}
+				if r := brokertest.Drain(t, queue, nil); r.Got != 0 {
+					t.Fatalf("queue holds %d messages, want none", r.Got)
+				}
+				return
+			}
+			// Requeued at its place, or after the second: either way it comes back.
+			got := []string{next.UUID}
+			if next.UUID != ids[0] {
+				again := <-msgs
+				again.Ack()
+				got = append(got, again.UUID)
+			}
+			if !containsStr(got, ids[0]) {
+				t.Fatalf("nacked message not redelivered: got %v", got)
+			}
+		})
+	}
+}
+
+func containsStr(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// What the handler did not ack when the subscription ends goes back to the
+// queue; Close ends every subscription, is idempotent, and refuses more.
+func TestSubscriberCloseReturnsUnacked(t *testing.T) {
+	queue := brokertest.Name("sub-close")
+	brokertest.DeleteQueues(t, queue)
+	sub, _ := newSubscriber(t, resilient.Config{}, nil)
+	msgs, err := sub.Subscribe(context.Background(), queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := newPublisher(t, resilient.Config{})
+	in, ids := newMessages(5)
+	if err := pub.Publish(queue, in...); err != nil {
+		t.Fatal(err)
+	}
+	first := <-msgs
+	first.Ack()
+	unacked := <-msgs // never acked
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for range msgs { // closed by Close
+	}
+	if _, err := sub.Subscribe(context.Background(), queue); !errors.Is(err, resilient.ErrClosed) {
+		t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
+	}
+	r := brokertest.Drain(t, queue, ids[1:])
+	brokertest.RequireNoneLost(t, r)
+	if r.Unexpected != 0 || unacked.UUID != ids[1] {
+		t.Fatalf("the acked message came back (%d unexpected), or order broke (%s)", r.Unexpected, unacked.UUID)
+	}
+}
+
+// A queue that exists with other arguments: Subscribe fails at once with a
+// permanent error, and SubscribeInitialize too.
+func TestSubscribePreconditionFailed(t *testing.T) {
+	queue := brokertest.Name("sub-conflict")
+	brokertest.DeleteQueues(t, queue)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil { // not durable
+		t.Fatal(err)
+	}
+	sub, _ := newSubscriber(t, resilient.Config{}, nil)
+	if _, err := sub.Subscribe(context.Background(), queue); !errors.Is(err, resilient.ErrPreconditionFailed) || !resilient.IsPermanent(err) {
+		t.Fatalf("Subscribe: %v, want ErrPreconditionFailed", err)
+	}
+	if err := sub.SubscribeInitialize(queue); !errors.Is(err, resilient.ErrPreconditionFailed) {
+		t.Fatalf("SubscribeInitialize: %v, want ErrPreconditionFailed", err)
+	}
+	fresh := brokertest.Name("sub-init")
+	brokertest.DeleteQueues(t, fresh)
+	if err := sub.SubscribeInitialize(fresh); err != nil {
+		t.Fatalf("SubscribeInitialize of a new queue: %v", err)
+	}
+}
+
+// eventLogger sends each Info message to events (dropping when full).
+type eventLogger struct {
+	watermill.LoggerAdapter
+	events chan string
+}
+
+func (l eventLogger) Info(msg string, fields watermill.LogFields) {
+	select {
+	case l.events <- msg:
+	default:
+	}
+	l.LoggerAdapter.Info(msg, fields)
+}
+
+func (l eventLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return eventLogger{LoggerAdapter: l.LoggerAdapter.With(fields), events: l.events}
+}
+
+func (l eventLogger) await(t *testing.T, msg string) {
+	t.Helper()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	for {
+		select {
+		case got := <-l.events:
+			if got == msg {
+				return
+			}
+		case <-deadline.C:
+			t.Fatalf("never logged %q", msg)
+		}
+	}
+}
+
+// An operator deletes the queue under the consumer: the broker cancels the
+// consumer (basic.cancel, the channel stays open). The subscriber declares
+// the queue again and consumes from it.
+func TestSubscriberQueueDeleted(t *testing.T) {
+	queue := brokertest.Name("sub-deleted")
+	brokertest.DeleteQueues(t, queue)
+	logger := eventLogger{LoggerAdapter: watermill.NewStdLogger(false, false), events: make(chan string, 64)}
+	sub, _ := newSubscriber(t, resilient.Config{}, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.await(t, "Consuming")
+	pub := newPublisher(t, resilient.Config{})
+	r := newReceived()
+	done := consumeAll(msgs, r, nil)
+	before, beforeIDs := newMessages(5)
+	if err := pub.Publish(queue, before...); err != nil {
+		t.Fatal(err)
+	}
+	r.awaitAll(t, beforeIDs)
+
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	logger.await(t, "Consuming interrupted, resuming")
+	logger.await(t, "Consuming") // the queue exists again
+	after, afterIDs := newMessages(5)
+	if err := pub.Publish(queue, after...); err != nil {
+		t.Fatal(err)
+	}
+	r.awaitAll(t, afterIDs)
+	cancel()
+	<-done
+	r.tally(t, append(beforeIDs, afterIDs...))
+}
