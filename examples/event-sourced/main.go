@@ -376,10 +376,12 @@ func (rm *readModel) consume(msgs <-chan *message.Message) {
 
 func (rm *readModel) applied() int { rm.mu.Lock(); defer rm.mu.Unlock(); return len(rm.seen) }
 
-// newSubscriber is the one place this example makes a subscriber.
+// newSubscriber is the one place this example makes a subscriber: the
+// resilient one, which consumes through connection loss and broker restarts
+// with the same watermill-amqp config (amqp.NewSubscriber(cfg, logger) would
+// do for a quick try, without those guarantees).
 func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Subscriber, error) {
-	// subscriber: switch to resilient.NewSubscriber once available
-	return amqp.NewSubscriber(cfg, logger)
+	return resilient.NewSubscriber(resilient.Config{AMQP: cfg}, logger)
 }
 
 // restartLoop restarts the broker, then waits `every` after it is back, until

@@ -153,10 +153,12 @@ func main() {
 	}
 }
 
-// newSubscriber is the one place this example makes a subscriber.
+// newSubscriber is the one place this example makes a subscriber: the
+// resilient one, which consumes through connection loss and broker restarts
+// with the same watermill-amqp config (amqp.NewSubscriber(cfg, logger) would
+// do for a quick try, without those guarantees).
 func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Subscriber, error) {
-	// subscriber: switch to resilient.NewSubscriber once available
-	return amqp.NewSubscriber(cfg, logger)
+	return resilient.NewSubscriber(resilient.Config{AMQP: cfg}, logger)
 }
 
 type pipeline struct {
