@@ -268,7 +268,6 @@ func (h *heapSampler) reset() uint64 {
 	return old
 }
 
-
 // svg plots confirmed messages per second over the run, with its marks.
 func (tl *timeline) svg() []byte {
 	tl.mu.Lock()
