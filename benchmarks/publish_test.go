@@ -2,6 +2,7 @@ package benchmarks_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"testing"
 
@@ -19,17 +20,19 @@ var sizes = []struct {
 	bytes int
 }{{"100B", 100}, {"1KiB", 1 << 10}, {"64KiB", 64 << 10}}
 
-// rawChannels is how many confirm-mode channels raw amqp091-go shares
-// between its goroutines: as many as the publisher's default lanes.
-const rawChannels = 4
+// channels is how many confirm-mode channels raw amqp091-go shares between
+// its goroutines, and how many the publisher has (Config.Channels): by
+// default the publisher's default.
+var channels = flag.Int("bench.channels", resilient.DefaultChannels, "confirm-mode channels, for raw amqp091-go and the publisher alike")
 
 // BenchmarkPublish: N goroutines, each publishing one message at a time and
 // waiting for its confirm.
 //
 //   - raw: amqp091-go, PublishWithDeferredConfirmWithContext over
-//     rawChannels shared confirm-mode channels, each goroutine waiting for
+//     -bench.channels shared confirm-mode channels (default 4), each goroutine waiting for
 //     its own confirm. With one goroutine this is a synchronous confirm.
-//   - resilient: Publisher.Publish(topic, msg) with the default Config.
+//   - resilient: Publisher.Publish(topic, msg) with the default Config
+//     (but for Channels, from -bench.channels).
 //   - watermill-amqp: its Publisher in its best confirmed configuration
 //     (ConfirmDelivery, a pool of 8 channels), at 64 goroutines only.
 func BenchmarkPublish(b *testing.B) {
@@ -69,13 +72,13 @@ func BenchmarkPublish(b *testing.B) {
 func benchRaw(b *testing.B, size, goroutines int) {
 	conn := brokertest.Dial(b)
 	defer conn.Close()
-	channels := make([]*amqp091.Channel, rawChannels)
-	for i := range channels {
+	chans := make([]*amqp091.Channel, *channels)
+	for i := range chans {
 		var err error
-		if channels[i], err = conn.Channel(); err != nil {
+		if chans[i], err = conn.Channel(); err != nil {
 			b.Fatal(err)
 		}
-		if err := channels[i].Confirm(false); err != nil {
+		if err := chans[i].Confirm(false); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -86,7 +89,7 @@ func benchRaw(b *testing.B, size, goroutines int) {
 		if err != nil {
 			return err
 		}
-		dc, err := channels[w%rawChannels].PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
 		if err != nil {
 			return err
 		}
@@ -173,9 +176,10 @@ func BenchmarkBatch(b *testing.B) {
 	}
 }
 
-// newResilient is the publisher with its default settings.
+// newResilient is the publisher with its default settings, but for
+// -bench.channels.
 func newResilient(b *testing.B) *resilient.Publisher {
-	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
+	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), Channels: *channels}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
