@@ -68,9 +68,10 @@ func (s *supervisor) connectOnce() (*session, error) {
 			return nil, ErrClosed
 		default:
 		}
-		conn, err := amqp091.DialConfig(uri, s.amqpConfig())
+		var cork *corkConn
+		conn, err := amqp091.DialConfig(uri, s.amqpConfig(&cork))
 		if err == nil {
-			return s.newSession(conn, redactURI(uri)), nil
+			return s.newSession(conn, cork, redactURI(uri)), nil
 		}
 		err = redactErr(classifyBroker(err), uri)
 		errs = append(errs, fmt.Errorf("dial %s: %w", redactURI(uri), err))
@@ -93,7 +94,9 @@ func (e *transientDialError) As(target any) bool {
 	return errors.As(e.err, target)
 }
 
-func (s *supervisor) amqpConfig() amqp091.Config {
+// amqpConfig is the configuration of one dial; the connection it dials is
+// wrapped in a corkConn, stored in *cork.
+func (s *supervisor) amqpConfig(cork **corkConn) amqp091.Config {
 	var c amqp091.Config
 	if user := s.cfg.AMQP.Connection.AmqpConfig; user != nil {
 		c = *user
@@ -124,6 +127,15 @@ func (s *supervisor) amqpConfig() amqp091.Config {
 			}
 			return conn, err
 		}
+	}
+	dial := c.Dial
+	c.Dial = func(network, addr string) (net.Conn, error) {
+		conn, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		*cork = &corkConn{Conn: conn}
+		return *cork, nil
 	}
 	c.Recovery = nil // we own reconnection
 	return c

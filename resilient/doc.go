@@ -64,7 +64,10 @@
 // settles them in delivery-tag order from their deferred confirmations,
 // waiting on the oldest only, so that a multiple-ack wakes it once. The lane
 // drains every notification channel it registers, and sizes them to its
-// window, so amqp091-go never blocks on it. No lock is held
+// window, so amqp091-go never blocks on it. amqp091-go writes each publish
+// to the socket on its own; a lane with a run of messages queued corks the
+// socket for the run, so that the run leaves in one write (bounded to 256
+// KiB), which saves system calls here and reads at the broker. No lock is held
 // across network I/O: callers hand messages to a lane through a channel and
 // wait for their outcomes on a channel of their own.
 //

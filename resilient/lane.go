@@ -129,15 +129,20 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		case <-flowChanged:
 		case d := <-intake:
 			l.take(ch, d)
-			// More are usually queued behind it (a batch, or many callers):
-			// take them without going round the whole select each time.
-			for more := true; more && l.pending.len() < window; {
-				select {
-				case d := <-l.queue:
-					l.take(ch, d)
-				default:
-					more = false
+			if len(l.queue) > 0 && l.pending.len() < window {
+				// A run is queued behind it (a batch, or many callers): take
+				// it without going round the whole select each time, and
+				// write it in one go.
+				l.sess.cork.cork()
+				for more := true; more && l.pending.len() < window; {
+					select {
+					case d := <-l.queue:
+						l.take(ch, d)
+					default:
+						more = false
+					}
 				}
+				l.sess.cork.uncork()
 			}
 		case r, ok := <-returns:
 			if !ok {

@@ -25,7 +25,8 @@ const sessionCloseGrace = 2 * time.Second
 type session struct {
 	id     uint64
 	conn   *amqp091.Connection
-	uri    string // password redacted
+	cork   *corkConn // conn's socket: lanes write runs of messages in one go
+	uri    string    // password redacted
 	cfg    *Config
 	logger watermill.LoggerAdapter
 
@@ -53,7 +54,7 @@ type session struct {
 	ended   bool
 }
 
-func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
+func (s *supervisor) newSession(conn *amqp091.Connection, cork *corkConn, uri string) *session {
 	s.mu.Lock()
 	s.nextID++
 	id := s.nextID
@@ -61,6 +62,7 @@ func (s *supervisor) newSession(conn *amqp091.Connection, uri string) *session {
 	sess := &session{
 		id:       id,
 		conn:     conn,
+		cork:     cork,
 		closed:   conn.NotifyClose(make(chan *amqp091.Error, 1)),
 		blocking: conn.NotifyBlocked(make(chan amqp091.Blocking, 4)),
 		uri:      uri,

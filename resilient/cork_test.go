@@ -1,0 +1,83 @@
+package resilient
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"testing"
+)
+
+// recordingConn records every write that reaches the socket.
+type recordingConn struct {
+	net.Conn
+	writes [][]byte
+	err    error
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func TestCorkedWritesLeaveInOneWrite(t *testing.T) {
+	raw := &recordingConn{}
+	c := &corkConn{Conn: raw}
+
+	if _, err := c.Write([]byte("a")); err != nil || len(raw.writes) != 1 {
+		t.Fatalf("uncorked write: %d writes, %v; want 1 at once", len(raw.writes), err)
+	}
+	c.cork()
+	c.cork() // a second lane joins the run
+	for _, p := range []string{"b", "c", "d"} {
+		if n, err := c.Write([]byte(p)); n != 1 || err != nil {
+			t.Fatalf("corked write: %d, %v", n, err)
+		}
+	}
+	c.uncork()
+	if len(raw.writes) != 1 {
+		t.Fatalf("%d writes while a lane is still in its run, want 1", len(raw.writes))
+	}
+	c.uncork()
+	if len(raw.writes) != 2 || string(raw.writes[1]) != "bcd" {
+		t.Fatalf("writes %q, want the run in one write", raw.writes)
+	}
+}
+
+func TestCorkedWritesFlushBeyondTheBound(t *testing.T) {
+	raw := &recordingConn{}
+	c := &corkConn{Conn: raw}
+	c.cork()
+	big := make([]byte, maxCorked)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	// What was held is written first, then the large write itself, in order.
+	if len(raw.writes) != 2 || string(raw.writes[0]) != "x" || len(raw.writes[1]) != maxCorked {
+		t.Fatalf("%d writes, want the held byte then the large write", len(raw.writes))
+	}
+	c.uncork()
+	if len(raw.writes) != 2 {
+		t.Fatalf("%d writes after uncork with nothing held, want 2", len(raw.writes))
+	}
+}
+
+func TestCorkedWriteErrorReachesTheNextWrite(t *testing.T) {
+	broken := errors.New("connection reset")
+	raw := &recordingConn{}
+	c := &corkConn{Conn: raw}
+	c.cork()
+	if _, err := c.Write([]byte("lost")); err != nil {
+		t.Fatal(err)
+	}
+	raw.err = broken
+	c.uncork() // the deferred write fails here, with no caller to tell
+	if _, err := c.Write([]byte("next")); !errors.Is(err, broken) {
+		t.Fatalf("next write: %v, want %v", err, broken)
+	}
+}
