@@ -31,6 +31,10 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		return 0, c.err
 	}
 	if c.corked > 0 && len(c.buf)+len(p) <= maxCorked {
+		if c.buf == nil {
+			// Never grown: a run larger than this is written as it goes.
+			c.buf = make([]byte, 0, maxCorked)
+		}
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
@@ -65,10 +69,6 @@ func (c *corkConn) flushLocked() error {
 	}
 	_, err := c.Conn.Write(c.buf)
 	c.err = err
-	if cap(c.buf) > maxCorked {
-		c.buf = nil // a large message passed through: do not keep its buffer
-	} else {
-		c.buf = c.buf[:0]
-	}
+	c.buf = c.buf[:0]
 	return err
 }

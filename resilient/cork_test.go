@@ -81,3 +81,26 @@ func TestCorkedWriteErrorReachesTheNextWrite(t *testing.T) {
 		t.Fatalf("next write: %v, want %v", err, broken)
 	}
 }
+
+func TestCorkBufferIsAllocatedOnce(t *testing.T) {
+	c := &corkConn{Conn: discardConn{}}
+	frame := make([]byte, 1300) // a 1 KiB message's frames
+	run := func() {
+		c.cork()
+		for range 500 { // more than maxCorked holds
+			if _, err := c.Write(frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.uncork()
+	}
+	run()
+	if allocs := testing.AllocsPerRun(10, run); allocs > 0 {
+		t.Fatalf("%v allocations per run, want none once the buffer exists", allocs)
+	}
+}
+
+// discardConn takes every write without allocating.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(p []byte) (int, error) { return len(p), nil }
