@@ -273,13 +273,14 @@ func (tl *timeline) svg() []byte {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	const width, height, left, bottom, top = 900.0, 320.0, 60.0, 40.0, 20.0
+	buckets := tl.buckets[:max(0, len(tl.buckets)-1)] // the last one is partial
 	peak := 1
-	for _, n := range tl.buckets {
+	for _, n := range buckets {
 		peak = max(peak, n)
 	}
 	perSecond := float64(time.Second / recoveryBucket)
 	yMax := math.Ceil(float64(peak)*perSecond*1.1/1000) * 1000
-	seconds := float64(len(tl.buckets)) * recoveryBucket.Seconds()
+	seconds := float64(len(buckets)) * recoveryBucket.Seconds()
 	x := func(s float64) float64 { return left + s/seconds*(width-left-10) }
 	y := func(v float64) float64 { return height - bottom - v/yMax*(height-bottom-top) }
 	var b strings.Builder
@@ -295,7 +296,7 @@ func (tl *timeline) svg() []byte {
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle">%ds</text>`+"\n", x(float64(s)), height-bottom+16, s)
 	}
 	b.WriteString(`<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="`)
-	for i, n := range tl.buckets {
+	for i, n := range buckets {
 		fmt.Fprintf(&b, "%.1f,%.1f ", x((float64(i)+0.5)*recoveryBucket.Seconds()), y(float64(n)*perSecond))
 	}
 	b.WriteString("\"/>\n")
@@ -306,7 +307,7 @@ func (tl *timeline) svg() []byte {
 			label, anchor = at-3, "end"
 		}
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.0f" y2="%.0f" stroke="#d62728" stroke-dasharray="4 3"/><text x="%.1f" y="%.0f" fill="#d62728" text-anchor="%s">%s</text>`+"\n",
-			at, at, top, height-bottom, label, top+14+float64(i%2)*14, anchor, m.name)
+			at, at, top, height-bottom, label, top+14+float64(i)*14, anchor, m.name)
 	}
 	b.WriteString("</svg>\n")
 	return []byte(b.String())
