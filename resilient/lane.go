@@ -218,6 +218,12 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 		d.report(outcomeLost, fmt.Errorf("%w: %w", errConnectionLost, err))
 		return
 	}
+	if dc == nil {
+		// amqp091-go gives none when the channel is not in confirm mode,
+		// which open made sure of; never wait on nothing.
+		d.report(outcomeLost, fmt.Errorf("%w: channel not in confirm mode", errConnectionLost))
+		return
+	}
 	d.dc, d.sentAt = dc, time.Now()
 	l.pending.push(d)
 }
