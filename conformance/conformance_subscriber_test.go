@@ -6,9 +6,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -33,21 +31,5 @@ func resilientPubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publishe
 	return pub, sub
 }
 
-func TestConformanceResilientDurableQueue(t *testing.T) {
-	tests.TestPubSub(t, features(), func(t *testing.T) (message.Publisher, message.Subscriber) {
-		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
-		return resilientPubSub(t, cfg, cfg)
-	}, nil)
-}
-
-func TestConformanceResilientDurablePubSub(t *testing.T) {
-	f := features()
-	f.ConsumerGroups = true
-	tests.TestPubSub(t, f, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		return resilientPubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
-			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
-	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
-		return resilientPubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
-			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(conformancePrefix+consumerGroup)))
-	})
-}
+func TestConformanceResilientDurableQueue(t *testing.T)  { durableQueueSuite(t, resilientPubSub) }
+func TestConformanceResilientDurablePubSub(t *testing.T) { durablePubSubSuite(t, resilientPubSub) }

@@ -49,21 +49,29 @@ func features() tests.Features {
 	}
 }
 
-func TestConformanceDurableQueue(t *testing.T) {
+// newPair makes the publisher and subscriber of one conformance test, each
+// on its config: pubSub (watermill-amqp's subscriber) or resilientPubSub
+// (ours).
+type newPair func(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, message.Subscriber)
+
+func durableQueueSuite(t *testing.T, pair newPair) {
 	tests.TestPubSub(t, features(), func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
-		return pubSub(t, cfg, cfg)
+		return pair(t, cfg, cfg)
 	}, nil)
 }
 
-func TestConformanceDurablePubSub(t *testing.T) {
+func durablePubSubSuite(t *testing.T, pair newPair) {
 	f := features()
 	f.ConsumerGroups = true
 	tests.TestPubSub(t, f, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
+		return pair(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
 			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
 	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
-		return pubSub(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
+		return pair(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
 			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(conformancePrefix+consumerGroup)))
 	})
 }
+
+func TestConformanceDurableQueue(t *testing.T)  { durableQueueSuite(t, pubSub) }
+func TestConformanceDurablePubSub(t *testing.T) { durablePubSubSuite(t, pubSub) }

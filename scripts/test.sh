@@ -12,10 +12,9 @@ echo "broker control: ${RABBITMQCTL:-none}"
 go test -race -p 1 -count=1 -timeout 20m ./...
 # Without -race, the tests that drive watermill-amqp's own code through a
 # broker restart: its ConnectionWrapper races on its connection flag during
-# reconnects (see conformance/conformance_reconnect_test.go), and so does
-# watermill's own TestReconnect harness (see
-# conformance/conformance_subscriber_reconnect_test.go). The conformance
-# reconnect tests consume with watermill-amqp's subscriber and with ours; the
+# reconnects, and so does watermill's own TestReconnect harness (see
+# conformance/conformance_reconnect_test.go). The conformance reconnect
+# tests consume with watermill-amqp's subscriber and with ours; the
 # middleware's acceptance test publishes with watermill-amqp's stock
 # publisher.
 go test -p 1 -count=1 -timeout 10m \
