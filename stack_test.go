@@ -25,96 +25,15 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
-// flow counts what handlers saw, by ID, and signals each new one.
-type flow struct {
-	mu      sync.Mutex
-	seen    map[string]int
-	total   int
-	times   []time.Time // when each was seen
-	changed chan struct{}
-}
-
-func newFlow() *flow { return &flow{seen: make(map[string]int), changed: make(chan struct{})} }
-
-func (f *flow) add(id string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.seen[id]++
-	f.total++
-	f.times = append(f.times, time.Now())
-	close(f.changed)
-	f.changed = make(chan struct{})
-}
-
-// next returns when a handler first saw something after since, waiting
-// for it if need be.
-func (f *flow) next(t *testing.T, since time.Time) time.Time {
-	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
-	for {
-		f.mu.Lock()
-		i, _ := slices.BinarySearchFunc(f.times, since, func(a, b time.Time) int { return a.Compare(b) })
-		var at time.Time
-		if i < len(f.times) {
-			at = f.times[i]
-		}
-		changed := f.changed
-		f.mu.Unlock()
-		if !at.IsZero() {
-			return at
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatal("nothing flowed for a minute")
-		}
-	}
-}
-
-// awaitAll waits until every id was seen (a minute without progress fails).
-func (f *flow) awaitAll(t *testing.T, ids []string) {
-	t.Helper()
-	for {
-		f.mu.Lock()
-		missing := 0
-		for _, id := range ids {
-			if f.seen[id] == 0 {
-				missing++
-			}
-		}
-		changed := f.changed
-		f.mu.Unlock()
-		if missing == 0 {
-			return
-		}
-		select {
-		case <-changed:
-		case <-time.After(time.Minute):
-			t.Fatalf("stalled: %d of %d never arrived", missing, len(ids))
-		}
-	}
-}
-
 // report logs in, out, lost and duplicated, and fails on a loss.
-func (f *flow) report(t *testing.T, what string, ids []string) (dups int) {
+func report(t *testing.T, what string, arrived *brokertest.Arrivals, ids []string) (dups int) {
 	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	lost := 0
-	for _, id := range ids {
-		switch n := f.seen[id]; {
-		case n == 0:
-			lost++
-		case n > 1:
-			dups += n - 1
-		}
+	r := arrived.Tally(ids)
+	t.Logf("%s: in %d, out %d, lost %d, duplicated %d", what, len(ids), r.Got, len(r.Lost), r.Duplicates)
+	if len(r.Lost) > 0 {
+		t.Fatalf("%s: %d lost", what, len(r.Lost))
 	}
-	t.Logf("%s: in %d, out %d, lost %d, duplicated %d", what, len(ids), f.total, lost, dups)
-	if lost > 0 {
-		t.Fatalf("%s: %d lost", what, lost)
-	}
-	return dups
+	return r.Duplicates
 }
 
 func stackPublisher(t *testing.T) *resilient.Publisher {
@@ -159,16 +78,16 @@ func runRouter(t *testing.T, r *message.Router) {
 
 // faults drops every connection, then restarts the broker, while work flows;
 // it logs how long after each fault the handlers saw the next message.
-func faults(t *testing.T, f *flow, states *brokertest.States) {
+func faults(t *testing.T, f *brokertest.Arrivals, states *brokertest.States) {
 	t.Helper()
-	f.next(t, time.Now())
+	f.FirstAfter(t, time.Now())
 	brokertest.CloseAllConnections(t)
 	dropped := states.Await("reconnecting")
 	states.Await("connected")
 	t.Logf("forced close: next message handled %s after the subscriber's connection dropped",
-		f.next(t, dropped).Sub(dropped).Round(time.Millisecond))
+		f.FirstAfter(t, dropped).Sub(dropped).Round(time.Millisecond))
 
-	f.next(t, time.Now())
+	f.FirstAfter(t, time.Now())
 	stopped := time.Now()
 	brokertest.StopApp(t)
 	states.Await("reconnecting")
@@ -176,7 +95,7 @@ func faults(t *testing.T, f *flow, states *brokertest.States) {
 	up := time.Now()
 	reconnected := states.Await("connected")
 	t.Logf("broker restart: down %s; subscriber reconnected %s after start_app returned (negative: during await_startup); next message handled %s after the reconnect",
-		up.Sub(stopped).Round(time.Millisecond), reconnected.Sub(up).Round(time.Millisecond), f.next(t, reconnected).Sub(reconnected).Round(time.Millisecond))
+		up.Sub(stopped).Round(time.Millisecond), reconnected.Sub(up).Round(time.Millisecond), f.FirstAfter(t, reconnected).Sub(reconnected).Round(time.Millisecond))
 }
 
 // publisher publishes batches of 10 messages to topic in the background,
@@ -248,11 +167,11 @@ func TestRouterPipelineUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	router.AddMiddleware(poison, middleware.Retry{MaxRetries: 2, InitialInterval: time.Millisecond, Logger: logger}.Middleware)
-	handled := newFlow()
+	handled := brokertest.NewArrivals()
 	var flakyMu sync.Mutex
 	failedOnce := make(map[string]bool)
 	router.AddHandler("transform", in, sub, out, pub, func(msg *message.Message) ([]*message.Message, error) {
-		handled.add(msg.UUID)
+		handled.Add(msg.UUID)
 		if string(msg.Payload) == "poison" {
 			return nil, fmt.Errorf("cannot transform %s", msg.UUID)
 		}
@@ -282,34 +201,34 @@ func TestRouterPipelineUnderFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	arrived, once := newFlow(), newFlow()
+	arrived, once := brokertest.NewArrivals(), brokertest.NewArrivals()
 	dedup := &middleware.Deduplicator{KeyFactory: middleware.NewMessageHasherFromMetadataField("input_uuid"), Repository: newKeyRepository()}
 	deduplicated := dedup.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		if !bytes.HasPrefix(msg.Payload, []byte("PAYLOAD ")) {
 			return nil, fmt.Errorf("untransformed payload %q", msg.Payload)
 		}
-		once.add(msg.Metadata.Get("input_uuid"))
+		once.Add(msg.Metadata.Get("input_uuid"))
 		return nil, nil
 	})
 	end.AddConsumerHandler("arrivals", out, endSub, func(msg *message.Message) error {
-		arrived.add(msg.Metadata.Get("input_uuid")) // before deduplication
+		arrived.Add(msg.Metadata.Get("input_uuid")) // before deduplication
 		_, err := deduplicated(msg)
 		return err
 	})
 	runRouter(t, end)
-	arrived.awaitAll(t, ids)
-	once.awaitAll(t, ids)
+	arrived.AwaitAll(t, ids)
+	once.AwaitAll(t, ids)
 
 	all := append(slices.Clone(ids), poisoned...)
-	handled.awaitAll(t, all)
+	handled.AwaitAll(t, all)
 	flakyMu.Lock()
 	flaky := len(failedOnce)
 	flakyMu.Unlock()
-	calls := handled.report(t, "router handler calls", all)
+	calls := report(t, "router handler calls", handled, all)
 	t.Logf("router handler: %d extra calls = %d first attempts failed on purpose (retried by Retry) + %d poison retries (%d poison x %d) + %d redeliveries after faults",
 		calls, flaky, 2*len(poisoned), len(poisoned), 2, calls-flaky-2*len(poisoned))
-	dups := arrived.report(t, "end queue", ids)
-	if d := once.report(t, "end queue through the Deduplicator", ids); d != 0 {
+	dups := report(t, "end queue", arrived, ids)
+	if d := report(t, "end queue through the Deduplicator", once, ids); d != 0 {
 		t.Fatalf("the Deduplicator let %d duplicates through", d)
 	}
 	t.Logf("the Deduplicator dropped %d duplicates", dups)
@@ -406,15 +325,15 @@ func TestCQRSUnderFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	handled, shipped := newFlow(), newFlow()
+	handled, shipped := brokertest.NewArrivals(), brokertest.NewArrivals()
 	if err := commands.AddHandlers(cqrs.NewCommandHandler("ship", func(ctx context.Context, cmd *shipOrder) error {
-		handled.add(cmd.CommandID)
+		handled.Add(cmd.CommandID)
 		return eventBus.Publish(ctx, &orderShipped{CommandID: cmd.CommandID, Order: cmd.Order})
 	})); err != nil {
 		t.Fatal(err)
 	}
 	if err := events.AddHandlers(cqrs.NewEventHandler("shipped", func(ctx context.Context, e *orderShipped) error {
-		shipped.add(e.CommandID)
+		shipped.Add(e.CommandID)
 		return nil
 	})); err != nil {
 		t.Fatal(err)
@@ -447,7 +366,7 @@ func TestCQRSUnderFaults(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	shipped.awaitAll(t, ids)
-	handled.report(t, "commands handled", ids)
-	shipped.report(t, "events handled", ids)
+	shipped.AwaitAll(t, ids)
+	report(t, "commands handled", handled, ids)
+	report(t, "events handled", shipped, ids)
 }

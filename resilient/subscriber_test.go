@@ -3,7 +3,6 @@ package resilient_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,95 +46,27 @@ func newSubscriber(t *testing.T, cfg resilient.Config, logger watermill.LoggerAd
 
 // received counts what a subscription handed out, by UUID.
 type received struct {
-	mu       sync.Mutex
-	seen     map[string]int
-	total    int
-	phantoms int         // messages without UUID or payload
-	times    []time.Time // when each message was handed out
-	changed  chan struct{}
+	*brokertest.Arrivals
+	phantoms atomic.Int64 // messages without UUID or payload
 }
 
-func newReceived() *received {
-	return &received{seen: make(map[string]int), changed: make(chan struct{})}
-}
+func newReceived() *received { return &received{Arrivals: brokertest.NewArrivals()} }
 
 func (r *received) add(msg *message.Message) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.total++
 	if msg.UUID == "" || len(msg.Payload) == 0 {
-		r.phantoms++
+		r.phantoms.Add(1)
 	}
-	r.seen[msg.UUID]++
-	r.times = append(r.times, time.Now())
-	close(r.changed)
-	r.changed = make(chan struct{})
+	r.Add(msg.UUID)
 }
 
-// awaitAll waits until every id was received at least once, or fails after
-// a generous bound (a stall).
-func (r *received) awaitAll(t *testing.T, ids []string) {
-	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
-	for {
-		r.mu.Lock()
-		missing := 0
-		for _, id := range ids {
-			if r.seen[id] == 0 {
-				missing++
-			}
-		}
-		changed := r.changed
-		r.mu.Unlock()
-		if missing == 0 {
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("consuming stalled: %d of %d messages never received", missing, len(ids))
-		}
-	}
-}
-
-// awaitCount waits until the message id() names was received n times.
-func (r *received) awaitCount(t *testing.T, id func() string, n int) {
-	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
-	for {
-		r.mu.Lock()
-		got, changed := r.seen[id()], r.changed
-		r.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("message %s received %d times, want %d", id(), got, n)
-		}
-	}
-}
-
-// tally reports what was received against ids, and fails on a phantom.
+// tally reports what was received against ids, and fails on a loss or a
+// phantom.
 func (r *received) tally(t *testing.T, ids []string) {
 	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	lost, dups := 0, 0
-	for _, id := range ids {
-		switch n := r.seen[id]; {
-		case n == 0:
-			lost++
-		case n > 1:
-			dups += n - 1
-		}
-	}
-	t.Logf("published %d, handled %d, lost %d, duplicated %d, phantom %d", len(ids), r.total, lost, dups, r.phantoms)
-	if lost > 0 || r.phantoms > 0 {
-		t.Fatalf("lost %d, phantom %d", lost, r.phantoms)
+	res, phantoms := r.Tally(ids), r.phantoms.Load()
+	t.Logf("published %d, handled %d, lost %d, duplicated %d, phantom %d", len(ids), res.Got, len(res.Lost), res.Duplicates, phantoms)
+	if len(res.Lost) > 0 || phantoms > 0 {
+		t.Fatalf("lost %d, phantom %d", len(res.Lost), phantoms)
 	}
 }
 
@@ -183,7 +114,7 @@ func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger water
 	load.WaitProgress(200)
 	load.Stop()
 	ids := load.Confirmed.All()
-	r.awaitAll(t, ids)
+	r.AwaitAll(t, ids)
 	cancel()
 	<-done // the output channel closes when ctx ends
 	r.tally(t, ids)
@@ -193,26 +124,7 @@ func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger water
 // first message after since, waiting for one if need be.
 func firstAfter(t *testing.T, r *received, since time.Time) time.Duration {
 	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
-	for {
-		r.mu.Lock()
-		i, _ := slices.BinarySearchFunc(r.times, since, func(a, b time.Time) int { return a.Compare(b) })
-		var at time.Time
-		if i < len(r.times) {
-			at = r.times[i]
-		}
-		changed := r.changed
-		r.mu.Unlock()
-		if !at.IsZero() {
-			return at.Sub(since).Round(time.Millisecond)
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatal("no message consumed in a minute after the fault")
-		}
-	}
+	return r.FirstAfter(t, since).Sub(since).Round(time.Millisecond)
 }
 
 func TestSubscriberForcedConnectionCloses(t *testing.T) {
@@ -292,15 +204,12 @@ func TestSubscriberChannelClosedInFlight(t *testing.T) {
 		close(armed)
 		<-interrupted.fired
 		closed := time.Now()
-		r.awaitCount(t, held, 2)
+		r.AwaitCount(t, held(), 2)
 		t.Logf("recovered: the held message delivered again %s after the broker closed the channel; first message after the close handed out %s after it",
 			time.Since(closed).Round(time.Millisecond), firstAfter(t, r, closed))
 		restore() // no more timeouts: the rest must flow
 	})
-	r0.mu.Lock()
-	n := r0.seen[held()]
-	r0.mu.Unlock()
-	if n < 2 {
+	if n := r0.Count(held()); n < 2 {
 		t.Fatalf("the message held across the channel's death was handled %d time(s), want it delivered again", n)
 	}
 }
@@ -508,7 +417,7 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	if err := pub.Publish(queue, before...); err != nil {
 		t.Fatal(err)
 	}
-	r.awaitAll(t, beforeIDs)
+	r.AwaitAll(t, beforeIDs)
 
 	conn := brokertest.Dial(t)
 	defer conn.Close()
@@ -525,7 +434,7 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	if err := pub.Publish(queue, after...); err != nil {
 		t.Fatal(err)
 	}
-	r.awaitAll(t, afterIDs)
+	r.AwaitAll(t, afterIDs)
 	cancel()
 	<-done
 	r.tally(t, append(beforeIDs, afterIDs...))
