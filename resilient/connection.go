@@ -169,15 +169,22 @@ func (s *supervisor) run(first *session) {
 	}
 }
 
+// newBackoff is a fresh backoff with these settings, for one loop of
+// retries.
+func (r ReconnectConfig) newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = r.InitialWait
+	b.MaxInterval = r.MaxWait
+	b.Multiplier = r.Multiplier
+	b.RandomizationFactor = r.Jitter
+	b.Reset()
+	return b
+}
+
 // redial dials with a fresh exponential backoff until it connects or the
 // supervisor stops (then it returns nil). It never gives up on its own.
 func (s *supervisor) redial() *session {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = s.cfg.Reconnect.InitialWait
-	b.MaxInterval = s.cfg.Reconnect.MaxWait
-	b.Multiplier = s.cfg.Reconnect.Multiplier
-	b.RandomizationFactor = s.cfg.Reconnect.Jitter
-	b.Reset()
+	b := s.cfg.Reconnect.newBackoff()
 	timer := time.NewTimer(b.NextBackOff())
 	defer timer.Stop()
 	for attempt := 1; ; attempt++ {

@@ -10,7 +10,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/cenkalti/backoff/v5"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -290,7 +289,7 @@ func (sub *subscription) run() {
 // sets Qos and starts consuming, retrying with a fresh backoff until it
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
-	b := sub.s.newBackoff()
+	b := sub.s.cfg.Reconnect.newBackoff()
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -317,16 +316,6 @@ func (sub *subscription) attach() *consumer {
 			return nil
 		}
 	}
-}
-
-func (s *Subscriber) newBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = s.cfg.Reconnect.InitialWait
-	b.MaxInterval = s.cfg.Reconnect.MaxWait
-	b.Multiplier = s.cfg.Reconnect.Multiplier
-	b.RandomizationFactor = s.cfg.Reconnect.Jitter
-	b.Reset()
-	return b
 }
 
 func (sub *subscription) open(sess *session) (*consumer, error) {
