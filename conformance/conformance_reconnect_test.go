@@ -27,7 +27,9 @@ func TestConformanceResilientReconnect(t *testing.T) { reconnectSuite(t, resilie
 
 func reconnectSuite(t *testing.T, pair newPair) {
 	f := features()
-	f.RestartServiceCommand = restartCommand(t)
+	// The harness restarts the broker twice: at a third and at half of its
+	// messages (pubsub/tests/test_pubsub.go:1061).
+	f.RestartServiceCommand = restartCommand(t, 2)
 	tests.TestReconnect(t, tests.TestContext{TestID: tests.NewTestID(), Features: f}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 		pub, sub := pair(t, cfg, cfg)

@@ -1,8 +1,11 @@
 package conformance_test
 
 import (
+	"bytes"
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
@@ -13,17 +16,41 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
-// watermill's conformance suite, with our publisher and watermill-amqp's
-// subscriber on the same config. Its TestReconnect runs apart, in
-// TestConformanceReconnect.
-func restartCommand(t *testing.T) []string {
+// restartCommand is the RestartServiceCommand of watermill's TestReconnect:
+// scripts/restart-broker.sh, which restarts the broker's application. The
+// harness runs it on goroutines it does not wait for (restartServer,
+// pubsub/tests/test_pubsub.go:1078), so a restart can still be running when
+// the test returns, and the next test would find the broker down. Each run
+// of the command therefore leaves a line in a file, and the cleanup waits
+// for restarts lines, then for the broker to accept connections.
+func restartCommand(t *testing.T, restarts int) []string {
 	script, err := filepath.Abs("../scripts/restart-broker.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{script}
+	done := filepath.Join(t.TempDir(), "restarted")
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			lines, _ := os.ReadFile(done)
+			if bytes.Count(lines, []byte("\n")) >= restarts {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("only %d of %d broker restarts finished in 5 minutes", bytes.Count(lines, []byte("\n")), restarts)
+				break
+			}
+			// A file written by another process: nothing to wait on but
+			// its content.
+			time.Sleep(100 * time.Millisecond)
+		}
+		brokertest.Dial(t).Close()
+	})
+	// A line even when the restart fails: restartServer reports the failure.
+	return []string{"/bin/sh", "-c", `"$0"; status=$?; echo >>"$1"; exit $status`, script, done}
 }
 
+// pubSub is our publisher with watermill-amqp's subscriber.
 func pubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, message.Subscriber) {
 	logger := watermill.NopLogger{}
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: pubCfg}, logger)
