@@ -93,3 +93,13 @@ func TestRedaction(t *testing.T) {
 		t.Fatalf("redactText on an unparsable URI: %s", got)
 	}
 }
+
+// session.channelErr counts amqp091-go's own errors as a lost connection
+// unless they are permanent: a channel closed under an operation
+// (amqp091.ErrClosed) must be one of them, so that a subscription attaches
+// again rather than failing.
+func TestClosedChannelIsNotPermanent(t *testing.T) {
+	if amqp091.ErrClosed.Server || isPermanentBroker(amqp091.ErrClosed) {
+		t.Fatalf("amqp091.ErrClosed (server %v) classified permanent: %v", amqp091.ErrClosed.Server, classifyBroker(amqp091.ErrClosed))
+	}
+}

@@ -234,6 +234,13 @@ func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.C
 	if err == nil {
 		return nil
 	}
+	return sess.channelErr(err)
+}
+
+// channelErr is errConnectionLost when the connection, or the channel under
+// an operation, died (amqp091-go's own errors, not the broker's replies),
+// and otherwise what the broker's reply means.
+func (sess *session) channelErr(err error) error {
 	var ae *amqp091.Error
 	if sess.conn.IsClosed() || (errors.As(err, &ae) && !ae.Server && !isPermanentBroker(err)) {
 		return errConnectionLost

@@ -322,7 +322,7 @@ func (sub *subscription) open(sess *session) (*consumer, error) {
 	cfg := sub.s.cfg.AMQP
 	ch, err := sess.conn.Channel()
 	if err != nil {
-		return nil, sub.channelErr(sess, err)
+		return nil, sess.channelErr(err)
 	}
 	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
@@ -336,7 +336,7 @@ func (sub *subscription) open(sess *session) (*consumer, error) {
 	fail := func(err error) (*consumer, error) {
 		_ = ch.Close()
 		<-c.dead
-		return nil, sub.channelErr(sess, err)
+		return nil, sess.channelErr(err)
 	}
 	if err := cfg.TopologyBuilder.BuildTopology(ch, sub.queue, sub.exchange, cfg, sub.logger); err != nil {
 		return fail(err)
@@ -352,16 +352,6 @@ func (sub *subscription) open(sess *session) (*consumer, error) {
 		return fail(err)
 	}
 	return c, nil
-}
-
-// channelErr says errConnectionLost when the connection died under an
-// operation, else classifies what the broker said.
-func (sub *subscription) channelErr(sess *session, err error) error {
-	var ae *amqp091.Error
-	if sess.conn.IsClosed() || errors.Is(err, amqp091.ErrClosed) || (errors.As(err, &ae) && !ae.Server && !isPermanentBroker(err)) {
-		return errConnectionLost
-	}
-	return classifyBroker(err)
 }
 
 // consume hands c's deliveries out one at a time until the channel or the
