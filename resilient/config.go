@@ -11,22 +11,20 @@ import (
 
 // Defaults of the knobs of Config. Each applies where the field is zero.
 const (
-	DefaultHeartbeat            = 10 * time.Second
-	DefaultDialTimeout          = 10 * time.Second
-	DefaultChannels             = 4
-	DefaultMaxInFlight          = 512
-	DefaultPublishTimeout       = 30 * time.Second
-	DefaultConfirmTimeout       = 15 * time.Second
-	DefaultCloseTimeout         = 10 * time.Second
-	DefaultMaxNackRetries       = 3
-	DefaultMaxMessageSize       = 128 << 20 // RabbitMQ's default max_message_size
-	DefaultReconnectWait        = 100 * time.Millisecond
-	DefaultReconnectMaxWait     = 3 * time.Second
-	DefaultReconnectMultiplier  = 2.0
-	DefaultReconnectJitter      = 0.5
-	DefaultConnectionName       = "watermill-resilient-publisher"
-	maxShortString              = 255 // AMQP shortstr: names and routing keys
-	defaultChannelReopenBackoff = 50 * time.Millisecond
+	DefaultHeartbeat           = 10 * time.Second
+	DefaultDialTimeout         = 10 * time.Second
+	DefaultChannels            = 4
+	DefaultMaxInFlight         = 512
+	DefaultPublishTimeout      = 30 * time.Second
+	DefaultConfirmTimeout      = 15 * time.Second
+	DefaultCloseTimeout        = 10 * time.Second
+	DefaultMaxMessageSize      = 128 << 20 // RabbitMQ's default max_message_size
+	DefaultReconnectWait       = 100 * time.Millisecond
+	DefaultReconnectMaxWait    = 3 * time.Second
+	DefaultReconnectMultiplier = 2.0
+	DefaultReconnectJitter     = 0.5
+	DefaultConnectionName      = "watermill-resilient-publisher"
+	maxShortString             = 255 // AMQP shortstr: names and routing keys
 )
 
 // NoJitter as ReconnectConfig.Jitter turns jitter off (0 means the default).
@@ -47,9 +45,16 @@ const NoJitter = -1
 type Config struct {
 	AMQP amqp.Config
 
-	// FailoverURIs are tried in turn after AMQP.Connection.AmqpURI when it
-	// cannot be reached (e.g. the other nodes of a cluster).
+	// FailoverURIs are the other brokers to connect to, e.g. the other
+	// nodes of a cluster. Each dial round tries every URI once, in turn,
+	// starting after the one last connected to, so that a node that just
+	// died is tried last.
 	FailoverURIs []string
+	// FailoverInOrder keeps AMQP.Connection.AmqpURI first and FailoverURIs
+	// in their order. By default the list is shuffled once per Publisher or
+	// Subscriber, as RabbitMQ advises for clusters, so that a fleet of
+	// clients spreads over the nodes rather than all landing on the first.
+	FailoverInOrder bool
 
 	// ConnectionName is shown in RabbitMQ's management UI.
 	// Default DefaultConnectionName.
@@ -87,8 +92,14 @@ type Config struct {
 	// CloseTimeout bounds how long Close waits for in-flight publishes.
 	// Default 10 s.
 	CloseTimeout time.Duration
-	// MaxNackRetries is how many times a message nacked by the broker is
-	// re-sent before Publish gives up with ErrNacked. Default 3; -1 means none.
+	// MaxNackRetries bounds how many times a message the broker nacked is
+	// re-sent before it fails with ErrNacked. A nack is the broker refusing
+	// for now (a quorum queue electing a leader after a node loss, a full
+	// queue with x-overflow reject-publish), so by default (0) a nacked
+	// message is re-sent, with exponential backoff from 50 ms to 2 s, for as
+	// long as its bounds allow (its Context(), PublishTimeout), and fails
+	// with ErrNotConfirmed (matching ErrNacked too) when they end. A positive
+	// value caps the re-sends; -1 fails a message at its first nack.
 	MaxNackRetries int
 	// MaxMessageSize rejects larger bodies before sending, with
 	// ErrMessageTooLarge. Default 128 MiB, RabbitMQ's default limit.
@@ -147,9 +158,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = DefaultCloseTimeout
-	}
-	if c.MaxNackRetries == 0 {
-		c.MaxNackRetries = DefaultMaxNackRetries
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize

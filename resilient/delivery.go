@@ -16,11 +16,18 @@ type outgoing struct {
 	ctx        context.Context
 	exchange   string
 	routingKey string
-	mandatory  bool
+	// mandatory: sent with the mandatory flag, because the user asked for
+	// it or because ownQueue.
+	mandatory bool
+	// ownQueue: it goes to a queue the publisher declares itself, so a
+	// return means the queue vanished under the live connection: declare it
+	// again and re-send, rather than let the broker confirm and drop it.
+	ownQueue   bool
 	publishing amqp091.Publishing
 
-	nacks   int // broker nacks so far
-	strikes int // channel exceptions with a permanent code while in flight
+	nacks   int  // broker nacks so far
+	returns int  // returns from its own queue so far
+	solo    bool // in flight when the broker closed a channel without naming the culprit
 }
 
 // Delivery states. A lane claims a queued delivery before writing it; the
@@ -33,14 +40,16 @@ const (
 )
 
 // delivery is one attempt to send an outgoing message. The lane that claims
-// it reports exactly one outcome on results, which is buffered for every
-// delivery of the attempt, so a lane never blocks on a caller.
+// it reports exactly one outcome to its attempt, whose results channel is
+// buffered for every delivery of the attempt, so a lane never blocks on a
+// caller.
 type delivery struct {
-	msg     *outgoing
-	state   atomic.Int32
-	results chan<- outcome
+	msg   *outgoing
+	att   *attempt
+	solo  bool // msg.solo at hand-over: the lane sends it alone
+	state atomic.Int32
 
-	resolved bool // owned by the caller: outcome settled or given up on
+	settled bool // owned by the attempt: its outcome is decided
 
 	// Owned by the lane once claimed.
 	dc     *amqp091.DeferredConfirmation
@@ -53,10 +62,12 @@ func (d *delivery) abandon() bool { return d.state.CompareAndSwap(deliveryQueued
 type outcomeKind int
 
 const (
-	outcomeAcked  outcomeKind = iota
-	outcomeNacked             // re-send, a bounded number of times
-	outcomeLost               // channel or connection gone before the confirm: re-send
-	outcomeFailed             // permanent: do not re-send
+	outcomeAcked    outcomeKind = iota
+	outcomeNacked               // re-sent, within the call's bounds and MaxNackRetries
+	outcomeLost                 // channel or connection gone before the confirm: re-sent
+	outcomeSuspect              // lost on a channel the broker closed without naming the culprit: re-sent alone
+	outcomeReturned             // its own queue is gone: declared again and re-sent
+	outcomeFailed               // permanent for this message: not re-sent
 )
 
 type outcome struct {
@@ -65,29 +76,36 @@ type outcome struct {
 	err  error
 }
 
+// report gives d's attempt its outcome. Any outcome that means the message
+// must be sent again cuts the attempt: the lane then writes none of its
+// later messages, which go back with it, so that the call keeps its order.
 func (d *delivery) report(kind outcomeKind, err error) {
-	d.results <- outcome{d: d, kind: kind, err: err}
+	switch kind {
+	case outcomeNacked, outcomeLost, outcomeSuspect, outcomeReturned:
+		d.att.cut.Store(true)
+	}
+	d.att.results <- outcome{d: d, kind: kind, err: err}
 }
 
-// fifo holds a lane's unconfirmed deliveries in delivery-tag order: the
+// inFlight holds a lane's unconfirmed deliveries in delivery-tag order: the
 // order they were sent in, which a lane settles them in.
-type fifo struct {
+type inFlight struct {
 	items []*delivery
 	head  int
 }
 
-func (f *fifo) len() int { return len(f.items) - f.head }
+func (f *inFlight) len() int { return len(f.items) - f.head }
 
-func (f *fifo) push(d *delivery) { f.items = append(f.items, d) }
+func (f *inFlight) push(d *delivery) { f.items = append(f.items, d) }
 
-func (f *fifo) peek() *delivery {
+func (f *inFlight) oldest() *delivery {
 	if f.len() == 0 {
 		return nil
 	}
 	return f.items[f.head]
 }
 
-func (f *fifo) pop() *delivery {
+func (f *inFlight) pop() *delivery {
 	d := f.items[f.head]
 	f.items[f.head] = nil
 	f.head++

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -50,6 +53,10 @@ var (
 	// reached the broker. Transient.
 	ErrNotConfirmed = errors.New("resilient: message not confirmed")
 )
+
+// errConnectionLost marks an attempt cut short by the loss of its
+// connection or channel: the messages are re-sent after the reconnect.
+var errConnectionLost = errors.New("connection lost")
 
 var permanentErrors = []error{
 	ErrClosed, ErrConfig, ErrNilMessage, ErrMarshal, ErrInvalidName,
@@ -124,6 +131,11 @@ func classifyBroker(err error) error {
 	case amqp091.AccessRefused:
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
 	case amqp091.NotFound:
+		if strings.Contains(ae.Reason, "down or inaccessible") {
+			// "home node 'n' of durable queue 'q' in vhost '/' is down or
+			// inaccessible": a cluster node is away; it comes back.
+			return err
+		}
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	case amqp091.PreconditionFailed:
 		if strings.Contains(ae.Reason, "message size") {
@@ -146,22 +158,31 @@ func classifyBroker(err error) error {
 	return err
 }
 
+// isConnectionFault reports whether err says the connection or the channel
+// under an operation broke (a network error, or amqp091-go's own error for
+// a closed connection or channel), as opposed to a reply of the broker's or
+// a fault of the caller's: an operation that failed so is worth doing again
+// on the next connection.
+func isConnectionFault(err error) bool {
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		return !ae.Server && !isPermanentBroker(ae)
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, errConnectionLost)
+}
+
+// isTransientReply reports whether err is a reply of the broker's that says
+// to try again later, e.g. that a cluster node hosting the queue is away.
+func isTransientReply(err error) bool {
+	var ae *amqp091.Error
+	return errors.As(err, &ae) && ae.Server && !isPermanentBroker(err)
+}
+
 // isPermanentBroker reports whether an AMQP error closing a channel or a
 // connection is one that reconnecting will not fix.
 func isPermanentBroker(err error) bool {
 	return IsPermanent(classifyBroker(err))
-}
-
-// quotedName returns the first single-quoted name in a broker's reply text,
-// e.g. "x" in "NOT_FOUND - no exchange 'x' in vhost '/'".
-func quotedName(reason string) (string, bool) {
-	start := strings.IndexByte(reason, '\'')
-	if start < 0 {
-		return "", false
-	}
-	end := strings.IndexByte(reason[start+1:], '\'')
-	if end < 0 {
-		return "", false
-	}
-	return reason[start+1 : start+1+end], true
 }

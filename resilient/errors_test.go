@@ -44,24 +44,32 @@ func TestClassifyBroker(t *testing.T) {
 }
 
 func TestBlameFor(t *testing.T) {
-	m := func(exchange string, size int) *outgoing {
+	m := func(exchange string, size int, userID string) *outgoing {
 		o := &outgoing{exchange: exchange}
 		o.publishing.Body = make([]byte, size)
+		o.publishing.UserId = userID
 		return o
 	}
-	blame, exchange := blameFor(&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no exchange 'gone' in vhost '/'", Server: true})
-	if blame == nil || exchange != "gone" || !blame(m("gone", 1)) || blame(m("other", 1)) {
-		t.Fatalf("404 should blame exchange 'gone' only, got exchange %q", exchange)
+	b := blameFor(&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no exchange 'gone' in vhost '/'", Server: true})
+	if b.culprit == nil || b.exchange != "gone" || !b.culprit(m("gone", 1, "")) || b.culprit(m("other", 1, "")) {
+		t.Fatalf("404 should blame exchange 'gone' only, got exchange %q", b.exchange)
 	}
-	blame, _ = blameFor(&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true})
-	if blame == nil || !blame(m("", 9)) || blame(m("", 4)) {
+	b = blameFor(&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true})
+	if b.culprit == nil || !b.culprit(m("", 9, "")) || b.culprit(m("", 4, "")) {
 		t.Fatal("406 message size should blame the bodies over 4 bytes only")
 	}
-	if blame, _ := blameFor(&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED", Server: true}); blame != nil {
-		t.Fatal("a forced close blames no message")
+	b = blameFor(&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'", Server: true})
+	if b.culprit == nil || !b.culprit(m("", 1, "mallory")) || b.culprit(m("", 1, "")) || b.culprit(m("", 1, "guest")) {
+		t.Fatal("406 user_id should blame the messages claiming to be mallory only")
 	}
-	if blame, _ := blameFor(errConnectionLost); blame != nil {
-		t.Fatal("a lost connection blames no message")
+	for _, unnamed := range []error{
+		&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED", Server: true},
+		&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - something else", Server: true},
+		errConnectionLost,
+	} {
+		if b := blameFor(unnamed); b.culprit != nil {
+			t.Fatalf("%v blames a message", unnamed)
+		}
 	}
 }
 

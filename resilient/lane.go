@@ -1,32 +1,45 @@
 package resilient
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-var errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
+var (
+	errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
+	// errHeldBack: not sent, because an earlier message of the same call
+	// must be sent again first.
+	errHeldBack = fmt.Errorf("%w: held back behind an earlier message of the call", errConnectionLost)
+	// errReplaced: the lane replaced a channel the broker nacked on.
+	errReplaced = fmt.Errorf("%w: channel replaced after a nack", errConnectionLost)
+)
+
+// How long a lane waits before reopening a channel, at first.
+const channelReopenBackoff = 50 * time.Millisecond
 
 // lane is one confirm-mode channel and the one goroutine that owns it: it
-// claims deliveries from its queue, writes them, and matches the
-// broker's confirms to them by delivery tag, with up to MaxInFlight
-// unconfirmed at once. Nothing else touches the channel, so no lock is held
-// around the network. When the channel dies, the lane reports every
-// unconfirmed delivery to its caller (to be re-sent, or failed when the
-// broker's reason names it) and, while the connection lives, opens another.
+// claims deliveries from its queue, writes them, and matches the broker's
+// confirms to them by delivery tag, with up to MaxInFlight unconfirmed at
+// once. Nothing else touches the channel, so no lock is held around the
+// network. When the channel dies, the lane reports every unconfirmed
+// delivery to its caller (to be re-sent, or failed when the broker's reason
+// names it) and, while the connection lives, opens another.
+//
+// A delivery marked solo (in flight when the broker closed a channel
+// without saying which message was at fault) is sent alone: the lane waits
+// until nothing else is in flight, sends it, and sends nothing more until
+// it is settled. If the channel dies then, it was the culprit.
 type lane struct {
 	sess    *session
 	id      int
 	queue   chan *delivery // deliveries waiting to be claimed
 	logger  watermill.LoggerAdapter
-	pending fifo
+	pending inFlight
+	held    *delivery // a claimed solo delivery, waiting for pending to empty
 	// returned holds mandatory messages the broker returned, by message ID,
 	// until their ack arrives (a return always precedes its ack). A return
 	// carries no delivery tag: two mandatory messages in flight on one
@@ -36,6 +49,12 @@ type lane struct {
 	// resumedAt is when the broker last unblocked the connection: time spent
 	// blocked does not count against ConfirmTimeout.
 	resumedAt time.Time
+	// replace: the broker nacked on this channel; take nothing more, and
+	// open another once what is in flight is settled. A channel remembers
+	// where it sent its first message to a quorum queue: one that did so
+	// while the queue's leader was dead (RabbitMQ 3.10) is nacked until
+	// that node returns, while a fresh channel reaches the new leader.
+	replace bool
 }
 
 func newLane(sess *session, id int) *lane {
@@ -53,26 +72,33 @@ func (l *lane) run() {
 	for {
 		ch := l.open()
 		if ch == nil {
+			l.failPending(nil, false)
 			return
 		}
 		cause := l.serve(ch)
-		l.failPending(cause)
-		if cause == nil || l.sess.conn.IsClosed() {
+		// amqp091-go marks the connection closed before it closes its
+		// channels: a channel that died alone sees it open.
+		l.failPending(cause, !l.sess.conn.IsClosed())
+		if cause == nil {
 			return
 		}
-		l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
+		if cause == errReplaced {
+			l.logger.Debug("Publishing channel nacked: replacing it", nil)
+			l.replace = false
+		} else {
+			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
+		}
 		select {
 		case <-l.sess.stopping:
 			return
-		case <-time.After(defaultChannelReopenBackoff):
+		case <-time.After(channelReopenBackoff):
 		}
 	}
 }
 
-// open returns a channel in confirm mode, or nil once the connection is gone
-// or the session ends.
+// open returns a channel in confirm mode, or nil once the session ends.
 func (l *lane) open() *amqp091.Channel {
-	wait := defaultChannelReopenBackoff
+	wait := channelReopenBackoff
 	for {
 		ch, err := l.sess.conn.Channel()
 		if err == nil {
@@ -81,10 +107,9 @@ func (l *lane) open() *amqp091.Channel {
 			}
 			_ = ch.Close()
 		}
-		if l.sess.conn.IsClosed() {
-			return nil
+		if !l.sess.conn.IsClosed() && !isConnectionFault(err) {
+			l.logger.Error("Cannot open publishing channel, retrying", err, nil)
 		}
-		l.logger.Error("Cannot open publishing channel, retrying", err, nil)
 		select {
 		case <-l.sess.stopping:
 			return nil
@@ -92,6 +117,15 @@ func (l *lane) open() *amqp091.Channel {
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// canTake reports whether the lane may claim another delivery now.
+func (l *lane) canTake(window int) bool {
+	if l.replace || l.held != nil || l.pending.len() >= window {
+		return false
+	}
+	head := l.pending.oldest()
+	return head == nil || !head.solo // nothing goes out beside a solo one
 }
 
 // serve runs the channel until it dies, returning why, or until the session
@@ -116,11 +150,11 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		}
 		wasBlocked = blocked
 		var intake <-chan *delivery
-		if !blocked && l.pending.len() < window {
+		if !blocked && l.canTake(window) {
 			intake = l.queue
 		}
 		var oldestDone <-chan struct{}
-		if head := l.pending.peek(); head != nil {
+		if head := l.pending.oldest(); head != nil {
 			oldestDone = head.dc.Done()
 		}
 		select {
@@ -129,12 +163,12 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		case <-flowChanged:
 		case d := <-intake:
 			l.take(ch, d)
-			if len(l.queue) > 0 && l.pending.len() < window {
+			if len(l.queue) > 0 && l.canTake(window) {
 				// A run is queued behind it (a batch, or many callers): take
 				// it without going round the whole select each time, and
 				// write it in one go.
-				l.sess.cork.cork()
-				for more := true; more && l.pending.len() < window; {
+				l.sess.sock.cork()
+				for more := true; more && l.canTake(window); {
 					select {
 					case d := <-l.queue:
 						l.take(ch, d)
@@ -142,7 +176,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 						more = false
 					}
 				}
-				l.sess.cork.uncork()
+				l.sess.sock.uncork()
 			}
 		case r, ok := <-returns:
 			if !ok {
@@ -163,6 +197,16 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.settleAfterClose(returns)
 				return cause
 			}
+			if l.pending.len() == 0 && l.replace {
+				_ = ch.Close()
+				l.settleAfterClose(returns)
+				return errReplaced
+			}
+			if l.pending.len() == 0 && l.held != nil {
+				d := l.held
+				l.held = nil
+				l.send(ch, d)
+			}
 		case e, ok := <-closed:
 			l.settleAfterClose(returns)
 			return closeCause(e, ok)
@@ -170,7 +214,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if blocked, _ := l.sess.flowNow(); blocked {
 				continue
 			}
-			if head := l.pending.peek(); head != nil && time.Since(later(head.sentAt, l.resumedAt)) > l.sess.cfg.ConfirmTimeout {
+			if head := l.pending.oldest(); head != nil && time.Since(later(head.sentAt, l.resumedAt)) > l.sess.cfg.ConfirmTimeout {
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				_ = ch.Close()
@@ -196,13 +240,15 @@ func closeCause(e *amqp091.Error, ok bool) error {
 	return errConnectionLost
 }
 
-// take claims d and sends it, unless its caller gave up on it.
+// take claims d and sends it, unless its caller gave up on it, or an earlier
+// message of its call must be sent again first, or it must go alone and
+// others are in flight (then it is held until they are settled).
 func (l *lane) take(ch *amqp091.Channel, d *delivery) {
 	if !d.claim() {
 		return // its caller gave up on it
 	}
-	if err := d.msg.ctx.Err(); err != nil {
-		d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(d.msg.ctx)))
+	if d.solo && l.pending.len() > 0 {
+		l.held = d
 		return
 	}
 	l.send(ch, d)
@@ -210,6 +256,14 @@ func (l *lane) take(ch *amqp091.Channel, d *delivery) {
 
 func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 	m := d.msg
+	if d.att.cut.Load() {
+		d.report(outcomeLost, errHeldBack)
+		return
+	}
+	if err := m.ctx.Err(); err != nil {
+		d.report(outcomeFailed, messageContextEnded(m))
+		return
+	}
 	dc, err := ch.PublishWithDeferredConfirm(m.exchange, m.routingKey, m.mandatory, false, m.publishing)
 	if err != nil {
 		// A write error: the channel or connection is going, and its close
@@ -234,7 +288,7 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 // (amqp091-go resolves every outstanding one so when a channel closes): that
 // is no nack, and stays pending for failPending.
 func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
-	for head := l.pending.peek(); head != nil; head = l.pending.peek() {
+	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
 		select {
 		case <-head.dc.Done():
 		default:
@@ -254,7 +308,7 @@ func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 // failPending. amqp091-go resolves every outstanding confirmation as it
 // closes a channel, so the wait is short; it ends with the session anyway.
 func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
-	var unconfirmed fifo
+	var unconfirmed inFlight
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
 		select {
@@ -289,22 +343,25 @@ func (l *lane) collectReturns(returns <-chan amqp091.Return) {
 
 // report tells d's caller how the broker answered.
 func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
-	id := d.msg.publishing.MessageId
-	if d.msg.mandatory {
+	m := d.msg
+	if m.mandatory {
 		l.collectReturns(returns)
+	}
+	r, wasReturned := l.returned[m.publishing.MessageId]
+	if wasReturned {
+		delete(l.returned, m.publishing.MessageId)
 	}
 	switch {
 	case !acked:
-		delete(l.returned, id)
+		l.replace = true
 		d.report(outcomeNacked, ErrNacked)
-	case d.msg.mandatory && len(l.returned) > 0:
-		if r, ok := l.returned[id]; ok {
-			delete(l.returned, id)
-			d.report(outcomeFailed, fmt.Errorf("%w: %d %s (exchange %q, routing key %q)",
-				ErrUnroutable, r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey))
-			return
+	case wasReturned && m.mandatory:
+		why := fmt.Errorf("%d %s (exchange %q, routing key %q)", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
+		if m.ownQueue {
+			d.report(outcomeReturned, why)
+		} else {
+			d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrUnroutable, why))
 		}
-		d.report(outcomeAcked, nil)
 	default:
 		d.report(outcomeAcked, nil)
 	}
@@ -313,64 +370,45 @@ func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
 	}
 }
 
-func (l *lane) failPending(cause error) {
+// failPending reports every delivery the lane holds once its channel is
+// gone (cause, nil when the session ends): lost, to be sent again, unless
+// the broker's reason names it as the fault. A reason that names no message
+// but is permanent (e.g. a property the broker refuses) makes every message
+// in flight a suspect, to be sent alone next time; a suspect that was alone
+// on a channel the broker closed (channelOnly) is the culprit. Not when the
+// whole connection closed: other lanes had messages in flight on it too.
+func (l *lane) failPending(cause error, channelOnly bool) {
 	if cause == nil {
 		cause = errConnectionLost
 	}
-	blame, exchange := blameFor(cause)
-	innocent := cause
-	if blame != nil {
-		// The broker named the culprit: the others were merely in flight on
-		// the same channel, and must not count it against themselves.
-		innocent = fmt.Errorf("%w: channel closed by another message's fault (%v)", errConnectionLost, cause)
+	b := blameFor(cause)
+	if b.exchange != "" {
+		l.sess.topology.suspectExchange(b.exchange)
 	}
-	if exchange != "" {
-		l.sess.suspectExchange(exchange)
+	unattributed := b.culprit == nil && isPermanentBroker(cause)
+	innocent := cause
+	if b.culprit != nil || unattributed {
+		// Merely in flight on the channel another message killed.
+		innocent = fmt.Errorf("%w: channel closed by a message's fault (%v)", errConnectionLost, cause)
 	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
 		switch {
-		case blame != nil && blame(d.msg) && errors.Is(classifyBroker(cause), ErrNotFound):
-			d.report(outcomeLost, cause) // a strike: see maxStrikes
-		case blame != nil && blame(d.msg):
+		case b.culprit != nil && b.culprit(d.msg) && errors.Is(classifyBroker(cause), ErrNotFound):
+			// A missing exchange: the next attempt declares it again,
+			// checking that it exists.
+			d.report(outcomeLost, cause)
+		case b.culprit != nil && b.culprit(d.msg), unattributed && d.solo && channelOnly:
 			d.report(outcomeFailed, classifyBroker(cause))
+		case unattributed:
+			d.report(outcomeSuspect, innocent)
 		default:
 			d.report(outcomeLost, innocent)
 		}
 	}
+	if l.held != nil {
+		l.held.report(outcomeLost, innocent)
+		l.held = nil
+	}
 	clear(l.returned)
-}
-
-// blameFor reads a channel's close reason and returns which messages it
-// names as the fault (nil when it names none), and the exchange it names.
-func blameFor(cause error) (blame func(*outgoing) bool, exchange string) {
-	var ae *amqp091.Error
-	if !errors.As(cause, &ae) || !ae.Server {
-		return nil, ""
-	}
-	switch ae.Code {
-	case amqp091.NotFound, amqp091.AccessRefused:
-		// "NOT_FOUND - no exchange 'x' in vhost '/'"
-		if !strings.Contains(ae.Reason, "exchange '") {
-			return nil, ""
-		}
-		name, ok := quotedName(ae.Reason)
-		if !ok {
-			return nil, ""
-		}
-		return func(m *outgoing) bool { return m.exchange == name }, name
-	case amqp091.PreconditionFailed:
-		// "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024"
-		const marker = "max size "
-		i := strings.LastIndex(ae.Reason, marker)
-		if i < 0 {
-			return nil, ""
-		}
-		limit, err := strconv.Atoi(strings.TrimSpace(ae.Reason[i+len(marker):]))
-		if err != nil {
-			return nil, ""
-		}
-		return func(m *outgoing) bool { return len(m.publishing.Body) > limit }, ""
-	}
-	return nil, ""
 }

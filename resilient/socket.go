@@ -5,70 +5,119 @@ import (
 	"sync"
 )
 
-// maxCorked bounds what a corked connection holds before it writes anyway.
+// maxCorked bounds what a corked socket holds before it writes anyway.
 const maxCorked = 256 << 10
 
-// corkConn is the connection under amqp091-go, which writes and flushes
-// every publish on its own: one system call, and one TCP segment for the
-// broker to read, per message. A lane that has a run of messages to send
-// corks the connection, publishes them, and uncorks it, so that the run
-// leaves in one write. Corked, Write only appends, so it never blocks and
-// never holds amqp091-go's locks for long; writes of other goroutines
-// (other lanes, heartbeats) in the meantime join the run.
-type corkConn struct {
+// socket is the connection under amqp091-go (TCP, or what TLS runs on). It
+// does two jobs amqp091-go cannot do for itself.
+//
+// It corks. amqp091-go writes and flushes every publish on its own: one
+// system call, and one TCP segment for the broker to read, per message. A
+// lane that has a run of messages to send corks the socket, publishes them,
+// and uncorks it, so that the run leaves in one write. Corked, Write only
+// appends, so it never blocks and never holds amqp091-go's locks for long;
+// writes of other goroutines (other lanes, heartbeats) in the meantime join
+// the run.
+//
+// It cuts itself. A read error (the heartbeat deadline expiring on a frozen
+// peer, a reset) closes the socket at once. amqp091-go's reader, on that
+// error, shuts the connection down under the connection's lock and waits for
+// each channel's lock; a lane blocked writing to a frozen peer holds one of
+// those for as long as its write lasts, which is for ever. Closing the socket
+// is what ends that write, whatever amqp091-go's locks are doing. The
+// supervisor cuts it too, when a session must end or a dial must stop.
+type socket struct {
 	net.Conn
 
-	mu     sync.Mutex
-	corked int // lanes in a run
+	mu     sync.Mutex // held across writes: never take it to cut
+	corked int        // lanes in a run
 	buf    []byte
 	err    error // of a deferred write: the next Write returns it
+
+	readMu  sync.Mutex
+	readErr error // the first read error, which cut the socket
+	cutOnce sync.Once
 }
 
-func (c *corkConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err != nil {
-		return 0, c.err
-	}
-	if c.corked > 0 && len(c.buf)+len(p) <= maxCorked {
-		if c.buf == nil {
-			// Never grown: a run larger than this is written as it goes.
-			c.buf = make([]byte, 0, maxCorked)
+func newSocket(conn net.Conn) *socket { return &socket{Conn: conn} }
+
+// Read reads from the connection, and cuts it on any error: after a failed
+// read amqp091-go never reads again, and only a closed socket frees a writer
+// stuck on a peer that stopped reading.
+func (s *socket) Read(p []byte) (int, error) {
+	n, err := s.Conn.Read(p)
+	if err != nil {
+		s.readMu.Lock()
+		if s.readErr == nil {
+			s.readErr = err
 		}
-		c.buf = append(c.buf, p...)
+		s.readMu.Unlock()
+		s.cut()
+	}
+	return n, err
+}
+
+// readError is the read error that cut the socket, if any.
+func (s *socket) readError() error {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	return s.readErr
+}
+
+// cut closes the connection; a read or write blocked on it returns at once.
+func (s *socket) cut() { s.cutOnce.Do(func() { _ = s.Conn.Close() }) }
+
+// Close is amqp091-go's way to cut it.
+func (s *socket) Close() error {
+	s.cut()
+	return nil
+}
+
+func (s *socket) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.corked > 0 && len(s.buf)+len(p) <= maxCorked {
+		if s.buf == nil {
+			// Never grown: a run larger than this is written as it goes.
+			s.buf = make([]byte, 0, maxCorked)
+		}
+		s.buf = append(s.buf, p...)
 		return len(p), nil
 	}
-	if err := c.flushLocked(); err != nil {
+	if err := s.flushLocked(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	return s.Conn.Write(p)
 }
 
 // cork starts a run.
-func (c *corkConn) cork() {
-	c.mu.Lock()
-	c.corked++
-	c.mu.Unlock()
+func (s *socket) cork() {
+	s.mu.Lock()
+	s.corked++
+	s.mu.Unlock()
 }
 
 // uncork ends a run, and writes what the runs held once none is left. A
 // write error is returned by the next Write, which amqp091-go reports as the
 // connection's end.
-func (c *corkConn) uncork() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.corked--
-	if c.corked == 0 {
-		_ = c.flushLocked()
+func (s *socket) uncork() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.corked--
+	if s.corked == 0 {
+		_ = s.flushLocked()
 	}
 }
 
-func (c *corkConn) flushLocked() error {
-	if c.err != nil || len(c.buf) == 0 {
-		return c.err
+func (s *socket) flushLocked() error {
+	if s.err != nil || len(s.buf) == 0 {
+		return s.err
 	}
-	_, err := c.Conn.Write(c.buf)
-	c.err = err
-	c.buf = c.buf[:0]
+	_, err := s.Conn.Write(s.buf)
+	s.err = err
+	s.buf = s.buf[:0]
 	return err
 }

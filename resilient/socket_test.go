@@ -24,7 +24,7 @@ func (c *recordingConn) Write(p []byte) (int, error) {
 
 func TestCorkedWritesLeaveInOneWrite(t *testing.T) {
 	raw := &recordingConn{}
-	c := &corkConn{Conn: raw}
+	c := &socket{Conn: raw}
 
 	if _, err := c.Write([]byte("a")); err != nil || len(raw.writes) != 1 {
 		t.Fatalf("uncorked write: %d writes, %v; want 1 at once", len(raw.writes), err)
@@ -48,7 +48,7 @@ func TestCorkedWritesLeaveInOneWrite(t *testing.T) {
 
 func TestCorkedWritesFlushBeyondTheBound(t *testing.T) {
 	raw := &recordingConn{}
-	c := &corkConn{Conn: raw}
+	c := &socket{Conn: raw}
 	c.cork()
 	big := make([]byte, maxCorked)
 	if _, err := c.Write([]byte("x")); err != nil {
@@ -70,7 +70,7 @@ func TestCorkedWritesFlushBeyondTheBound(t *testing.T) {
 func TestCorkedWriteErrorReachesTheNextWrite(t *testing.T) {
 	broken := errors.New("connection reset")
 	raw := &recordingConn{}
-	c := &corkConn{Conn: raw}
+	c := &socket{Conn: raw}
 	c.cork()
 	if _, err := c.Write([]byte("lost")); err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func TestCorkedWriteErrorReachesTheNextWrite(t *testing.T) {
 }
 
 func TestCorkBufferIsAllocatedOnce(t *testing.T) {
-	c := &corkConn{Conn: discardConn{}}
+	c := &socket{Conn: discardConn{}}
 	frame := make([]byte, 1300) // a 1 KiB message's frames
 	run := func() {
 		c.cork()

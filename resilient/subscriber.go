@@ -10,8 +10,19 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
+
+// newUnreadableBackoff paces the nacks of messages the Marshaler cannot
+// read: 100 ms, doubling, up to 5 s.
+func newUnreadableBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.Reset()
+	return b
+}
 
 // DefaultSubscriberConnectionName is a Subscriber's Config.ConnectionName
 // when none is set.
@@ -72,33 +83,16 @@ func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*Subscriber, err
 	if err := cfg.validate(false); err != nil {
 		return nil, err
 	}
-	// A subscriber's connections open no publishing lanes: the session
-	// starts as many lanes as Channels says.
-	cfg.Channels = 0
 	n := newNotifier(cfg.OnStateChange, logger)
 	s := &Subscriber{cfg: cfg, logger: logger, notifier: n}
-	s.sup = newSupervisor(&s.cfg, logger, n)
-
-	first, err := s.sup.connectOnce()
-	if err != nil {
-		if IsPermanent(err) || !cfg.RetryOnFailedConnect {
-			n.stop()
-			return nil, fmt.Errorf("cannot connect to AMQP: %w", err)
-		}
-		logger.Error("Cannot connect to AMQP yet, retrying in the background", err, nil)
-		s.sup.dialErr = err
-	} else {
-		logger.Info("Connected to AMQP", watermill.LogFields{"uri": first.uri})
-	}
 	s.closeCtx, s.cancel = context.WithCancel(context.Background())
-	s.sup.start(first)
-	if first != nil {
-		// The supervisor installs the first session on its own goroutine:
-		// wait for it, so that Subscribe declares at once.
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
-		_, _ = s.sup.await(ctx)
-		cancel()
+	sup, err := startSupervisor(&s.cfg, logger, n, nil)
+	if err != nil {
+		s.cancel()
+		n.stop()
+		return nil, err
 	}
+	s.sup = sup
 	return s, nil
 }
 
@@ -106,10 +100,7 @@ func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*Subscriber, err
 func (s *Subscriber) Status() State { return s.sup.status() }
 
 // IsConnected reports whether a connection is up (blocked counts as up).
-func (s *Subscriber) IsConnected() bool {
-	st := s.Status()
-	return st == StateConnected || st == StateBlocked
-}
+func (s *Subscriber) IsConnected() bool { return s.sup.connected() }
 
 // WaitConnected blocks until a connection is up, ctx ends, or the
 // subscriber is closed (ErrClosed).
@@ -149,12 +140,13 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.closeCtx, cancel)
 	sub := &subscription{
-		s:        s,
-		ctx:      ctx,
-		topic:    topic,
-		queue:    queue,
-		exchange: exchange,
-		out:      make(chan *message.Message),
+		s:          s,
+		ctx:        ctx,
+		topic:      topic,
+		queue:      queue,
+		exchange:   exchange,
+		out:        make(chan *message.Message),
+		unreadable: newUnreadableBackoff(),
 		logger: s.logger.With(watermill.LogFields{
 			"topic": topic, "amqp_queue_name": queue, "amqp_exchange_name": exchange,
 		}),
@@ -200,15 +192,31 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 
 // Close ends every subscription (their channels close; what they had not
 // acked goes back to the queue), then the connection. It is idempotent and
-// waits for every goroutine the subscriber started.
+// waits for every goroutine the subscriber started. It returns within
+// Config.CloseTimeout and a small margin, whatever the network does: past
+// it, the connection is cut, which ends what still waits on the broker.
 func (s *Subscriber) Close() error {
 	s.closeOnce.Do(func() {
+		deadline := time.Now().Add(s.cfg.CloseTimeout)
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
 		s.cancel()
-		s.subs.Wait()
-		s.sup.stop()
+		done := make(chan struct{})
+		go func() {
+			s.subs.Wait()
+			close(done)
+		}()
+		timer := time.NewTimer(s.cfg.CloseTimeout)
+		select {
+		case <-done:
+			s.sup.stop(time.Until(deadline))
+		case <-timer.C:
+			s.logger.Info("Close: subscriptions still closing after CloseTimeout, cutting the connection", nil)
+			s.sup.stop(0)
+			<-done
+		}
+		timer.Stop()
 		s.notifier.stop()
 	})
 	return nil
@@ -231,10 +239,8 @@ func (s *Subscriber) names(topic string) (queue, exchange string, err error) {
 
 // declareIfConnected declares topic's topology when a connection is up.
 func (s *Subscriber) declareIfConnected(topic, queue, exchange string) error {
-	now, cancel := context.WithCancel(context.Background())
-	cancel() // await returns a live session without waiting, else fails
-	sess, err := s.sup.await(now)
-	if err != nil {
+	sess := s.sup.live()
+	if sess == nil {
 		return errConnectionLost
 	}
 	return s.declare(sess, topic, queue, exchange)
@@ -254,6 +260,7 @@ type subscription struct {
 	topic, queue, exchange string
 	out                    chan *message.Message
 	logger                 watermill.LoggerAdapter
+	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
 }
 
 // consumer is one AMQP channel consuming the queue, and how it may end.
@@ -342,7 +349,10 @@ func (sub *subscription) open(sess *session) (*consumer, error) {
 		return fail(err)
 	}
 	if q := cfg.Consume.Qos; q != (amqp.QosConfig{}) {
-		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, q.Global); err != nil {
+		// Per consumer, whatever Qos.Global says: this channel has one
+		// consumer, so it is the same limit, and quorum queues refuse a
+		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
+		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
 			return fail(err)
 		}
 	}
@@ -389,11 +399,22 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	default:
 	}
 	cfg := sub.s.cfg.AMQP
-	msg, err := cfg.Marshaler.Unmarshal(d)
+	msg, err := unmarshal(cfg.Marshaler, d)
 	if err != nil {
-		sub.logger.Error("Cannot unmarshal message, nacking it", err, watermill.LogFields{"message_id": d.MessageId})
+		// It can never reach a handler; requeued at once it would come back
+		// at once, for ever: pause first, longer each time in a row.
+		wait := sub.unreadable.NextBackOff()
+		sub.logger.Error("Cannot unmarshal message, nacking it after a pause", err, watermill.LogFields{"message_id": d.MessageId, "pause": wait.String()})
+		select {
+		case <-time.After(wait):
+		case <-sub.ctx.Done():
+			return true, true
+		case <-c.dead:
+			return false, false
+		}
 		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack))
 	}
+	sub.unreadable.Reset()
 	if msg.UUID == "" {
 		msg.UUID = d.MessageId // a message from another publisher
 	}

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/cenkalti/backoff/v5"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // supervisor owns the AMQP connection: it dials, watches NotifyClose and
@@ -20,8 +18,11 @@ import (
 type supervisor struct {
 	cfg      *Config
 	logger   watermill.LoggerAdapter
-	uris     []string
 	notifier *notifier
+	dialer   *dialer
+	// startSession starts what lives on each connection (a publisher's
+	// lanes; nothing for a subscriber).
+	startSession func(*session)
 
 	mu      sync.Mutex
 	current *session      // nil while not connected
@@ -31,124 +32,84 @@ type supervisor struct {
 	// permanentStreak counts the dial rounds in a row that failed permanently.
 	permanentStreak int
 	nextID          uint64
-	stopping        chan struct{}
-	done            chan struct{}
-	stopOnce        sync.Once
-	startOnce       sync.Once
-}
+	handshake       *socket       // of the dial in progress, cut by stop
+	stopped         bool          // stop was called: cut any new handshake
+	closeGrace      time.Duration // how long the last session may take to close
 
-func newSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier) *supervisor {
-	return &supervisor{
-		cfg:      cfg,
-		logger:   logger,
-		uris:     append([]string{cfg.AMQP.Connection.AmqpURI}, cfg.FailoverURIs...),
-		notifier: n,
-		ready:    make(chan struct{}),
-		state:    StateConnecting,
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
-	}
+	stopDial  context.CancelFunc // ends the dialer's context
+	stopping  chan struct{}
+	done      chan struct{}
+	stopOnce  sync.Once
+	startOnce sync.Once
 }
 
 // permanentAfter is how many redial rounds in a row must fail permanently
 // (credentials, vhost) before waiting callers are failed fast: RabbitMQ
-// drops the socket on bad credentials without a word (3 s after the
-// attempt), which amqp091-go reports as ErrCredentials, and so it does for a
-// socket dropped mid-handshake by a broker shutting down. At start-up one
-// round decides: there, a wrong password is by far the likelier cause.
+// drops the socket on bad credentials without a word, which amqp091-go
+// reports as ErrCredentials, and so it does for a socket dropped
+// mid-handshake by a broker shutting down. At start-up one round decides:
+// there, a wrong password is by far the likelier cause.
 const permanentAfter = 3
 
-// connectOnce tries each URI once, in turn, and returns the first session.
-// The error joins every URI's, and is permanent only if each one was.
-func (s *supervisor) connectOnce() (*session, error) {
-	var errs []error
-	for _, uri := range s.uris {
-		select {
-		case <-s.stopping:
-			return nil, ErrClosed
-		default:
+// startSupervisor connects once and starts the supervisor. When the broker
+// cannot be reached it fails, unless cfg.RetryOnFailedConnect: then the
+// supervisor keeps dialing in the background. A permanent fault (bad
+// credentials, missing vhost) always fails.
+func startSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier, startSession func(*session)) (*supervisor, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &supervisor{
+		cfg:          cfg,
+		logger:       logger,
+		notifier:     n,
+		dialer:       newDialer(cfg, ctx),
+		startSession: startSession,
+		ready:        make(chan struct{}),
+		state:        StateConnecting,
+		closeGrace:   sessionCloseGrace,
+		stopDial:     cancel,
+		stopping:     make(chan struct{}),
+		done:         make(chan struct{}),
+	}
+	first, err := s.connect()
+	if err != nil {
+		if IsPermanent(err) || !cfg.RetryOnFailedConnect {
+			cancel()
+			return nil, fmt.Errorf("cannot connect to AMQP: %w", err)
 		}
-		var cork *corkConn
-		conn, err := amqp091.DialConfig(uri, s.amqpConfig(&cork))
-		if err == nil {
-			return s.newSession(conn, cork, redactURI(uri)), nil
-		}
-		err = redactErr(classifyBroker(err), uri)
-		errs = append(errs, fmt.Errorf("dial %s: %w", redactURI(uri), err))
-	}
-	err := errors.Join(errs...)
-	for _, e := range errs {
-		if !IsPermanent(e) {
-			return nil, &transientDialError{err}
-		}
-	}
-	return nil, err
-}
-
-// transientDialError keeps the causes' text and errors.As targets, but not
-// their permanence: some URIs failed for reasons that may pass.
-type transientDialError struct{ err error }
-
-func (e *transientDialError) Error() string { return e.err.Error() }
-func (e *transientDialError) As(target any) bool {
-	return errors.As(e.err, target)
-}
-
-// amqpConfig is the configuration of one dial; the connection it dials is
-// wrapped in a corkConn, stored in *cork.
-func (s *supervisor) amqpConfig(cork **corkConn) amqp091.Config {
-	var c amqp091.Config
-	if user := s.cfg.AMQP.Connection.AmqpConfig; user != nil {
-		c = *user
-	}
-	c.Heartbeat = s.cfg.Heartbeat
-	if c.TLSClientConfig == nil {
-		c.TLSClientConfig = s.cfg.AMQP.Connection.TLSConfig
-	}
-	// amqp091-go sets ServerName on the config it is given: a copy per dial,
-	// or failing over to a second node would check the first node's name.
-	c.TLSClientConfig = c.TLSClientConfig.Clone()
-	props := amqp091.NewConnectionProperties()
-	for k, v := range c.Properties {
-		props[k] = v
-	}
-	props.SetClientConnectionName(s.cfg.ConnectionName)
-	c.Properties = props
-	if c.Dial == nil {
-		c.Dial = amqp091.DefaultDial(s.cfg.DialTimeout)
+		logger.Error("Cannot connect to AMQP yet, retrying in the background", err, nil)
+		s.dialErr = err
 	} else {
-		// A user's dialer gets the same deadline for the handshake;
-		// amqp091-go clears it once the connection is open.
-		dial, timeout := c.Dial, s.cfg.DialTimeout
-		c.Dial = func(network, addr string) (net.Conn, error) {
-			conn, err := dial(network, addr)
-			if err == nil {
-				err = conn.SetDeadline(time.Now().Add(timeout))
-			}
-			return conn, err
-		}
+		logger.Info("Connected to AMQP", watermill.LogFields{"uri": first.uri})
+		// Installed here, not by the loop: the caller can use it at once.
+		s.install(first)
 	}
-	dial := c.Dial
-	c.Dial = func(network, addr string) (net.Conn, error) {
-		conn, err := dial(network, addr)
-		if err != nil {
-			return nil, err
-		}
-		*cork = &corkConn{Conn: conn}
-		return *cork, nil
-	}
-	c.Recovery = nil // we own reconnection
-	return c
-}
-
-// start installs the first session (if any) and runs the supervisor loop.
-func (s *supervisor) start(first *session) {
 	s.startOnce.Do(func() { go s.run(first) })
+	return s, nil
 }
 
-func (s *supervisor) run(first *session) {
+// connect runs one round of dials and returns a session.
+func (s *supervisor) connect() (*session, error) {
+	d, err := s.dialer.round(func(sock *socket) {
+		s.mu.Lock()
+		s.handshake = sock
+		stopped := s.stopped
+		s.mu.Unlock()
+		if stopped && sock != nil {
+			sock.cut() // stop came between the dialer's check and this socket
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	s.mu.Unlock()
+	return newSession(id, d, s.cfg, s.logger), nil
+}
+
+func (s *supervisor) run(sess *session) {
 	defer close(s.done)
-	sess := first
 	for {
 		if sess == nil {
 			sess = s.redial()
@@ -156,15 +117,19 @@ func (s *supervisor) run(first *session) {
 				s.setState(StateClosed, nil, "")
 				return
 			}
+			s.install(sess)
 		}
-		s.install(sess)
 		lost := s.watch(sess)
 		s.uninstall(sess, lost)
-		sess.end()
 		if lost == nil { // stopping
+			s.mu.Lock()
+			grace := s.closeGrace
+			s.mu.Unlock()
+			sess.end(grace)
 			s.setState(StateClosed, nil, sess.uri)
 			return
 		}
+		sess.end(0) // the connection is gone: nothing to close gracefully
 		sess = nil
 	}
 }
@@ -193,7 +158,7 @@ func (s *supervisor) redial() *session {
 			return nil
 		case <-timer.C:
 		}
-		sess, err := s.connectOnce()
+		sess, err := s.connect()
 		if err == nil {
 			s.logger.Info("Reconnected to AMQP", watermill.LogFields{"uri": sess.uri, "attempts": attempt})
 			return sess
@@ -216,7 +181,9 @@ func (s *supervisor) redial() *session {
 }
 
 func (s *supervisor) install(sess *session) {
-	sess.start()
+	if s.startSession != nil {
+		s.startSession(sess)
+	}
 	s.mu.Lock()
 	s.current = sess
 	s.dialErr, s.permanentStreak = nil, 0
@@ -285,6 +252,12 @@ func (s *supervisor) status() State {
 	return s.state
 }
 
+// connected reports whether a connection is up (blocked counts as up).
+func (s *supervisor) connected() bool {
+	st := s.status()
+	return st == StateConnected || st == StateBlocked
+}
+
 // await returns the live session, waiting for one while reconnecting. It
 // fails fast when dialing keeps failing permanently (e.g. credentials
 // revoked) and when the supervisor stops.
@@ -312,9 +285,29 @@ func (s *supervisor) await(ctx context.Context) (*session, error) {
 	}
 }
 
-// stop ends the loop and the live session, and waits for both.
-func (s *supervisor) stop() {
-	s.stopOnce.Do(func() { close(s.stopping) })
+// live returns the live session without waiting, or nil.
+func (s *supervisor) live() *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// stop ends the loop and the live session, and waits for both. The session
+// gets grace to close gracefully (its broker's close-ok) before its socket
+// is cut; a dial in progress is cut at once.
+func (s *supervisor) stop(grace time.Duration) {
+	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		s.stopped = true
+		s.closeGrace = min(max(grace, 0), sessionCloseGrace)
+		handshake := s.handshake
+		s.mu.Unlock()
+		close(s.stopping)
+		s.stopDial()
+		if handshake != nil {
+			handshake.cut()
+		}
+	})
 	s.startOnce.Do(func() { close(s.done) }) // never started
 	<-s.done
 }

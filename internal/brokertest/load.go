@@ -26,6 +26,11 @@ type Load struct {
 // StartLoad starts goroutines publishing to topic (round robin over topics
 // when several are given).
 func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...string) *Load {
+	return StartSizedLoad(t, pub, goroutines, 0, topics...)
+}
+
+// StartSizedLoad is StartLoad with payloads of size bytes (0: a few bytes).
+func StartSizedLoad(t testing.TB, pub message.Publisher, goroutines, size int, topics ...string) *Load {
 	l := &Load{t: t, stop: make(chan struct{}), progress: make(chan struct{})}
 	for g := 0; g < goroutines; g++ {
 		l.wg.Add(1)
@@ -39,6 +44,11 @@ func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...st
 				default:
 				}
 				msgs, ids := Messages(1 + (g+i)%3)
+				if size > 0 {
+					for _, m := range msgs {
+						m.Payload = make([]byte, size)
+					}
+				}
 				if err := pub.Publish(topic, msgs...); err != nil {
 					l.mu.Lock()
 					l.errs = append(l.errs, err)

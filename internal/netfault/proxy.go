@@ -89,6 +89,7 @@ type Proxy struct {
 	delay    time.Duration
 	freezes  uint64 // incremented by each Freeze; see await
 	hook     func([]byte) bool
+	downHook func([]byte) bool
 	links    map[*link]struct{}
 	accepted int
 	closed   bool
@@ -104,8 +105,9 @@ type link struct {
 }
 
 type chunk struct {
-	data []byte
-	due  time.Time
+	data       []byte
+	due        time.Time
+	resetAfter bool // reset every link once it is written (OnDownstream)
 }
 
 // Start listens on 127.0.0.1 on a free port and forwards every accepted
@@ -234,6 +236,18 @@ func (p *Proxy) OnUpstream(hook func(chunk []byte) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.hook = hook
+}
+
+// OnDownstream installs a hook called with each chunk read from the target,
+// before it is forwarded. If the hook returns true, all links are reset
+// right after the chunk was written to the client: the client reads it, then
+// finds the connection reset (e.g. it gets a reply, writes its next request,
+// and that write fails). The hook must not keep or modify the slice, and
+// must not call Close. nil removes the hook.
+func (p *Proxy) OnDownstream(hook func(chunk []byte) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.downHook = hook
 }
 
 // Links returns the number of links open now.
@@ -417,21 +431,20 @@ func (p *Proxy) read(l *link, src *net.TCPConn, q chan<- chunk, upstream bool) {
 		if n > 0 {
 			data := append([]byte(nil), buf[:n]...)
 			now := time.Now()
-			if upstream {
-				p.mu.Lock()
-				hook := p.hook
-				p.mu.Unlock()
-				if hook != nil && hook(data) {
-					p.Reset()
-					return
-				}
+			p.mu.Lock()
+			hook, downHook := p.hook, p.downHook
+			p.mu.Unlock()
+			if upstream && hook != nil && hook(data) {
+				p.Reset()
+				return
 			}
+			resetAfter := !upstream && downHook != nil && downHook(data)
 			p.mu.Lock()
 			m, d := p.mode, p.delay
 			p.mu.Unlock()
 			if m != modeBlackhole {
 				select {
-				case q <- chunk{data: data, due: now.Add(d)}:
+				case q <- chunk{data: data, due: now.Add(d), resetAfter: resetAfter}:
 				case <-l.done:
 					return
 				}
@@ -493,6 +506,10 @@ func (p *Proxy) write(l *link, dst *net.TCPConn, q <-chan chunk) {
 				p.abort(l)
 				return
 			}
+		}
+		if c.resetAfter {
+			p.Reset()
+			return
 		}
 	}
 }

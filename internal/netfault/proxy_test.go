@@ -536,6 +536,29 @@ func TestOnUpstream(t *testing.T) {
 	roundTrip(t, c3, "KILL")
 }
 
+// OnDownstream resets the links after the chunk reached the client: the
+// client reads it, then finds its connection reset.
+func TestOnDownstream(t *testing.T) {
+	srv := newServer(t, true) // echoes
+	p := start(t, srv.addr())
+	c := dial(t, p.Addr())
+	roundTrip(t, c, "one")
+	p.OnDownstream(func(b []byte) bool { return bytes.Contains(b, []byte("LAST")) })
+	if _, err := c.Write([]byte("LAST")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "LAST" {
+		t.Fatalf("read %q, %v: the chunk must reach the client before the reset", got, err)
+	}
+	if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+		t.Fatalf("read after the chunk: %v, want a reset", err)
+	}
+	p.OnDownstream(nil)
+	roundTrip(t, dial(t, p.Addr()), "again")
+}
+
 func TestClose(t *testing.T) {
 	srv := newServer(t, true)
 	p := start(t, srv.addr())

@@ -1,0 +1,217 @@
+package resilient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/cenkalti/backoff/v5"
+)
+
+var errPublishTimeout = errors.New("publish timeout")
+
+// Pauses between two attempts of a call: after messages were lost with a
+// channel while the connection lives (the lane reopens it), and after nacks
+// (the broker refuses for now: a queue electing a leader, a full queue
+// rejecting publishes), which back off exponentially.
+const (
+	retryPause      = 50 * time.Millisecond
+	nackBackoffMax  = 2 * time.Second
+	nackBackoffBase = 50 * time.Millisecond
+)
+
+// publish runs attempts until every message is confirmed or failed, and
+// returns nil only if every one was confirmed.
+func (p *Publisher) publish(topic string, batch []*outgoing) error {
+	ctx, wake, release := p.callContext(batch)
+	defer release()
+
+	var failed []failure
+	var nackBackoff *backoff.ExponentialBackOff
+	var notDeclared error // why the last declaration failed, for a while
+	remaining := batch
+	for len(remaining) > 0 {
+		sess, err := p.sup.await(ctx)
+		if err != nil {
+			failed = failAll(failed, remaining, deadlineErr(ctx, err))
+			break
+		}
+		if err := sess.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
+			if errors.Is(err, errConnectionLost) || isTransientReply(err) {
+				notDeclared = err
+				pause(ctx, sess.stopping, retryPause)
+				continue
+			}
+			if ctx.Err() != nil && notDeclared != nil {
+				err = notDeclared
+			}
+			failed = failAll(failed, remaining, deadlineErr(ctx, err))
+			break
+		}
+		notDeclared = nil
+		lane := sess.pickLane()
+		a := newAttempt(remaining, p.cfg.MaxNackRetries)
+		a.run(ctx, lane.queue, sess.dead, wake)
+		failed = append(failed, a.failed...)
+		remaining = a.retry
+		if a.returned {
+			sess.topology.forget(topic)
+		}
+		switch {
+		case len(remaining) == 0:
+		case a.nacked:
+			if nackBackoff == nil {
+				nackBackoff = newNackBackoff()
+			}
+			pause(ctx, sess.stopping, nackBackoff.NextBackOff())
+		default:
+			// Lost with a channel while the connection lives: give the lane
+			// a moment to reopen it rather than spin. A lost connection ends
+			// the pause at once.
+			pause(ctx, sess.stopping, retryPause)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return p.publishError(topic, failed)
+}
+
+func newNackBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = nackBackoffBase
+	b.MaxInterval = nackBackoffMax
+	b.Reset()
+	return b
+}
+
+func failAll(failed []failure, msgs []*outgoing, err error) []failure {
+	for _, m := range msgs {
+		failed = append(failed, failure{m, err})
+	}
+	return failed
+}
+
+// callContext is the context of one Publish call, which ends when Close
+// gives up on it (its cause is ErrClosed), after PublishTimeout, or once
+// every message's Context() has ended. wake (nil unless some message's
+// Context() can end) signals that one did.
+func (p *Publisher) callContext(batch []*outgoing) (ctx context.Context, wake <-chan struct{}, release func()) {
+	base := p.abortCtx
+	var stopWatching func()
+	if watched, immortal := contextsToWatch(batch); len(watched) > 0 {
+		var cancelBase context.CancelCauseFunc
+		base, cancelBase = context.WithCancelCause(p.abortCtx)
+		w := make(chan struct{}, 1)
+		stop := watchMessageContexts(watched, immortal, w, cancelBase)
+		wake, stopWatching = w, func() { stop(); cancelBase(nil) }
+	}
+	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
+	return ctx, wake, func() {
+		cancel()
+		if stopWatching != nil {
+			stopWatching()
+		}
+	}
+}
+
+// deadlineErr turns the end of the call's context into the reason the
+// messages were not confirmed; other errors pass through.
+func deadlineErr(ctx context.Context, err error) error {
+	if ctx.Err() == nil || IsPermanent(err) && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if err == ctx.Err() {
+		return fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(ctx))
+	}
+	return fmt.Errorf("%w: %w; %v", ErrNotConfirmed, context.Cause(ctx), err)
+}
+
+// contextsToWatch lists the distinct message contexts that can end, and
+// tells whether some message's context never ends. Most messages carry
+// context.Background(): then there is nothing to watch, and nothing to
+// allocate.
+func contextsToWatch(batch []*outgoing) (distinct []context.Context, immortal bool) {
+	for _, m := range batch {
+		if m.ctx.Done() == nil {
+			immortal = true
+			continue
+		}
+		if !slices.Contains(distinct, m.ctx) {
+			distinct = append(distinct, m.ctx)
+		}
+	}
+	return distinct, immortal
+}
+
+// watchMessageContexts wakes the attempt loop when a message's Context()
+// ends, and cancels the call once every message's has (unless some
+// message's context is immortal). It returns the function that stops
+// watching.
+func watchMessageContexts(distinct []context.Context, immortal bool, wake chan struct{}, cancel context.CancelCauseFunc) func() {
+	var mu sync.Mutex
+	live := len(distinct)
+	stops := make([]func() bool, 0, len(distinct))
+	for _, c := range distinct {
+		stops = append(stops, context.AfterFunc(c, func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+			mu.Lock()
+			live--
+			last := live == 0
+			mu.Unlock()
+			if last && !immortal {
+				cancel(context.Cause(c))
+			}
+		}))
+	}
+	return func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
+}
+
+func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-stop:
+	case <-t.C:
+	}
+}
+
+// publishError names the failed messages in call order, with the most
+// telling cause: a permanent one if any, so that IsPermanent errs on the
+// side of not retrying a publish that cannot succeed.
+func (p *Publisher) publishError(topic string, failed []failure) error {
+	slices.SortFunc(failed, func(x, y failure) int { return x.msg.index - y.msg.index })
+	ids := make([]string, len(failed))
+	var cause error
+	closed := false
+	for i, f := range failed {
+		ids[i] = f.msg.uuid
+		err := f.err
+		if f.msg.nacks > 0 && errors.Is(err, ErrNotConfirmed) {
+			err = fmt.Errorf("%w (nacked %d time(s) before: %w)", err, f.msg.nacks, ErrNacked)
+		}
+		if cause == nil || IsPermanent(err) && !IsPermanent(cause) {
+			cause = err
+		}
+		closed = closed || errors.Is(err, ErrClosed)
+	}
+	if closed {
+		p.abandonedMu.Lock()
+		p.abandoned = append(p.abandoned, ids...)
+		p.abandonedMu.Unlock()
+	}
+	p.logger.Debug("Publish failed", watermill.LogFields{"topic": topic, "unconfirmed": len(ids), "error": cause.Error()})
+	return &PublishError{Topic: topic, Unconfirmed: ids, Err: cause}
+}
