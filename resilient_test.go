@@ -1,8 +1,8 @@
 // End-to-end tests of the whole stack against the real broker, under real
-// faults: forced connection closes, a broker restart, a blackholed and a
-// reset link (through an in-process TCP proxy), a missing exchange, and a
-// memory alarm. Each one publishes from many goroutines, then consumes
-// everything and checks by UUID that nothing confirmed was lost.
+// faults: forced connection closes, a broker restart, a missing exchange,
+// and a memory alarm (hostile networks are in network_test.go). Each one
+// publishes from many goroutines, then consumes everything and checks by
+// UUID that nothing confirmed was lost.
 //
 // These tests stop, restart and alarm the shared broker: run them with -p 1
 // (the README's test command does), never beside other tests of the broker.
@@ -11,30 +11,22 @@ package e2e_test
 import (
 	"context"
 	"errors"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 func TestMain(m *testing.M) {
-	brokertest.Main(m, nil,
-		// toxiproxy (the test's TCP proxy, not ours) can leave a link's pipe
-		// blocked after Stop when its toxics were reset.
-		goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),
-	)
+	brokertest.Main(m, nil)
 }
 
 const goroutines = 16
@@ -73,10 +65,16 @@ type fault struct {
 
 func startFault(t *testing.T, name, uri string, tune func(*resilient.Config)) *fault {
 	t.Helper()
+	return startSizedFault(t, name, uri, 0, tune)
+}
+
+// startSizedFault is startFault with payloads of size bytes.
+func startSizedFault(t *testing.T, name, uri string, size int, tune func(*resilient.Config)) *fault {
+	t.Helper()
 	f := &fault{queue: brokertest.Name(name)}
 	brokertest.DeleteQueues(t, f.queue)
 	f.pub, f.states = faultPublisher(t, uri, tune)
-	f.load = brokertest.StartLoad(t, f.pub, goroutines, f.queue)
+	f.load = brokertest.StartSizedLoad(t, f.pub, goroutines, size, f.queue)
 	return f
 }
 
@@ -127,69 +125,6 @@ func TestBrokerRestart(t *testing.T) {
 	t.Logf("broker down %s; first confirm %s after the broker accepted connections again; %d confirmed before the restart",
 		up.Sub(stopped).Round(time.Millisecond), time.Since(up).Round(time.Millisecond), during)
 	f.finish(t, 500)
-}
-
-// proxy runs a toxiproxy between the publisher and the broker, in process.
-func proxy(t *testing.T) (*toxiproxy.Proxy, string) {
-	t.Helper()
-	u, err := url.Parse(brokertest.URI())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
-	p := toxiproxy.NewProxy(server, "amqp", "127.0.0.1:0", u.Host)
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Stop)
-	u.Host = p.Listen
-	return p, u.String()
-}
-
-// A half-open link: the proxy swallows everything, closes nothing. Only the
-// heartbeat can tell; the publisher must notice, reconnect once the link
-// heals, and re-send.
-func TestBlackholedLink(t *testing.T) {
-	link, uri := proxy(t)
-	f := startFault(t, "blackhole", uri, func(c *resilient.Config) {
-		c.Heartbeat = time.Second
-		c.DialTimeout = 2 * time.Second
-	})
-	f.load.WaitProgress(500)
-	cut := time.Now()
-	for _, stream := range []string{"upstream", "downstream"} {
-		if _, err := link.Toxics.AddToxicJson(strings.NewReader(`{"name":"blackhole-` + stream + `","type":"timeout","stream":"` + stream + `","attributes":{"timeout":0}}`)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	detected := f.states.Await("reconnecting")
-	t.Logf("dead link detected after %s (heartbeat 1s)", detected.Sub(cut).Round(time.Millisecond))
-	link.Toxics.ResetToxics(context.Background())
-	healed := time.Now()
-	f.states.Await("connected")
-	f.load.WaitProgress(1)
-	t.Logf("first confirm %s after the link healed", time.Since(healed).Round(time.Millisecond))
-	f.finish(t, 500)
-}
-
-// A link cut outright (every connection closed, new ones refused) and then
-// restored, several times.
-func TestLinkReset(t *testing.T) {
-	link, uri := proxy(t)
-	f := startFault(t, "reset", uri, nil)
-	for i := 0; i < 3; i++ {
-		f.load.WaitProgress(300)
-		link.Stop()
-		f.states.Await("reconnecting")
-		if err := link.Start(); err != nil {
-			t.Fatal(err)
-		}
-		restored := time.Now()
-		f.states.Await("connected")
-		f.load.WaitProgress(1)
-		t.Logf("reset %d: first confirm %s after the link came back", i+1, time.Since(restored).Round(time.Millisecond))
-	}
-	f.finish(t, 300)
 }
 
 // declareOnly declares the exchanges of the topics it knows, so that one

@@ -1,0 +1,209 @@
+package e2e_test
+
+// Careless callers: message contexts cancelled inside a call, mixed with
+// messages that have none, through the documented middleware stacks and
+// under network faults. The promise checked, by UUID: a nil is a confirm,
+// and a message not listed in a PublishError's Unconfirmed was confirmed.
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/middleware"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// accounting checks Publish results against what reached the queue.
+type accounting struct {
+	mu          sync.Mutex
+	mustArrive  []string // confirmed: nil, or not listed as unconfirmed
+	unconfirmed int
+	duplicates  int // IDs listed more than once in one error
+	nilCalls    int
+	errCalls    int
+}
+
+// record takes one call's messages and result.
+func (a *accounting) record(t *testing.T, ids []string, err error) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		a.nilCalls++
+		a.mustArrive = append(a.mustArrive, ids...)
+		return
+	}
+	a.errCalls++
+	var pe *resilient.PublishError
+	if !errors.As(err, &pe) {
+		// An error that names no message (a middleware's own, e.g.
+		// Reconnect giving up) claims nothing was confirmed.
+		a.unconfirmed += len(ids)
+		return
+	}
+	listed := make(map[string]int, len(pe.Unconfirmed))
+	for _, id := range pe.Unconfirmed {
+		listed[id]++
+		if listed[id] == 2 {
+			a.duplicates++
+		}
+	}
+	a.unconfirmed += len(listed)
+	for _, id := range ids {
+		if listed[id] == 0 {
+			a.mustArrive = append(a.mustArrive, id)
+		}
+	}
+}
+
+func (a *accounting) check(t *testing.T, queue string) {
+	t.Helper()
+	t.Logf("%d calls returned nil, %d an error; %d messages reported unconfirmed", a.nilCalls, a.errCalls, a.unconfirmed)
+	if a.duplicates > 0 {
+		t.Errorf("%d UUIDs listed twice in one PublishError.Unconfirmed", a.duplicates)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, a.mustArrive))
+}
+
+// One Publish of 3,000 messages, half with a context cancelled 1-10 ms
+// after the call starts: each message with context.Background() is
+// confirmed (it has no reason not to be), every listed UUID once.
+func TestCancelledContextsInsideOneCall(t *testing.T) {
+	queue := brokertest.Name("mixed-ctx")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := faultPublisher(t, brokertest.URI(), nil)
+	defer closePublisher(t, pub)
+	var acc accounting
+	for round := 0; round < 5; round++ {
+		msgs, ids := messages(3000)
+		var cancels []context.CancelFunc
+		for i, m := range msgs {
+			if i%2 == 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+i%10)*time.Millisecond)
+				m.SetContext(ctx)
+				cancels = append(cancels, cancel)
+			}
+		}
+		err := pub.Publish(queue, msgs...)
+		acc.record(t, ids, err)
+		var pe *resilient.PublishError
+		if errors.As(err, &pe) {
+			listed := make(map[string]bool)
+			for _, id := range pe.Unconfirmed {
+				listed[id] = true
+			}
+			for i, id := range ids {
+				if i%2 == 1 && listed[id] {
+					t.Errorf("round %d: message %d has no deadline, yet is unconfirmed: %v", round, i, pe.Err)
+					break
+				}
+			}
+		}
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}
+	acc.check(t, queue)
+}
+
+// stacks are the documented ways to wrap the publisher.
+var stacks = map[string]func(message.Publisher) message.Publisher{
+	"publisher": func(p message.Publisher) message.Publisher { return p },
+	"Retry(Timeout(pub))": func(p message.Publisher) message.Publisher {
+		return must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(middleware.Timeout(50 * time.Millisecond)(p))))
+	},
+	"Timeout(Retry(pub))": func(p message.Publisher) message.Publisher {
+		return must(middleware.Timeout(300 * time.Millisecond)(must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond})(p))))
+	},
+	"Retry(Reconnect(pub))": func(p message.Publisher) message.Publisher {
+		return must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(middleware.Reconnect(middleware.ReconnectConfig{MaxWait: time.Second})(p))))
+	},
+}
+
+func must(p message.Publisher, err error) message.Publisher {
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// Many rounds, for each documented stack: several goroutines publish
+// batches whose messages carry random contexts (none, or cancelled or
+// expiring at random moments) while the link is reset or blackholed at
+// random. Whatever a call returns, the messages it did not report
+// unconfirmed are in the queue. (The stacks run side by side, each on a
+// link and a queue of its own.)
+func TestDocumentedStacksUnderRandomFaults(t *testing.T) {
+	for name, stack := range stacks {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel() // each on a link and a queue of its own
+			link, uri := proxy(t)
+			queue := brokertest.Name("stack-random")
+			brokertest.DeleteQueues(t, queue)
+			raw, _ := faultPublisher(t, uri, func(c *resilient.Config) {
+				c.Heartbeat = time.Second
+				c.PublishTimeout = 2 * time.Second
+				c.ConfirmTimeout = 500 * time.Millisecond
+			})
+			pub := stack(raw)
+			var acc accounting
+			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+			for round := 0; round < 8; round++ {
+				fault := rng.IntN(4)
+				var wg sync.WaitGroup
+				for g := 0; g < 4; g++ {
+					msgs, ids := messages(1 + rng.IntN(2000))
+					var cancels []context.CancelFunc
+					mixed := rng.IntN(2) == 0 // else every message has context.Background()
+					for _, m := range msgs {
+						if !mixed {
+							break
+						}
+						switch rng.IntN(4) {
+						case 0:
+							ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(20))*time.Millisecond)
+							m.SetContext(ctx)
+							cancels = append(cancels, cancel)
+						case 1:
+							ctx, cancel := context.WithCancel(context.Background())
+							time.AfterFunc(time.Duration(rng.IntN(20))*time.Millisecond, cancel)
+							m.SetContext(ctx)
+							cancels = append(cancels, cancel)
+						}
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer func() {
+							for _, cancel := range cancels {
+								cancel()
+							}
+						}()
+						acc.record(t, ids, pub.Publish(queue, msgs...))
+					}()
+				}
+				time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond) // a random moment in the calls
+				switch fault {
+				case 1:
+					link.Reset()
+				case 2:
+					link.Blackhole()
+					time.Sleep(time.Duration(200+rng.IntN(1000)) * time.Millisecond)
+					link.Pass()
+				}
+				wg.Wait()
+			}
+			if err := pub.Close(); err != nil {
+				t.Logf("Close: %v", err)
+			}
+			acc.check(t, queue)
+		})
+	}
+}
