@@ -37,10 +37,10 @@ type attempt struct {
 	open   int // deliveries not settled yet
 
 	confirmed int
+	nacks     int // messages nacked: back off before the next attempt
+	returns   int // messages back from their own queue: declare it again
 	retry     []*outgoing // in call order once run returns
 	failed    []failure
-	nacked    bool // some were nacked: back off before the next attempt
-	returned  bool // some came back from their own queue: declare it again
 }
 
 type failure struct {
@@ -177,7 +177,7 @@ func (a *attempt) settle(d *delivery, kind outcomeKind, err error) {
 		a.confirmed++
 	case outcomeNacked:
 		m.nacks++
-		a.nacked = true
+		a.nacks++
 		if a.maxNackRetries < 0 || a.maxNackRetries > 0 && m.nacks > a.maxNackRetries {
 			a.failed = append(a.failed, failure{m, fmt.Errorf("%w %d time(s)", ErrNacked, m.nacks)})
 			return
@@ -190,7 +190,7 @@ func (a *attempt) settle(d *delivery, kind outcomeKind, err error) {
 		a.retry = append(a.retry, m)
 	case outcomeReturned:
 		m.returns++
-		a.returned = true
+		a.returns++
 		if m.returns > maxReturns {
 			a.failed = append(a.failed, failure{m, fmt.Errorf("%w: returned %d times by its own queue, declared again each time: %w", ErrUnroutable, m.returns, err)})
 			return

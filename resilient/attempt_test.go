@@ -261,7 +261,7 @@ func TestAttemptNackPolicy(t *testing.T) {
 		close(stop)
 		checkSettlement(t, a, msgs, lane)
 		failed := len(a.failed) == 1 && errors.Is(a.failed[0].err, ErrNacked)
-		if failed != c.wantFailed || !a.nacked {
+		if failed != c.wantFailed || a.nacks != 1 {
 			t.Fatalf("MaxNackRetries %d after %d nacks: failed %v, want %v", c.maxRetries, c.nacksBefore, failed, c.wantFailed)
 		}
 	}

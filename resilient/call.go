@@ -26,7 +26,12 @@ const (
 
 // publish runs attempts until every message is confirmed or failed, and
 // returns nil only if every one was confirmed.
-func (p *Publisher) publish(topic string, batch []*outgoing) error {
+func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
+	start := time.Now()
+	p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
+	defer func() {
+		p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err})
+	}()
 	ctx, wake, release := p.callContext(batch)
 	defer release()
 
@@ -58,12 +63,13 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 		a.run(ctx, lane.queue, sess.dead, wake)
 		failed = append(failed, a.failed...)
 		remaining = a.retry
-		if a.returned {
+		p.reportAttempt(a)
+		if a.returns > 0 {
 			sess.topology.forget(topic)
 		}
 		switch {
 		case len(remaining) == 0:
-		case a.nacked:
+		case a.nacks > 0:
 			if nackBackoff == nil {
 				nackBackoff = newNackBackoff()
 			}
@@ -79,6 +85,23 @@ func (p *Publisher) publish(topic string, batch []*outgoing) error {
 		return nil
 	}
 	return p.publishError(topic, failed)
+}
+
+// reportAttempt emits what an attempt's messages came to.
+func (p *Publisher) reportAttempt(a *attempt) {
+	if p.cfg.OnEvent == nil {
+		return
+	}
+	for _, e := range [...]Event{
+		{Kind: MessagesConfirmed, Messages: a.confirmed},
+		{Kind: MessagesNacked, Messages: a.nacks},
+		{Kind: MessagesReturned, Messages: a.returns},
+		{Kind: MessagesResent, Messages: len(a.retry)},
+	} {
+		if e.Messages > 0 {
+			p.cfg.emit(e)
+		}
+	}
 }
 
 func newNackBackoff() *backoff.ExponentialBackOff {
@@ -202,6 +225,7 @@ func (p *Publisher) publishError(topic string, failed []failure) error {
 		if f.msg.nacks > 0 && errors.Is(err, ErrNotConfirmed) {
 			err = fmt.Errorf("%w (nacked %d time(s) before: %w)", err, f.msg.nacks, ErrNacked)
 		}
+		p.cfg.emit(Event{Kind: MessagesFailed, Messages: 1, Err: err})
 		if cause == nil || IsPermanent(err) && !IsPermanent(cause) {
 			cause = err
 		}

@@ -105,6 +105,12 @@ type Config struct {
 	// ErrMessageTooLarge. Default 128 MiB, RabbitMQ's default limit.
 	MaxMessageSize int
 
+	// OnEvent, when set, is told what the publisher or subscriber does
+	// (Publish calls, confirms, nacks, re-sends, state changes, reconnects,
+	// deliveries), inline, for metrics: see Event, and package metrics for
+	// Prometheus. It must return quickly and never block.
+	OnEvent func(Event)
+
 	// OnStateChange, when set, is called on each connection state change, in
 	// order, on one goroutine owned by the publisher (never under its locks).
 	// A slow callback delays later callbacks, never publishing; past 64

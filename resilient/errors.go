@@ -33,6 +33,11 @@ var (
 	// ErrMessageTooLarge: the body exceeds Config.MaxMessageSize or the
 	// broker's max_message_size. Permanent.
 	ErrMessageTooLarge = errors.New("resilient: message too large")
+	// ErrTLS: the TLS handshake failed on a certificate: the broker's cannot
+	// be verified (unknown authority, wrong host name, expired), or the
+	// broker refused ours. Permanent: redialing cannot fix it; the error
+	// names the x509 cause.
+	ErrTLS = errors.New("resilient: TLS certificate rejected")
 	// ErrAccessRefused: the broker refused the credentials, the vhost, or an
 	// operation on a resource (AMQP 403). Permanent.
 	ErrAccessRefused = errors.New("resilient: access refused")
@@ -59,7 +64,7 @@ var (
 var errConnectionLost = errors.New("connection lost")
 
 var permanentErrors = []error{
-	ErrClosed, ErrConfig, ErrNilMessage, ErrMarshal, ErrInvalidName,
+	ErrClosed, ErrConfig, ErrNilMessage, ErrMarshal, ErrInvalidName, ErrTLS,
 	ErrMessageTooLarge, ErrAccessRefused, ErrNotFound, ErrPreconditionFailed,
 	ErrUnroutable,
 }

@@ -76,6 +76,9 @@ func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error
 // Status returns the state of the connection.
 func (p *Publisher) Status() State { return p.sup.status() }
 
+// Health returns the state of the connection, since when, and why.
+func (p *Publisher) Health() Health { return p.sup.health() }
+
 // IsConnected reports whether a connection is up (blocked counts as up).
 func (p *Publisher) IsConnected() bool { return p.sup.connected() }
 
@@ -107,8 +110,13 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	defer p.calls.Done()
 
 	batch, err := p.prepare(topic, messages)
-	if err != nil || len(batch) == 0 {
+	if err != nil {
+		p.cfg.emit(Event{Kind: MessagesFailed, Messages: len(messages), Err: err})
+		p.cfg.emit(Event{Kind: PublishDone, Messages: len(messages), Err: err})
 		return err
+	}
+	if len(batch) == 0 {
+		return nil
 	}
 	return p.publish(topic, batch)
 }

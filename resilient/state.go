@@ -40,6 +40,18 @@ func (s State) String() string {
 	return "unknown"
 }
 
+// Health is a snapshot of the connection, for health checks (package
+// health reads it).
+type Health struct {
+	State State
+	// Since is when the connection entered State.
+	Since time.Time
+	// Err is why: the loss of the connection and then the last dial error
+	// while reconnecting, or the broker's reason for a block (a memory or
+	// disk alarm). It never contains a password.
+	Err error
+}
+
 // StateChange is passed to Config.OnStateChange.
 type StateChange struct {
 	From, To State

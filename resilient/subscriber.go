@@ -99,6 +99,9 @@ func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*Subscriber, err
 // Status returns the state of the connection.
 func (s *Subscriber) Status() State { return s.sup.status() }
 
+// Health returns the state of the connection, since when, and why.
+func (s *Subscriber) Health() Health { return s.sup.health() }
+
 // IsConnected reports whether a connection is up (blocked counts as up).
 func (s *Subscriber) IsConnected() bool { return s.sup.connected() }
 
@@ -274,11 +277,14 @@ type consumer struct {
 
 func (sub *subscription) run() {
 	defer close(sub.out)
-	for {
+	for attached := false; ; attached = true {
 		c := sub.attach()
 		if c == nil {
 			sub.logger.Info("Stopped consuming", nil)
 			return
+		}
+		if attached {
+			sub.s.cfg.emit(Event{Kind: ConsumerReattached})
 		}
 		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
 		stopping := sub.consume(c)
@@ -412,7 +418,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		case <-c.dead:
 			return false, false
 		}
-		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack))
+		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
 	}
 	sub.unreadable.Reset()
 	if msg.UUID == "" {
@@ -425,6 +431,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 
 	select {
 	case sub.out <- msg:
+		sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
 	case <-sub.ctx.Done():
 		return true, true // the channel closes: the message goes back
 	case <-c.dead:
@@ -450,17 +457,18 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	default:
 	}
 	if ack {
-		return false, sub.settle(c, d.Ack(false))
+		return false, sub.settle(c, d.Ack(false), MessageAcked)
 	}
-	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack))
+	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
 }
 
-// settle reports whether an ack or nack was sent; when it was not, the
-// channel is closing and the message will be delivered again.
-func (sub *subscription) settle(c *consumer, err error) (alive bool) {
+// settle reports whether an ack or nack (what) was sent; when it was not,
+// the channel is closing and the message will be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive bool) {
 	if err != nil {
 		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
 		return false
 	}
+	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
 	return true
 }

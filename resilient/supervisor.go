@@ -28,10 +28,13 @@ type supervisor struct {
 	current *session      // nil while not connected
 	ready   chan struct{} // closed while current != nil
 	state   State
-	dialErr error // last dial error while disconnected, nil once connected
+	since   time.Time // when state was entered
+	why     error     // the loss, or the block, that state is about
+	dialErr error     // last dial error while disconnected, nil once connected
 	// permanentStreak counts the dial rounds in a row that failed permanently.
 	permanentStreak int
 	nextID          uint64
+	lostAt          time.Time     // when the last connection was lost
 	handshake       *socket       // of the dial in progress, cut by stop
 	stopped         bool          // stop was called: cut any new handshake
 	closeGrace      time.Duration // how long the last session may take to close
@@ -65,6 +68,7 @@ func startSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier, s
 		startSession: startSession,
 		ready:        make(chan struct{}),
 		state:        StateConnecting,
+		since:        time.Now(),
 		closeGrace:   sessionCloseGrace,
 		stopDial:     cancel,
 		stopping:     make(chan struct{}),
@@ -188,7 +192,11 @@ func (s *supervisor) install(sess *session) {
 	s.current = sess
 	s.dialErr, s.permanentStreak = nil, 0
 	close(s.ready)
+	lostAt := s.lostAt
 	s.mu.Unlock()
+	if !lostAt.IsZero() {
+		s.cfg.emit(Event{Kind: Reconnected, Duration: time.Since(lostAt)})
+	}
 	s.setState(StateConnected, nil, sess.uri)
 }
 
@@ -196,8 +204,12 @@ func (s *supervisor) uninstall(sess *session, lost error) {
 	s.mu.Lock()
 	s.current = nil
 	s.ready = make(chan struct{})
+	if lost != nil {
+		s.lostAt = time.Now()
+	}
 	s.mu.Unlock()
 	if lost != nil {
+		s.cfg.emit(Event{Kind: ConnectionLost, Err: lost})
 		s.logger.Error("AMQP connection lost, reconnecting", lost, watermill.LogFields{"uri": sess.uri})
 		s.setState(StateReconnecting, lost, sess.uri)
 	}
@@ -240,8 +252,9 @@ func (s *supervisor) setState(to State, err error, uri string) {
 		s.mu.Unlock()
 		return
 	}
-	s.state = to
+	s.state, s.since, s.why = to, time.Now(), err
 	s.mu.Unlock()
+	s.cfg.emit(Event{Kind: StateChanged, State: to})
 	s.notifier.notify(StateChange{From: from, To: to, At: time.Now(), Err: err, URI: uri})
 }
 
@@ -250,6 +263,17 @@ func (s *supervisor) status() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.state
+}
+
+// health returns the state, since when, and why.
+func (s *supervisor) health() Health {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := Health{State: s.state, Since: s.since, Err: s.why}
+	if s.dialErr != nil {
+		h.Err = s.dialErr
+	}
+	return h
 }
 
 // connected reports whether a connection is up (blocked counts as up).
