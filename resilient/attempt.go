@@ -37,8 +37,8 @@ type attempt struct {
 	open   int // deliveries not settled yet
 
 	confirmed int
-	nacks     int // messages nacked: back off before the next attempt
-	returns   int // messages back from their own queue: declare it again
+	nacks     int         // messages nacked: back off before the next attempt
+	returns   int         // messages back from their own queue: declare it again
 	retry     []*outgoing // in call order once run returns
 	failed    []failure
 }
