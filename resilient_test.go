@@ -74,7 +74,7 @@ func startSizedFault(t *testing.T, name, uri string, size int, tune func(*resili
 	f := &fault{queue: brokertest.Name(name)}
 	brokertest.DeleteQueues(t, f.queue)
 	f.pub, f.states = faultPublisher(t, uri, tune)
-	f.load = brokertest.StartSizedLoad(t, f.pub, goroutines, size, f.queue)
+	f.load = brokertest.StartLoadWith(t, f.pub, brokertest.LoadConfig{Goroutines: goroutines, Size: size}, f.queue)
 	return f
 }
 

@@ -26,22 +26,43 @@ type Load struct {
 // StartLoad starts goroutines publishing to topic (round robin over topics
 // when several are given).
 func StartLoad(t testing.TB, pub message.Publisher, goroutines int, topics ...string) *Load {
-	return StartSizedLoad(t, pub, goroutines, 0, topics...)
+	return StartLoadWith(t, pub, LoadConfig{Goroutines: goroutines}, topics...)
 }
 
-// StartSizedLoad is StartLoad with payloads of size bytes (0: a few bytes).
-func StartSizedLoad(t testing.TB, pub message.Publisher, goroutines, size int, topics ...string) *Load {
+// LoadConfig shapes a Load.
+type LoadConfig struct {
+	Goroutines int
+	Size       int           // payload bytes; 0: a few
+	Pace       time.Duration // pause between two calls of a goroutine; 0: none
+}
+
+// StartLoadWith starts a load shaped by cfg.
+func StartLoadWith(t testing.TB, pub message.Publisher, cfg LoadConfig, topics ...string) *Load {
+	goroutines, size := cfg.Goroutines, cfg.Size
 	l := &Load{t: t, stop: make(chan struct{}), progress: make(chan struct{})}
 	for g := 0; g < goroutines; g++ {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			topic := topics[g%len(topics)]
+			var pace <-chan time.Time
+			if cfg.Pace > 0 {
+				ticker := time.NewTicker(cfg.Pace)
+				defer ticker.Stop()
+				pace = ticker.C
+			}
 			for i := 0; ; i++ {
 				select {
 				case <-l.stop:
 					return
 				default:
+				}
+				if pace != nil {
+					select {
+					case <-l.stop:
+						return
+					case <-pace:
+					}
 				}
 				msgs, ids := Messages(1 + (g+i)%3)
 				if size > 0 {
