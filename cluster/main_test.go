@@ -20,7 +20,7 @@ import (
 // cluster is the suite's cluster; nil when it could not start (the tests
 // then skip, saying why).
 var (
-	cluster    *clustertest.Cluster
+	cluster     *clustertest.Cluster
 	unavailable error
 )
 

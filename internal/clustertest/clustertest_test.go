@@ -2,7 +2,6 @@ package clustertest
 
 import (
 	"testing"
-
 )
 
 func TestNodeOfAndParsing(t *testing.T) {
