@@ -2,8 +2,6 @@ package resilient
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -57,10 +55,11 @@ func (d *dialer) round(track func(*socket)) (dialed, error) {
 		at := (d.next + i) % len(d.uris)
 		uri := d.uris[at]
 		var sock *socket
-		conn, err := amqp091.DialConfig(uri, d.amqpConfig(func(s *socket) {
+		cfg := d.amqpConfig(func(s *socket) {
 			sock = s
 			track(s)
-		}))
+		})
+		conn, err := amqp091.DialConfig(uri, cfg)
 		track(nil)
 		if err == nil {
 			d.next = (at + 1) % len(d.uris)
@@ -69,7 +68,12 @@ func (d *dialer) round(track func(*socket)) (dialed, error) {
 		if d.ctx.Err() != nil {
 			return dialed{}, ErrClosed
 		}
-		err = redactErr(dialError(err, sock), uri)
+		if tlsErr := d.tlsDialError(err, uri, cfg.TLSClientConfig, sock); tlsErr != nil {
+			err = tlsErr
+		} else {
+			err = dialError(err, sock)
+		}
+		err = redactErr(err, uri)
 		errs = append(errs, fmt.Errorf("dial %s: %w", redactURI(uri), err))
 	}
 	err := errors.Join(errs...)
@@ -91,9 +95,6 @@ func (d *dialer) round(track func(*socket)) (dialed, error) {
 // A vhost RabbitMQ refuses gets a reply, so ErrVhost, which means there was
 // none, is never permanent.
 func dialError(err error, sock *socket) error {
-	if certErr := certificateError(err); certErr != nil {
-		return fmt.Errorf("%w: %w", ErrTLS, err)
-	}
 	if err != amqp091.ErrCredentials && err != amqp091.ErrVhost {
 		return classifyBroker(err)
 	}
@@ -110,33 +111,6 @@ func dialError(err error, sock *socket) error {
 		readErr = errors.New("connection closed")
 	}
 	return fmt.Errorf("AMQP handshake cut short: %w (amqp091-go reports it as %q)", readErr, err.(*amqp091.Error).Reason)
-}
-
-// certificateError returns the certificate fault in err, if any: ours
-// verifying the broker's (unknown authority, wrong host name, expired), or
-// the broker's alert refusing ours.
-func certificateError(err error) error {
-	var verify *tls.CertificateVerificationError
-	var unknownAuthority x509.UnknownAuthorityError
-	var hostname x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	var alert tls.AlertError
-	switch {
-	case errors.As(err, &verify):
-		return verify
-	case errors.As(err, &unknownAuthority):
-		return unknownAuthority
-	case errors.As(err, &hostname):
-		return hostname
-	case errors.As(err, &invalid):
-		return invalid
-	case errors.As(err, &alert):
-		switch alert {
-		case 42, 43, 44, 45, 46, 48, 116: // bad_certificate .. unknown_ca, certificate_required
-			return alert
-		}
-	}
-	return nil
 }
 
 // transientDialError keeps the causes' text and errors.As targets, but not
