@@ -17,13 +17,17 @@
 //
 //   - At-least-once, never silently lost: Publish returns nil only after the
 //     broker confirmed (basic.ack) every message. Otherwise it returns a
-//     *PublishError naming the unconfirmed messages by UUID, and IsPermanent
+//     *PublishError naming the unconfirmed messages by UUID (each once, in
+//     call order; a message not listed was confirmed), and IsPermanent
 //     tells whether retrying can help.
 //   - Faults are absorbed: on a TCP reset, a broker restart, a heartbeat
-//     timeout on a half-open link, a connection closed by an operator, or a
-//     channel closed by the broker, Publish waits for the reconnect and
-//     re-sends every unconfirmed message. A nacked message is re-sent up to
-//     Config.MaxNackRetries times. A message can therefore arrive twice; it
+//     timeout on a half-open or frozen link, a connection closed by an
+//     operator, a cluster node lost, or a channel closed by the broker,
+//     Publish waits for the reconnect and re-sends every unconfirmed
+//     message. A nack is the broker refusing for now (a quorum queue
+//     electing a leader, a full queue rejecting publishes): the message is
+//     re-sent with backoff, on a fresh channel, within its bounds (see
+//     Config.MaxNackRetries). A message can therefore arrive twice; it
 //     carries its UUID as the AMQP message_id, for consumers to drop
 //     duplicates (watermill's Deduplicator middleware does).
 //   - Never hangs: every wait is bounded by the message's Context(),
@@ -31,33 +35,56 @@
 //     that leaves a message unconfirmed for Config.ConfirmTimeout is replaced
 //     and its messages re-sent. While the broker blocks the connection
 //     (memory or disk alarm) sending pauses, and publishes time out cleanly.
+//     A peer that stops reading (a frozen link) cannot hold a writer: the
+//     heartbeat's read deadline cuts the socket, and so does Close.
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
-//     (declare), ErrMessageTooLarge, ErrInvalidName, ErrNilMessage,
-//     ErrMarshal, ErrConfig, ErrUnroutable (mandatory). Only the messages
-//     concerned fail; the publisher keeps working for other topics.
+//     (declare, a property the broker refuses), ErrMessageTooLarge,
+//     ErrInvalidName, ErrNilMessage, ErrMarshal, ErrConfig, ErrUnroutable
+//     (mandatory), ErrTLS (a certificate). Only the messages concerned fail;
+//     the publisher keeps working for other topics and other callers. When
+//     the broker closes a channel without naming the message at fault, the
+//     messages in flight on it are re-sent one at a time: the one that
+//     closes the channel alone fails, the others are confirmed.
 //   - Durable by default: the watermill-amqp durable configs declare durable
 //     queues and exchanges and mark messages persistent. With a queue config
-//     (default exchange) the publisher declares the queue itself, so a message
-//     published before any subscriber exists is kept rather than confirmed and
-//     dropped. Topology is declared once per topic per connection and again
-//     after each reconnect.
+//     (default exchange) the publisher declares the queue itself, and
+//     publishes to it with the mandatory flag, so a message published before
+//     any subscriber exists is kept, and a queue deleted under a live
+//     connection (an operator, a policy) returns the message instead of the
+//     broker confirming and dropping it: the queue is declared again and the
+//     message re-sent. Topology is declared once per topic per connection
+//     and again after each reconnect.
 //   - Close is idempotent: it stops intake, waits for the publishes in
 //     progress, closes the connection, and waits for every goroutine it
-//     started.
+//     started; it returns within CloseTimeout and a small margin, whatever
+//     the network does.
 //   - Passwords never appear in logs or errors.
 //
-// Order: the messages of one Publish call are written in order on one
-// channel, and a caller that waits for each Publish before the next keeps
-// its order. Re-sends after a fault or a nack may break order between
-// concurrent callers.
+// Order: the messages of one Publish call reach the queue in call order,
+// re-sends included: when one is lost with its channel, none of the call's
+// later messages is written before it is sent again (a re-sent message may
+// repeat; its first copy is in order). A nack is the exception: the
+// messages already sent after a nacked one may be accepted before its
+// re-send. A caller that waits for each Publish before the next keeps its
+// order; concurrent callers may interleave.
+//
+// Limits: a handshake slower than amqp091-go's read deadline (1.5
+// heartbeats once the broker's tune arrives) cannot succeed, and is retried
+// as a transient fault; set Heartbeat above the link's round trip. A
+// user_id property must be the login user (checked before sending; RabbitMQ's
+// impersonator tag is not supported).
 //
 // # Design and ownership
 //
-// A supervisor goroutine owns the connection: it dials (Config.FailoverURIs
-// in turn), watches NotifyClose and NotifyBlocked, and redials with
-// exponential backoff and jitter (Config.Reconnect) until Close; it never
-// gives up on its own. amqp091-go's experimental Config.Recovery stays off.
+// A supervisor goroutine owns the connection: it dials (the URIs shuffled
+// once, each round starting after the node last used), watches NotifyClose
+// and NotifyBlocked, and redials with exponential backoff and jitter
+// (Config.Reconnect) until Close; it never gives up on its own. amqp091-go's
+// experimental Config.Recovery stays off. It owns the socket under
+// amqp091-go too: a read error cuts it, and so does the end of a session
+// after a bounded grace, which frees a lane stuck writing to a peer that
+// stopped reading, whatever amqp091-go's locks are doing.
 // Each live connection is a session: Config.Channels publishing lanes, each a
 // confirm-mode channel owned by exactly one goroutine, which writes the
 // messages handed to it, with up to Config.MaxInFlight unconfirmed, and
@@ -74,10 +101,16 @@
 // Publish runs on the caller's goroutine: it marshals and validates every
 // message, waits for a connection, ensures the topic's topology (declared on
 // a goroutine and channel of the session's, so a broker refusal harms no
-// lane), hands the messages to one lane, and waits. A lane whose channel dies
-// reports every unconfirmed message back: when the broker's reason names an
-// exchange (404, 403) or a size limit (406), the named messages fail; the
-// others are handed to the next attempt, on a new channel or connection.
+// lane), hands the messages to one lane as one attempt, and waits. Each
+// message of an attempt ends it confirmed, to be sent again, or failed, and
+// is counted once, whichever comes first of the lane's report, the end of
+// its Context() and the loss of the session. A lane whose channel dies
+// reports every unconfirmed message back: when the broker's reason names
+// the culprits (an exchange, a size limit, a user_id, an expiration) those
+// fail; when it names none, every message in flight becomes a suspect, sent
+// alone next time. The others go to the next attempt, on a new channel or
+// connection, in call order. Config.OnEvent reports what happens, for
+// metrics.
 //
 // # Consuming
 //
@@ -93,6 +126,13 @@
 //
 //   - At-least-once: a delivery is acked only after the handler Acks the
 //     message; Nack sends basic.nack with requeue, unless NoRequeueOnNack.
+//   - Quorum queues: the broker's headers that are not strings
+//     (x-delivery-count, x-death) reach the Marshaler as strings, so a
+//     redelivered message reaches the handler with its redelivery count in
+//     its metadata ("x-delivery-count"). Prefetch (Consume.Qos) is applied
+//     per consumer, global or not: each channel has one consumer, and quorum
+//     queues refuse global QoS. A message the Marshaler cannot read is
+//     nacked after a pause that grows to 5 s, rather than at once for ever.
 //     Messages are handed out one at a time, the next after the previous
 //     one's Ack or Nack, as watermill's Router expects.
 //   - Faults are absorbed: after a connection loss (reset, restart, forced

@@ -50,8 +50,10 @@ var (
 	// Permanent for this publish: nothing will route it until the topology
 	// changes.
 	ErrUnroutable = errors.New("resilient: message unroutable")
-	// ErrNacked: the broker nacked the message more than Config.MaxNackRetries
-	// times. Transient.
+	// ErrNacked: the broker nacked the message, and it was not re-sent:
+	// more than a positive Config.MaxNackRetries times, or once with -1.
+	// With the default, a message last nacked fails with ErrNotConfirmed
+	// when its bounds end, and matches ErrNacked too. Transient.
 	ErrNacked = errors.New("resilient: message nacked by broker")
 	// ErrNotConfirmed: the message was not confirmed before its deadline
 	// (its Context, Config.PublishTimeout, or Close). It may or may not have

@@ -37,7 +37,8 @@ func ExampleNewPublisher() {
 func ExampleConfig() {
 	cfg := resilient.Config{
 		AMQP:                 amqp.NewDurablePubSubConfig("amqp://guest:guest@node-1:5672/", nil),
-		FailoverURIs:         []string{"amqp://guest:guest@node-2:5672/"},
+		FailoverURIs:         []string{"amqp://guest:guest@node-2:5672/", "amqp://guest:guest@node-3:5672/"},
+		FailoverInOrder:      false,            // default false: the URIs are shuffled once
 		ConnectionName:       "orders-service", // default "watermill-resilient-publisher"
 		Heartbeat:            10 * time.Second, // default 10 s
 		DialTimeout:          10 * time.Second, // default 10 s
@@ -47,7 +48,7 @@ func ExampleConfig() {
 		PublishTimeout:       30 * time.Second, // default 30 s
 		ConfirmTimeout:       15 * time.Second, // default 15 s
 		CloseTimeout:         10 * time.Second, // default 10 s
-		MaxNackRetries:       3,                // default 3
+		MaxNackRetries:       0,                // default 0: re-send nacked messages within their bounds
 		MaxMessageSize:       128 << 20,        // default 128 MiB
 		Reconnect: resilient.ReconnectConfig{
 			InitialWait: 100 * time.Millisecond, // default 100 ms
@@ -55,6 +56,7 @@ func ExampleConfig() {
 			Multiplier:  2,                      // default 2
 			Jitter:      0.5,                    // default 0.5
 		},
+		OnEvent: func(e resilient.Event) {}, // for metrics: see package metrics
 		OnStateChange: func(c resilient.StateChange) {
 			log.Printf("AMQP %s -> %s (%v)", c.From, c.To, c.Err)
 		},
