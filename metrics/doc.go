@@ -1,0 +1,64 @@
+// Package metrics turns the events of a resilient.Publisher and a
+// resilient.Subscriber (resilient.Config.OnEvent) into Prometheus series.
+//
+//	m, err := metrics.NewPrometheus(registry, "myapp", "rabbitmq")
+//	pubCfg.OnEvent = m.Publisher("orders")  // series labelled publisher_name="orders"
+//	subCfg.OnEvent = m.Subscriber("orders") // series labelled subscriber_name="orders"
+//
+// It follows watermill's components/metrics: names are
+// <namespace>_<subsystem>_<name>, publisher series carry publisher_name and
+// subscriber series subscriber_name, and a collector already registered on
+// the registry (by another NewPrometheus, or by this one) is reused rather
+// than registered twice. None of its names is one of watermill's
+// (publish_time_seconds, subscriber_messages_received_total,
+// handler_execution_time_seconds), so both can share one registry, namespace
+// and subsystem on a watermill Router.
+//
+// Labels take values only from fixed sets and from the names given to
+// Publisher and Subscriber: never a topic, a UUID, a URI or an error's text.
+// Give each publisher and each subscriber its own name and its own Config
+// (a Config shared by a Publisher and a Subscriber sends both their events to
+// one function): two components under one name add up their counters and
+// overwrite each other's state.
+//
+// The function Publisher and Subscriber return is called inline and
+// concurrently by the component; it takes no lock and, for everything but a
+// failure or a connection loss, allocates nothing: its series are resolved
+// when it is made.
+//
+// # Publisher series (label publisher_name)
+//
+//	publish_total                           counter    outcome   Publish calls returned, by outcome: "confirmed" (nil: every message confirmed) or "failed".
+//	publish_duration_seconds                histogram            How long Publish calls took, re-sends and reconnects included (1 ms to 60 s).
+//	publish_in_flight_messages              gauge                Messages in Publish calls in progress.
+//	publisher_messages_confirmed_total      counter              Messages the broker confirmed (re-sent copies count again).
+//	publisher_messages_nacked_total         counter              Messages the broker nacked (each is re-sent or fails).
+//	publisher_messages_returned_total       counter              Messages the broker returned as unroutable (re-sent after the queue is declared again).
+//	publisher_messages_resent_total         counter              Messages sent again after a nack, a return, or the loss of their channel or connection.
+//	publisher_messages_failed_total         counter    class     Messages that failed for good, by resilient.ErrorClass of the error.
+//	publisher_connection_state              gauge      state     1 for the connection's current state, 0 for the others.
+//	publisher_reconnects_total              counter    cause     Connections lost (each starts a reconnect), by resilient.ErrorClass of why.
+//	publisher_reconnect_duration_seconds    histogram            Time from the loss of a connection to the next one up (0.1 s to 5 min).
+//
+// # Subscriber series (label subscriber_name)
+//
+//	subscriber_messages_delivered_total     counter              Messages handed to the subscriber's reader, redeliveries included.
+//	subscriber_messages_redelivered_total   counter              Of those, the ones the broker had delivered before.
+//	subscriber_messages_acked_total         counter              Messages acked to the broker (the handler acked them).
+//	subscriber_messages_nacked_total        counter              Messages nacked to the broker (the handler nacked them, or they could not be unmarshaled).
+//	subscriber_reattaches_total             counter              Times a subscription consumed again after losing its channel or connection.
+//	subscriber_connection_state             gauge      state     As publisher_connection_state.
+//	subscriber_reconnects_total             counter    cause     As publisher_reconnects_total.
+//	subscriber_reconnect_duration_seconds   histogram            As publisher_reconnect_duration_seconds.
+//
+// Label values: outcome is "confirmed" or "failed"; state one of
+// "connecting", "connected", "blocked", "reconnecting", "closed" (a name
+// starts at "connecting", unless a component already runs under it); class
+// and cause one of the names resilient.ErrorClass documents ("not_confirmed",
+// "nacked", "unroutable", "access_refused", "not_found",
+// "precondition_failed", "message_too_large", "invalid_name", "nil_message",
+// "marshal", "config", "tls", "closed", "heartbeat", "network", "broker",
+// "other"), anything else counted as "other". The causes "broker",
+// "network", "heartbeat" and "other" start at 0, so that increase() sees the
+// first loss.
+package metrics

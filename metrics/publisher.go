@@ -1,0 +1,68 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// Publisher returns the function to set as the resilient.Config.OnEvent of a
+// Publisher: it records the publisher's events in the publisher series,
+// labelled publisher_name=name, and sets its connection state to connecting.
+func (p *Prometheus) Publisher(name string) func(resilient.Event) {
+	v := p.pub
+	m := &publisherMetrics{
+		confirmedCalls: v.calls.WithLabelValues(name, "confirmed"),
+		failedCalls:    v.calls.WithLabelValues(name, "failed"),
+		duration:       v.duration.WithLabelValues(name),
+		inFlight:       v.inFlight.WithLabelValues(name),
+		confirmed:      v.confirmed.WithLabelValues(name),
+		nacked:         v.nacked.WithLabelValues(name),
+		returned:       v.returned.WithLabelValues(name),
+		resent:         v.resent.WithLabelValues(name),
+		failed:         v.failed.MustCurryWith(prometheus.Labels{labelPublisherName: name}),
+		conn:           newConnection(v.conn, labelPublisherName, name),
+	}
+	return m.observe
+}
+
+// publisherMetrics are the series of one named publisher, resolved once.
+type publisherMetrics struct {
+	confirmedCalls, failedCalls prometheus.Counter
+	duration                    prometheus.Observer
+	inFlight                    prometheus.Gauge
+	confirmed                   prometheus.Counter
+	nacked                      prometheus.Counter
+	returned                    prometheus.Counter
+	resent                      prometheus.Counter
+	failed                      *prometheus.CounterVec // curried with the name
+	conn                        *connection
+}
+
+func (m *publisherMetrics) observe(e resilient.Event) {
+	n := float64(e.Messages)
+	switch e.Kind {
+	case resilient.PublishStarted:
+		m.inFlight.Add(n)
+	case resilient.PublishDone:
+		if e.Err == nil {
+			m.confirmedCalls.Inc()
+		} else {
+			m.failedCalls.Inc()
+		}
+		m.duration.Observe(e.Duration.Seconds())
+		m.inFlight.Sub(n) // every call reports PublishStarted first
+	case resilient.MessagesConfirmed:
+		m.confirmed.Add(n)
+	case resilient.MessagesNacked:
+		m.nacked.Add(n)
+	case resilient.MessagesReturned:
+		m.returned.Add(n)
+	case resilient.MessagesResent:
+		m.resent.Add(n)
+	case resilient.MessagesFailed:
+		m.failed.WithLabelValues(class(e.Err)).Add(n)
+	default:
+		m.conn.observe(e)
+	}
+}
