@@ -31,7 +31,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	brokertest.Main(m, []string{brokertest.Prefix})
+	brokertest.Main(m, nil)
 }
 
 // newMessage is the message every case sends.

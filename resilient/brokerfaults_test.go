@@ -46,7 +46,7 @@ func TestAccessRefused(t *testing.T) {
 	const user, password = "resilient-test-limited", "limited-Pa55"
 	brokertest.Ctl(t, "add_user", user, password)
 	t.Cleanup(func() { _, _ = brokertest.CtlErr("delete_user", user) })
-	brokertest.Ctl(t, "set_permissions", "-p", "/", user, "^"+brokertest.Prefix+"allowed-.*", `^(`+brokertest.Prefix+`allowed-.*|amq\.default)$`, ".*")
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, "^"+brokertest.RunPrefix()+"allowed-.*", `^(`+brokertest.RunPrefix()+`allowed-.*|amq\.default)$`, ".*")
 
 	u, err := url.Parse(brokertest.URI())
 	if err != nil {

@@ -218,6 +218,8 @@ func (p *Publisher) publishError(topic string, failed []failure) error {
 	slices.SortFunc(failed, func(x, y failure) int { return x.msg.index - y.msg.index })
 	ids := make([]string, len(failed))
 	var cause error
+	var byClass failureCounts
+	defer byClass.emit(&p.cfg)
 	closed := false
 	for i, f := range failed {
 		ids[i] = f.msg.uuid
@@ -225,7 +227,9 @@ func (p *Publisher) publishError(topic string, failed []failure) error {
 		if f.msg.nacks > 0 && errors.Is(err, ErrNotConfirmed) {
 			err = fmt.Errorf("%w (nacked %d time(s) before: %w)", err, f.msg.nacks, ErrNacked)
 		}
-		p.cfg.emit(Event{Kind: MessagesFailed, Messages: 1, Err: err})
+		if p.cfg.OnEvent != nil {
+			byClass.add(err)
+		}
 		if cause == nil || IsPermanent(err) && !IsPermanent(cause) {
 			cause = err
 		}
@@ -238,4 +242,32 @@ func (p *Publisher) publishError(topic string, failed []failure) error {
 	}
 	p.logger.Debug("Publish failed", watermill.LogFields{"topic": topic, "unconfirmed": len(ids), "error": cause.Error()})
 	return &PublishError{Topic: topic, Unconfirmed: ids, Err: cause}
+}
+
+// failureCounts counts failed messages by ErrorClass, so that a call
+// reports one MessagesFailed event per class (with the first error of it),
+// not one per message.
+type failureCounts []failureCount
+
+type failureCount struct {
+	class string
+	first error
+	n     int
+}
+
+func (c *failureCounts) add(err error) {
+	class := ErrorClass(err)
+	for i := range *c {
+		if (*c)[i].class == class {
+			(*c)[i].n++
+			return
+		}
+	}
+	*c = append(*c, failureCount{class, err, 1})
+}
+
+func (c failureCounts) emit(cfg *Config) {
+	for _, f := range c {
+		cfg.emit(Event{Kind: MessagesFailed, Messages: f.n, Err: f.first})
+	}
 }

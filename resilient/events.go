@@ -11,8 +11,18 @@ import (
 
 // Event is something a Publisher or a Subscriber did, for metrics: package
 // metrics turns events into Prometheus series. Config.OnEvent receives them
-// inline, on the goroutine that did it, in the order it did them: it must
-// return quickly, never block, and never call the Publisher or Subscriber.
+// inline, on the goroutine that did it (several at once: it must be safe
+// for concurrent use), in the order that goroutine did them: it must return
+// quickly, never block, and never call the Publisher or Subscriber. Give
+// each Publisher and Subscriber an OnEvent of its own: events do not say
+// which one sent them.
+//
+// Every Publish call emits PublishStarted, then PublishDone, even one
+// refused before anything is sent; MessagesFailed comes once per kind of
+// failure (ErrorClass) with the first error of that kind. StateChanged
+// comes for the first state (connecting) too. ConnectionLost's Err is the
+// first sign amqp091-go saw: a broker that closes the connection and its
+// socket at once may be seen as either.
 type Event struct {
 	Kind EventKind
 	// Messages is how many messages the event concerns.

@@ -103,6 +103,7 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
+		p.refused(len(messages), ErrClosed)
 		return ErrClosed
 	}
 	p.calls.Add(1)
@@ -111,14 +112,23 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 
 	batch, err := p.prepare(topic, messages)
 	if err != nil {
-		p.cfg.emit(Event{Kind: MessagesFailed, Messages: len(messages), Err: err})
-		p.cfg.emit(Event{Kind: PublishDone, Messages: len(messages), Err: err})
+		p.refused(len(messages), err)
 		return err
 	}
 	if len(batch) == 0 {
 		return nil
 	}
 	return p.publish(topic, batch)
+}
+
+// refused reports a call that failed before anything was sent.
+func (p *Publisher) refused(messages int, err error) {
+	if p.cfg.OnEvent == nil {
+		return
+	}
+	p.cfg.emit(Event{Kind: PublishStarted, Messages: messages})
+	p.cfg.emit(Event{Kind: MessagesFailed, Messages: messages, Err: err})
+	p.cfg.emit(Event{Kind: PublishDone, Messages: messages, Err: err})
 }
 
 // queueToDeclare names the queue the publisher declares itself: that of a
@@ -156,20 +166,10 @@ func (p *Publisher) Close() error {
 		p.closed = true
 		p.mu.Unlock()
 
-		done := make(chan struct{})
-		go func() {
-			p.calls.Wait()
-			close(done)
-		}()
-		timer := time.NewTimer(p.cfg.CloseTimeout)
-		select {
-		case <-done:
-		case <-timer.C:
+		waitBounded(&p.calls, p.cfg.CloseTimeout, func() {
 			p.logger.Info("Close: publishes still in progress after CloseTimeout, giving up on them", nil)
 			p.abort(ErrClosed)
-			<-done
-		}
-		timer.Stop()
+		})
 		p.abort(ErrClosed)
 		p.sup.stop(time.Until(deadline))
 		p.notifier.stop()

@@ -205,21 +205,11 @@ func (s *Subscriber) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		s.cancel()
-		done := make(chan struct{})
-		go func() {
-			s.subs.Wait()
-			close(done)
-		}()
-		timer := time.NewTimer(s.cfg.CloseTimeout)
-		select {
-		case <-done:
-			s.sup.stop(time.Until(deadline))
-		case <-timer.C:
+		waitBounded(&s.subs, s.cfg.CloseTimeout, func() {
 			s.logger.Info("Close: subscriptions still closing after CloseTimeout, cutting the connection", nil)
 			s.sup.stop(0)
-			<-done
-		}
-		timer.Stop()
+		})
+		s.sup.stop(time.Until(deadline)) // done already if it had to cut
 		s.notifier.stop()
 	})
 	return nil

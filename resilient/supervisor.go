@@ -74,6 +74,7 @@ func startSupervisor(cfg *Config, logger watermill.LoggerAdapter, n *notifier, s
 		stopping:     make(chan struct{}),
 		done:         make(chan struct{}),
 	}
+	cfg.emit(Event{Kind: StateChanged, State: StateConnecting})
 	first, err := s.connect()
 	if err != nil {
 		if IsPermanent(err) || !cfg.RetryOnFailedConnect {

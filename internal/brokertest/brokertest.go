@@ -27,9 +27,9 @@ func URI() string {
 }
 
 // Name returns a name unique to this run, for queues and exchanges; it
-// starts with Prefix.
+// starts with RunPrefix.
 func Name(prefix string) string {
-	return fmt.Sprintf("%s%s-%s", Prefix, prefix, uuid.NewString()[:8])
+	return fmt.Sprintf("%s%s-%s", RunPrefix(), prefix, uuid.NewString()[:8])
 }
 
 // ctlCommand is how to run rabbitmqctl: $RABBITMQCTL (e.g.

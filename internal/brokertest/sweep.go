@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -12,15 +14,24 @@ import (
 )
 
 // Prefix starts the name of every queue and exchange the tests create
-// (Name adds it), so that Sweep can find what a crashed run left behind.
+// (Name adds it, and the test binary's pid after it), so that Sweep can find
+// what a crashed run left behind.
 const Prefix = "wrtest-"
 
-// Sweep deletes every queue and exchange whose name starts with one of
-// prefixes. A test binary calls it when it starts (a run killed by a
-// timeout runs no cleanup) and when it ends: durable queues left behind pile
-// up, and a broker recovering a thousand of them at start-up runs out of
-// file handles and never finishes starting.
-func Sweep(prefixes ...string) error {
+// RunPrefix starts the names this test binary creates: Prefix and its pid,
+// so that a sweep tells the queues of a run still going (another package's
+// binary, at the same time) from those of a run that is over.
+func RunPrefix() string { return fmt.Sprintf("%s%d-", Prefix, os.Getpid()) }
+
+// Sweep deletes the queues and exchanges the tests named (Prefix) whose run
+// is over: this binary's, those of binaries no longer running, those of
+// runs that put no pid in their names; and every one starting with one of
+// extra. A test binary calls it when it starts (a run killed by a timeout
+// runs no cleanup) and when it ends: durable queues left behind pile up,
+// and a broker recovering a thousand of them at start-up runs out of file
+// handles and never finishes starting.
+func Sweep(extra ...string) error {
+	prefixes := append([]string{Prefix}, extra...)
 	queues, err := list("list_queues", prefixes)
 	if err != nil {
 		return err
@@ -70,7 +81,7 @@ func list(what string, prefixes []string) ([]string, error) {
 	for _, name := range strings.Split(out, "\n") {
 		name = strings.TrimSpace(name)
 		for _, p := range prefixes {
-			if name != "" && strings.HasPrefix(name, p) {
+			if name != "" && strings.HasPrefix(name, p) && !ofAnotherLiveRun(name) {
 				names = append(names, name)
 				break
 			}
@@ -79,10 +90,26 @@ func list(what string, prefixes []string) ([]string, error) {
 	return names, nil
 }
 
-// Main runs a test binary's tests between two sweeps of prefixes (Prefix is
-// always swept), then checks for leaked goroutines with goleak, and exits.
+// ofAnotherLiveRun reports whether name was made by another test binary
+// that still runs (its pid, after Prefix, names a live process).
+func ofAnotherLiveRun(name string) bool {
+	rest, ok := strings.CutPrefix(name, Prefix)
+	if !ok {
+		return false
+	}
+	digits, _, ok := strings.Cut(rest, "-")
+	pid, err := strconv.Atoi(digits)
+	if !ok || err != nil || pid == os.Getpid() {
+		return false
+	}
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Main runs a test binary's tests between two sweeps (of what Sweep
+// deletes, and of the names starting with one of prefixes), then checks for
+// leaked goroutines with goleak, and exits.
 func Main(m *testing.M, prefixes []string, leakOptions ...goleak.Option) {
-	prefixes = append(prefixes, Prefix)
 	sweep := func(when string) {
 		if err := Sweep(prefixes...); err != nil {
 			fmt.Fprintf(os.Stderr, "brokertest: sweep %s the tests: %v\n", when, err)
