@@ -11,7 +11,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
-	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
@@ -27,6 +26,7 @@ const publishBound = 60 * time.Second
 // the three URIs.
 type run struct {
 	t       *testing.T
+	kind    string // quorum or classic
 	c       *clustertest.Cluster
 	queue   string
 	cfg     amqp.Config
@@ -109,9 +109,9 @@ func clientConfig(c *clustertest.Cluster, cfg amqp.Config, name string, record f
 	}
 }
 
-func startRun(t *testing.T, c *clustertest.Cluster, name string, args amqp091.Table) *run {
+func startRun(t *testing.T, c *clustertest.Cluster, kind string, args amqp091.Table, goroutines int) *run {
 	t.Helper()
-	r := &run{t: t, c: c, queue: brokertest.Name(name), arrived: brokertest.NewArrivals(), done: make(chan struct{})}
+	r := &run{t: t, c: c, kind: kind, queue: brokertest.Name(kind), arrived: brokertest.NewArrivals(), done: make(chan struct{})}
 	r.pubName, r.subName = r.queue+"-pub", r.queue+"-sub"
 	r.cfg = config(c, args)
 	logger := watermill.NewStdLogger(false, false)
@@ -143,11 +143,10 @@ func startRun(t *testing.T, c *clustertest.Cluster, name string, args amqp091.Ta
 			msg.Ack()
 		}
 	}()
-	// 16 goroutines of 1 KiB messages, each at most a call every 10 ms
-	// (about 3,000 messages a second): the nodes, on the same two cores,
-	// must still boot in time.
-	r.load = brokertest.StartLoadWith(t, pub, brokertest.LoadConfig{Goroutines: 16, Size: 1024, Pace: 10 * time.Millisecond}, r.queue)
-	t.Logf("publisher on node %d, subscriber on node %d, queue %s", r.nodeOf(r.pubName), r.nodeOf(r.subName), r.describeQueue())
+	// Goroutines of 1 KiB messages, each at most a call every 10 ms: the
+	// nodes, on the same two cores, must still boot in time.
+	r.load = brokertest.StartLoadWith(t, pub, brokertest.LoadConfig{Goroutines: goroutines, Size: 1024, Pace: 10 * time.Millisecond}, r.queue)
+	t.Logf("%s: publisher on node %d, subscriber on node %d, queue %s", kind, r.nodeOf(r.pubName), r.nodeOf(r.subName), r.describeQueue())
 	return r
 }
 
@@ -184,63 +183,95 @@ func (r *run) recovery(what string, since time.Time) {
 	r.load.WaitProgress(1)
 	confirmed := time.Since(since)
 	handled := r.arrived.FirstAfter(r.t, since).Sub(since)
-	r.t.Logf("%s: first confirm after %s, first message handled after %s; publisher since: %s", what, confirmed.Round(time.Millisecond), handled.Round(time.Millisecond), r.events.since(since))
+	r.t.Logf("%s, %s queue: first confirm after %s, first message handled after %s; publisher since: %s", what, r.kind, confirmed.Round(time.Millisecond), handled.Round(time.Millisecond), r.events.since(since))
 }
 
-// killNodeInUse SIGKILLs the publisher's node, and starts it again at once
-// (it takes several seconds to boot): the publisher must fail over.
-func (r *run) killNodeInUse() int {
-	r.t.Helper()
-	r.load.WaitProgress(500)
-	n, subNode := r.nodeOf(r.pubName), r.nodeOf(r.subName)
+// scenario is the runs that go through the same node faults together.
+type scenario struct {
+	t    *testing.T
+	c    *clustertest.Cluster
+	runs []*run // the first one's clients decide which nodes to hit
+}
+
+// restart starts node n again at once; wait waits until it runs. In
+// between, the runs recover (or, for a queue on that node, wait for it).
+func (s *scenario) restart(n int) (wait func()) {
+	done := make(chan error, 1)
+	go func() { done <- s.c.StartNode(n) }()
+	return func() {
+		if err := <-done; err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// killNodeInUse SIGKILLs the first run's publisher's node, and starts it
+// again at once (it takes several seconds to boot): the clients fail over.
+func (s *scenario) killNodeInUse() int {
+	s.t.Helper()
+	first := s.runs[0]
+	for _, r := range s.runs {
+		r.load.WaitProgress(300)
+	}
+	n, subNode := first.nodeOf(first.pubName), first.nodeOf(first.subName)
 	killed := time.Now()
-	if err := r.c.Kill(n); err != nil {
-		r.t.Fatal(err)
+	if err := s.c.Kill(n); err != nil {
+		s.t.Fatal(err)
 	}
-	r.t.Logf("killed node %d (the publisher's; the subscriber's is %d)", n, subNode)
-	restarted := make(chan error, 1)
-	go func() { restarted <- r.c.StartNode(n) }()
-	r.pubSt.Await("reconnecting")
-	r.recovery("SIGKILL of the node in use", killed)
-	if err := <-restarted; err != nil {
-		r.t.Fatal(err)
+	s.t.Logf("killed node %d (the %s publisher's; its subscriber's is %d)", n, first.kind, subNode)
+	wait := s.restart(n)
+	first.pubSt.Await("reconnecting")
+	for _, r := range s.runs {
+		r.recovery("SIGKILL of the node in use", killed)
 	}
-	r.t.Logf("node %d back after %s; queue %s", n, time.Since(killed).Round(time.Millisecond), r.describeQueue())
-	r.load.WaitProgress(500)
+	wait()
+	s.settled(n, killed)
 	return n
 }
 
-// stopAnotherNode stops a node other than not gracefully (the subscriber's
-// if it can), and starts it again.
-func (r *run) stopAnotherNode(not int) {
-	r.t.Helper()
-	n := r.nodeOf(r.subName)
+// stopAnotherNode stops a node other than not gracefully (the first run's
+// subscriber's if it can), and starts it again at once.
+func (s *scenario) stopAnotherNode(not int) {
+	s.t.Helper()
+	first := s.runs[0]
+	n := first.nodeOf(first.subName)
 	if n == not {
-		n = not%r.c.Size() + 1
+		n = not%s.c.Size() + 1
 	}
 	stopped := time.Now()
-	if err := r.c.StopNode(n); err != nil {
-		r.t.Fatal(err)
+	if err := s.c.StopNode(n); err != nil {
+		s.t.Fatal(err)
 	}
-	r.t.Logf("stopped node %d gracefully", n)
-	r.recovery("graceful stop", stopped)
-	if err := r.c.StartNode(n); err != nil {
-		r.t.Fatal(err)
+	s.t.Logf("stopped node %d gracefully in %s", n, time.Since(stopped).Round(time.Millisecond))
+	wait := s.restart(n)
+	for _, r := range s.runs {
+		r.recovery("graceful stop", stopped)
 	}
-	r.t.Logf("node %d back after %s; queue %s", n, time.Since(stopped).Round(time.Millisecond), r.describeQueue())
-	r.load.WaitProgress(500)
+	wait()
+	s.settled(n, stopped)
 }
 
-// minority stops two of the three nodes. A quorum queue cannot confirm
-// then: a publish with a short bound fails with ErrNotConfirmed naming its
-// messages, while the load's publishes (bound: a minute) wait. Once a node
-// returns, they flow.
-func (r *run) minority() {
-	r.t.Helper()
-	r.load.WaitProgress(200)
+// settled logs each queue once node n is back, and lets the loads go on.
+func (s *scenario) settled(n int, since time.Time) {
+	s.t.Helper()
+	for _, r := range s.runs {
+		s.t.Logf("node %d back after %s; %s queue %s", n, time.Since(since).Round(time.Millisecond), r.kind, r.describeQueue())
+	}
+	for _, r := range s.runs {
+		r.load.WaitProgress(300)
+	}
+}
+
+// minority stops two of the three nodes. A quorum queue (the first run's)
+// cannot confirm then: a publish with a short bound fails with
+// ErrNotConfirmed naming its messages, while the loads' publishes (bound: a
+// minute) wait. Once a node returns, they flow.
+func (s *scenario) minority() {
+	s.t.Helper()
+	r := s.runs[0]
 	left := r.nodeOf(r.subName)
 	var down []int
-	for n := 1; n <= r.c.Size(); n++ {
+	for n := 1; n <= s.c.Size(); n++ {
 		if n != left {
 			down = append(down, n)
 		}
@@ -251,46 +282,47 @@ func (r *run) minority() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := r.c.StopNode(n); err != nil {
-				r.t.Error(err)
+			if err := s.c.StopNode(n); err != nil {
+				s.t.Error(err)
 			}
 		}()
 	}
 	wg.Wait()
-	if r.t.Failed() {
-		r.t.FailNow()
+	if s.t.Failed() {
+		s.t.FailNow()
 	}
-	r.t.Logf("nodes %v stopped: node %d alone, queue %s", down, left, r.describeQueue())
+	s.t.Logf("nodes %v stopped in %s: node %d alone, %s queue %s", down, time.Since(lostAt).Round(time.Millisecond), left, r.kind, r.describeQueue())
 
-	cfg := clientConfig(r.c, r.cfg, r.queue+"-probe", nil)
+	cfg := clientConfig(s.c, r.cfg, r.queue+"-probe", nil)
 	cfg.PublishTimeout = 3 * time.Second
 	probe, err := resilient.NewPublisher(cfg, nil)
 	if err != nil {
-		r.t.Fatal(err)
+		s.t.Fatal(err)
 	}
 	msgs, ids := brokertest.Messages(10)
 	start := time.Now()
 	err = probe.Publish(r.queue, msgs...)
 	var pe *resilient.PublishError
 	if !errors.As(err, &pe) || !errors.Is(err, resilient.ErrNotConfirmed) || resilient.IsPermanent(err) || !slices.Equal(pe.Unconfirmed, ids) {
-		r.t.Fatalf("Publish without a majority: %v, want a transient ErrNotConfirmed naming its 10 messages", err)
+		s.t.Fatalf("Publish without a majority: %v, want a transient ErrNotConfirmed naming its 10 messages", err)
 	}
-	r.t.Logf("without a majority, Publish failed after %s: %.160s", time.Since(start).Round(time.Millisecond), err)
+	s.t.Logf("without a majority, Publish failed after %s: %.160s", time.Since(start).Round(time.Millisecond), err)
 	if err := probe.Close(); err != nil {
-		r.t.Logf("probe Close: %v", err)
+		s.t.Logf("probe Close: %v", err)
 	}
 
-	back := down[0]
-	if err := r.c.StartNode(back); err != nil {
-		r.t.Fatal(err)
+	if err := s.c.StartNode(down[0]); err != nil {
+		s.t.Fatal(err)
 	}
 	majority := time.Now()
-	r.t.Logf("node %d back %s after the majority was lost", back, majority.Sub(lostAt).Round(time.Millisecond))
+	s.t.Logf("node %d back %s after the majority was lost", down[0], majority.Sub(lostAt).Round(time.Millisecond))
 	r.recovery("majority back", majority)
-	if err := r.c.StartNode(down[1]); err != nil {
-		r.t.Fatal(err)
+	wait := s.restart(down[1])
+	for _, r := range s.runs[1:] {
+		r.recovery("majority back", majority)
 	}
-	r.load.WaitProgress(500)
+	wait()
+	s.settled(down[1], lostAt)
 }
 
 // finish stops publishing, waits until the handler got every confirmed
@@ -309,37 +341,31 @@ func (r *run) finish() {
 		r.t.Errorf("publisher Close: %v", err)
 	}
 	tally := r.arrived.Tally(ids)
-	r.t.Logf("handled: %s", tally)
+	r.t.Logf("%s queue, handled: %s", r.kind, tally)
 	brokertest.RequireNoneLost(r.t, tally)
-	left := r.describeQueue()
-	r.t.Logf("queue at the end: %s", left)
+	r.t.Logf("%s queue at the end: %s", r.kind, r.describeQueue())
 }
 
 var quorum = amqp091.Table{"x-queue-type": "quorum"}
 
-// A quorum queue through SIGKILL of the node in use, a graceful stop of
-// another, and the loss of the majority: nothing confirmed is lost, no
-// Publish fails within its minute, and without a majority a short-bound
-// Publish fails with ErrNotConfirmed.
-func TestQuorumQueueThroughNodeLosses(t *testing.T) {
+// A quorum queue and a classic durable queue, side by side, each with its
+// publisher (16 and 8 goroutines of 1 KiB messages) and its subscriber,
+// through SIGKILL of the node in use, a graceful stop of another, and the
+// loss of the majority. Nothing confirmed is lost and no Publish fails
+// within its minute. Without a majority a short-bound Publish to the quorum
+// queue fails with ErrNotConfirmed. The classic queue lives on one node:
+// while that node is away its messages wait (its declaration says "down or
+// inaccessible"), within their bound.
+func TestQueuesThroughNodeLosses(t *testing.T) {
 	c := needCluster(t)
-	r := startRun(t, c, "quorum", quorum)
-	killed := r.killNodeInUse()
-	r.stopAnotherNode(killed)
-	r.minority()
-	r.finish()
+	s := &scenario{t: t, c: c, runs: []*run{
+		startRun(t, c, "quorum", quorum, 16),
+		startRun(t, c, "classic", nil, 8),
+	}}
+	killed := s.killNodeInUse()
+	s.stopAnotherNode(killed)
+	s.minority()
+	for _, r := range s.runs {
+		r.finish()
+	}
 }
-
-// A classic durable queue through SIGKILL of the node in use and a graceful
-// stop of another. The queue lives on one node: while that node is away
-// its messages wait (the declaration says "down or inaccessible"), within
-// their bound.
-func TestClassicQueueThroughNodeLosses(t *testing.T) {
-	c := needCluster(t)
-	r := startRun(t, c, "classic", nil)
-	killed := r.killNodeInUse()
-	r.stopAnotherNode(killed)
-	r.finish()
-}
-
-var _ message.Publisher = (*resilient.Publisher)(nil)
