@@ -75,6 +75,9 @@ func (l *lane) run() {
 			l.failPending(nil, false)
 			return
 		}
+		// A new channel: whatever ended the last one (a nack, a time-out, the
+		// broker), this one has not been nacked.
+		l.replace = false
 		cause := l.serve(ch)
 		// amqp091-go marks the connection closed before it closes its
 		// channels: a channel that died alone sees it open.
@@ -84,7 +87,6 @@ func (l *lane) run() {
 		}
 		if cause == errReplaced {
 			l.logger.Debug("Publishing channel nacked: replacing it", nil)
-			l.replace = false
 		} else {
 			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		}
