@@ -8,7 +8,10 @@ echo "broker control: ${RABBITMQCTL:-none}"
 
 # The fault tests restart the broker, drop its connections and raise memory
 # alarms: packages run one at a time (-p 1) so no test shares the broker
-# with them.
+# with them. cluster/ and tls/ start RabbitMQ nodes of their own
+# (scripts/cluster.sh: a 3-node cluster on 5691..5693, a TLS node on 5702)
+# and stop them at the end; they skip, saying why, where the machine has no
+# rabbitmq-server to start them with.
 go test -race -p 1 -count=1 -timeout 20m ./...
 # Without -race, the tests that drive watermill-amqp's own code through a
 # broker restart: its ConnectionWrapper races on its connection flag during
