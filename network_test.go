@@ -8,6 +8,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net/url"
 	"sync"
@@ -337,4 +338,63 @@ func TestSlowLinkWithinBounds(t *testing.T) {
 	f.states.Await("reconnecting")
 	f.states.Await("connected")
 	f.finish(t, 200)
+}
+
+// A link that freezes right after the handshake, before any frame armed
+// amqp091-go's read deadline (it clears the handshake's, and arms its own
+// only when a frame arrives): the publisher and the subscriber must still
+// find out, within about 1.5 heartbeats, and a Subscribe on the frozen link
+// returns when its context ends.
+func TestLinkFrozenRightAfterConnect(t *testing.T) {
+	for _, side := range []string{"publisher", "subscriber"} {
+		t.Run(side, func(t *testing.T) {
+			link, uri := proxy(t)
+			lost := make(chan time.Time, 1)
+			cfg := resilient.Config{
+				AMQP:         amqp.NewDurableQueueConfig(uri),
+				Heartbeat:    2 * time.Second,
+				CloseTimeout: time.Second,
+				OnEvent: func(e resilient.Event) {
+					if e.Kind == resilient.ConnectionLost {
+						select {
+						case lost <- time.Now():
+						default:
+						}
+					}
+				},
+			}
+			var closer interface{ Close() error }
+			var sub *resilient.Subscriber
+			if side == "publisher" {
+				pub, err := resilient.NewPublisher(cfg, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				closer = pub
+			} else {
+				var err error
+				if sub, err = resilient.NewSubscriber(cfg, nil); err != nil {
+					t.Fatal(err)
+				}
+				closer = sub
+			}
+			defer closer.Close()
+			link.Freeze()
+			frozen := time.Now()
+			if sub != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				_, err := sub.Subscribe(ctx, brokertest.Name("frozen-sub"))
+				cancel()
+				if took := time.Since(frozen); err == nil || took > 2*time.Second {
+					t.Fatalf("Subscribe on a frozen link: %v after %s, want its context's end (500ms)", err, took)
+				}
+			}
+			select {
+			case at := <-lost:
+				t.Logf("%s: link frozen right after connecting, lost after %s (heartbeat 2s)", side, at.Sub(frozen).Round(time.Millisecond))
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: a link frozen right after connecting was not found out in 10s (heartbeat 2s)", side)
+			}
+		})
+	}
 }

@@ -162,7 +162,9 @@ func (d *dialer) amqpConfig(got func(*socket)) amqp091.Config {
 			_ = conn.Close()
 			return nil, err
 		}
-		sock := newSocket(conn)
+		// A silent peer is given up after 1.5 heartbeats, as amqp091-go's own
+		// deadline does, and a little more: that one stays the first.
+		sock := newSocket(conn, d.cfg.Heartbeat*3/2+500*time.Millisecond)
 		got(sock)
 		return sock, nil
 	}

@@ -3,6 +3,8 @@ package resilient
 import (
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // maxCorked bounds what a corked socket holds before it writes anyway.
@@ -19,7 +21,13 @@ const maxCorked = 256 << 10
 // writes of other goroutines (other lanes, heartbeats) in the meantime join
 // the run.
 //
-// It cuts itself. A read error (the heartbeat deadline expiring on a frozen
+// It keeps a read deadline. amqp091-go arms one (1.5 heartbeats) each time
+// a frame arrives, and clears every deadline once the handshake is done:
+// until the next frame nothing is armed, and a peer that froze right after
+// the handshake would never be found out. Once amqp091-go has cleared the
+// handshake's deadline, every read here is given idle to complete.
+//
+// It cuts itself. A read error (the read deadline expiring on a frozen
 // peer, a reset) closes the socket at once. amqp091-go's reader, on that
 // error, shuts the connection down under the connection's lock and waits for
 // each channel's lock; a lane blocked writing to a frozen peer holds one of
@@ -37,14 +45,29 @@ type socket struct {
 	readMu  sync.Mutex
 	readErr error // the first read error, which cut the socket
 	cutOnce sync.Once
+
+	idle time.Duration // how long a read may wait, once open
+	open atomic.Bool    // the handshake is done: reads get idle
 }
 
-func newSocket(conn net.Conn) *socket { return &socket{Conn: conn} }
+func newSocket(conn net.Conn, idle time.Duration) *socket { return &socket{Conn: conn, idle: idle} }
+
+// SetDeadline is amqp091-go's: a zero time (it clears the handshake's
+// deadline once the connection is open) starts the idle deadline of reads.
+func (s *socket) SetDeadline(t time.Time) error {
+	if t.IsZero() && s.idle > 0 {
+		s.open.Store(true)
+	}
+	return s.Conn.SetDeadline(t)
+}
 
 // Read reads from the connection, and cuts it on any error: after a failed
 // read amqp091-go never reads again, and only a closed socket frees a writer
 // stuck on a peer that stopped reading.
 func (s *socket) Read(p []byte) (int, error) {
+	if s.open.Load() {
+		_ = s.Conn.SetReadDeadline(time.Now().Add(s.idle))
+	}
 	n, err := s.Conn.Read(p)
 	if err != nil {
 		s.readMu.Lock()

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"os"
 	"testing"
+	"time"
 )
 
 // recordingConn records every write that reaches the socket.
@@ -104,3 +106,45 @@ func TestCorkBufferIsAllocatedOnce(t *testing.T) {
 type discardConn struct{ net.Conn }
 
 func (discardConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// Once amqp091-go has cleared the handshake's deadline, a read that waits
+// longer than idle fails, and cuts the socket: a peer that froze right after
+// the handshake is found out although no frame ever armed amqp091-go's own
+// deadline. Before that (the handshake), the dial's deadline rules.
+func TestSocketIdleDeadlineOnceOpen(t *testing.T) {
+	ours, peer := net.Pipe()
+	defer peer.Close()
+	s := newSocket(ours, 50*time.Millisecond)
+
+	// Handshaking: no idle deadline yet.
+	if err := s.Conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("read during the handshake: %v after %s, want the dial's deadline (200ms)", err, time.Since(start))
+	}
+
+	ours, peer = net.Pipe()
+	defer peer.Close()
+	s = newSocket(ours, 50*time.Millisecond)
+	if err := s.SetDeadline(time.Time{}); err != nil { // amqp091-go's openComplete
+		t.Fatal(err)
+	}
+	go func() { _, _ = peer.Write([]byte("x")) }()
+	if n, err := s.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Fatalf("a frame in time: %d, %v", n, err)
+	}
+	start = time.Now()
+	_, err := s.Read(make([]byte, 1))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("silent peer: %v, want a deadline", err)
+	}
+	t.Logf("silent peer found out after %s (idle 50ms)", time.Since(start).Round(time.Millisecond))
+	if s.readError() == nil {
+		t.Fatal("the read error was not kept")
+	}
+	if _, err := peer.Write([]byte("y")); err == nil {
+		t.Fatal("the socket was not cut")
+	}
+}

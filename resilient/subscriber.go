@@ -136,12 +136,17 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.subs.Add(1)
 	s.mu.Unlock()
 
-	if err := s.declareIfConnected(topic, queue, exchange); err != nil && !errors.Is(err, errConnectionLost) {
-		s.subs.Done()
-		return nil, err
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.closeCtx, cancel)
+	if err := s.declareIfConnected(ctx, topic, queue, exchange); err != nil && !errors.Is(err, errConnectionLost) {
+		stop()
+		cancel()
+		s.subs.Done()
+		if s.closeCtx.Err() != nil {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
 	sub := &subscription{
 		s:          s,
 		ctx:        ctx,
@@ -171,6 +176,14 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.subs.Add(1) // Close waits for the declaration
+	s.mu.Unlock()
+	defer s.subs.Done()
 	ctx, cancel := context.WithTimeout(s.closeCtx, s.cfg.PublishTimeout)
 	defer cancel()
 	for {
@@ -181,7 +194,10 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 			}
 			return err
 		}
-		err = s.declare(sess, topic, queue, exchange)
+		err = s.declare(ctx, sess, topic, queue, exchange)
+		if s.closeCtx.Err() != nil {
+			return ErrClosed
+		}
 		if !errors.Is(err, errConnectionLost) {
 			return err
 		}
@@ -231,18 +247,33 @@ func (s *Subscriber) names(topic string) (queue, exchange string, err error) {
 }
 
 // declareIfConnected declares topic's topology when a connection is up.
-func (s *Subscriber) declareIfConnected(topic, queue, exchange string) error {
+func (s *Subscriber) declareIfConnected(ctx context.Context, topic, queue, exchange string) error {
 	sess := s.sup.live()
 	if sess == nil {
 		return errConnectionLost
 	}
-	return s.declare(sess, topic, queue, exchange)
+	return s.declare(ctx, sess, topic, queue, exchange)
 }
 
-func (s *Subscriber) declare(sess *session, topic, queue, exchange string) error {
-	return sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, _ string) error {
-		return s.cfg.AMQP.TopologyBuilder.BuildTopology(ch, queue, exchange, s.cfg.AMQP, s.logger)
-	})
+// declare declares topic's topology on sess, on a goroutine of its own, and
+// waits for it or for ctx: a declaration on a link that froze lasts until
+// the socket is cut, and its caller need not wait that long. The caller
+// holds s.subs, so that Close waits for the goroutine too.
+func (s *Subscriber) declare(ctx context.Context, sess *session, topic, queue, exchange string) error {
+	done := make(chan error, 1)
+	s.subs.Add(1)
+	go func() {
+		defer s.subs.Done()
+		done <- sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, _ string) error {
+			return s.cfg.AMQP.TopologyBuilder.BuildTopology(ch, queue, exchange, s.cfg.AMQP, s.logger)
+		})
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("topology of %s not declared: %w", topic, ctx.Err())
+	}
 }
 
 // subscription is one Subscribe call. Its goroutine owns its channel, and
