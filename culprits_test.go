@@ -225,3 +225,91 @@ func TestQueueDeletedUnderLiveConnection(t *testing.T) {
 		brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, sent.All()))
 	}
 }
+
+// The same message (one UUID, so one message_id) published at once to two
+// topics on one channel, one of whose queues an operator deleted: a return
+// names no delivery tag, only the message, so it must be pinned on the one
+// that was returned. Each call returns nil only with its message in its
+// queue.
+func TestSameMessageTwiceAtOnceWithAReturn(t *testing.T) {
+	pub, _ := faultPublisher(t, brokertest.URI(), func(cfg *resilient.Config) { cfg.Channels = 1 })
+	defer closePublisher(t, pub)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	const rounds = 40
+	for round := 0; round < rounds; round++ {
+		kept, deleted := brokertest.Name("kept"), brokertest.Name("deleted")
+		brokertest.DeleteQueues(t, kept, deleted)
+		for _, q := range []string{kept, deleted} { // both declared and cached
+			warm, warmIDs := messages(1)
+			if err := pub.Publish(q, warm...); err != nil {
+				t.Fatal(err)
+			}
+			brokertest.Drain(t, q, warmIDs)
+		}
+		if _, err := ch.QueueDelete(deleted, false, false, false); err != nil {
+			t.Fatal(err)
+		}
+		msgs, ids := messages(1)
+		twin := msgs[0].Copy()
+		errs := make(chan error, 2)
+		go func() { errs <- pub.Publish(kept, msgs...) }()
+		go func() { errs <- pub.Publish(deleted, twin) }()
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		for _, q := range []string{kept, deleted} {
+			if r := brokertest.Drain(t, q, ids); len(r.Lost) > 0 {
+				t.Fatalf("round %d: Publish returned nil, but queue %s does not hold the message: %s", round, q, r)
+			}
+		}
+	}
+	t.Logf("%d rounds: both copies confirmed and in their queues each time", rounds)
+}
+
+// With Publish.Mandatory, the same message published at once to a routable
+// and an unroutable topic: the unroutable call fails with ErrUnroutable,
+// the routable one is confirmed.
+func TestSameMandatoryMessageRoutableAndNot(t *testing.T) {
+	exchange, bound := brokertest.Name("direct"), brokertest.Name("bound")
+	brokertest.DeleteQueues(t, bound)
+	cfg := amqp.NewDurablePubSubConfig(brokertest.URI(), nil)
+	cfg.Exchange.Type = "direct"
+	cfg.Exchange.GenerateName = func(string) string { return exchange }
+	cfg.Publish.GenerateRoutingKey = func(topic string) string { return topic }
+	cfg.Publish.Mandatory = true
+	pub, _ := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.AMQP = cfg; c.Channels = 1 })
+	defer closePublisher(t, pub)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	t.Cleanup(func() { _ = ch.ExchangeDelete(exchange, false, false) })
+	if err := ch.ExchangeDeclare(exchange, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(bound, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(bound, "routed", exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	var confirmed brokertest.IDs
+	for round := 0; round < 100; round++ {
+		msgs, ids := messages(1)
+		twin := msgs[0].Copy()
+		routed, unrouted := make(chan error, 1), make(chan error, 1)
+		go func() { routed <- pub.Publish("routed", msgs...) }()
+		go func() { unrouted <- pub.Publish("nowhere", twin) }()
+		if err := <-routed; err != nil {
+			t.Fatalf("round %d: the routable call: %v", round, err)
+		}
+		confirmed.Add(ids...)
+		if err := <-unrouted; !errors.Is(err, resilient.ErrUnroutable) {
+			t.Fatalf("round %d: the unroutable call: %v, want ErrUnroutable", round, err)
+		}
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, bound, confirmed.All()))
+}

@@ -42,10 +42,13 @@ type lane struct {
 	held    *delivery // a claimed solo delivery, waiting for pending to empty
 	// returned holds mandatory messages the broker returned, by message ID,
 	// until their ack arrives (a return always precedes its ack). A return
-	// carries no delivery tag: two mandatory messages in flight on one
-	// channel with the same message ID (the same message published twice at
-	// once) can have a return attributed to the wrong one.
-	returned map[string]amqp091.Return
+	// carries no delivery tag, only the message: so that it is pinned on
+	// the right one, no two mandatory messages with one ID are in flight on
+	// a channel at once (the same message published twice at once: the
+	// second is held until the channel is empty). mandatoryIDs counts those
+	// in flight.
+	returned     map[string]amqp091.Return
+	mandatoryIDs map[string]int
 	// resumedAt is when the broker last unblocked the connection: time spent
 	// blocked does not count against ConfirmTimeout.
 	resumedAt time.Time
@@ -64,6 +67,8 @@ func newLane(sess *session, id int) *lane {
 		queue:    make(chan *delivery, sess.cfg.MaxInFlight),
 		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
 		returned: make(map[string]amqp091.Return),
+
+		mandatoryIDs: make(map[string]int),
 	}
 }
 
@@ -243,17 +248,31 @@ func closeCause(e *amqp091.Error, ok bool) error {
 }
 
 // take claims d and sends it, unless its caller gave up on it, or an earlier
-// message of its call must be sent again first, or it must go alone and
-// others are in flight (then it is held until they are settled).
+// message of its call must be sent again first, or it must go alone (a
+// suspect), or a mandatory message with its ID is in flight: then it is held
+// until the channel is empty.
 func (l *lane) take(ch *amqp091.Channel, d *delivery) {
 	if !d.claim() {
 		return // its caller gave up on it
 	}
-	if d.solo && l.pending.len() > 0 {
+	if l.pending.len() > 0 && (d.solo || d.msg.mandatory && l.mandatoryIDs[d.msg.publishing.MessageId] > 0) {
 		l.held = d
 		return
 	}
 	l.send(ch, d)
+}
+
+// settled forgets d once it left the channel (confirmed, nacked or lost).
+func (l *lane) settled(d *delivery) {
+	if !d.msg.mandatory {
+		return
+	}
+	id := d.msg.publishing.MessageId
+	if l.mandatoryIDs[id] <= 1 {
+		delete(l.mandatoryIDs, id)
+	} else {
+		l.mandatoryIDs[id]--
+	}
 }
 
 func (l *lane) send(ch *amqp091.Channel, d *delivery) {
@@ -282,6 +301,9 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 	}
 	d.dc, d.sentAt = dc, time.Now()
 	l.pending.push(d)
+	if m.mandatory {
+		l.mandatoryIDs[m.publishing.MessageId]++
+	}
 }
 
 // settle reports the oldest messages whose confirmation has arrived, in
@@ -345,6 +367,7 @@ func (l *lane) collectReturns(returns <-chan amqp091.Return) {
 
 // report tells d's caller how the broker answered.
 func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
+	l.settled(d)
 	m := d.msg
 	if m.mandatory {
 		l.collectReturns(returns)
@@ -395,6 +418,7 @@ func (l *lane) failPending(cause error, channelOnly bool) {
 	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
+		l.settled(d)
 		switch {
 		case b.culprit != nil && b.culprit(d.msg) && errors.Is(classifyBroker(cause), ErrNotFound):
 			// A missing exchange: the next attempt declares it again,
