@@ -4,7 +4,9 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
@@ -183,3 +185,31 @@ func TestBrokerMaxMessageSize(t *testing.T) {
 
 var _ = errors.Is
 var _ = watermill.NewUUID
+
+// Headers larger than the connection's frame_max: the broker would close
+// the whole connection (501 FRAME_ERROR), on every reconnect. That message
+// fails alone, at once, with ErrMessageTooLarge; the others of the call are
+// confirmed, and the connection never drops.
+func TestHeadersLargerThanAFrame(t *testing.T) {
+	queue := brokertest.Name("big-headers")
+	brokertest.DeleteQueues(t, queue)
+	var lost atomic.Int64
+	pub := newPublisher(t, resilient.Config{OnEvent: func(e resilient.Event) {
+		if e.Kind == resilient.ConnectionLost {
+			lost.Add(1)
+		}
+	}})
+	msgs, ids := newMessages(3)
+	msgs[1].Metadata.Set("big", strings.Repeat("x", 200<<10))
+	start := time.Now()
+	err := pub.Publish(queue, msgs...)
+	pe := requirePublishError(t, err, resilient.ErrMessageTooLarge, ids[1:2])
+	if !resilient.IsPermanent(err) || time.Since(start) > time.Second {
+		t.Fatalf("%v after %s: want a permanent error at once", err, time.Since(start))
+	}
+	t.Log(pe)
+	if n := lost.Load(); n != 0 {
+		t.Fatalf("the connection was lost %d time(s)", n)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, []string{ids[0], ids[2]}))
+}

@@ -22,8 +22,9 @@ type outgoing struct {
 	// ownQueue: it goes to a queue the publisher declares itself, so a
 	// return means the queue vanished under the live connection: declare it
 	// again and re-send, rather than let the broker confirm and drop it.
-	ownQueue   bool
-	publishing amqp091.Publishing
+	ownQueue    bool
+	publishing  amqp091.Publishing
+	headerFrame int // the size of its header frame (frame.go)
 
 	nacks   int  // broker nacks so far
 	returns int  // returns from its own queue so far

@@ -285,6 +285,11 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 		d.report(outcomeFailed, messageContextEnded(m))
 		return
 	}
+	if frameMax := l.sess.conn.Config.FrameSize; frameMax > 0 && m.headerFrame > frameMax {
+		d.report(outcomeFailed, fmt.Errorf("%w: %s has %d bytes of properties and headers, more than the connection's frame_max (%d), which would close the connection",
+			ErrMessageTooLarge, m.uuid, m.headerFrame, frameMax))
+		return
+	}
 	dc, err := ch.PublishWithDeferredConfirm(m.exchange, m.routingKey, m.mandatory, false, m.publishing)
 	if err != nil {
 		// A write error: the channel or connection is going, and its close

@@ -65,14 +65,15 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			continue
 		}
 		store[i] = outgoing{
-			index:      i,
-			uuid:       msg.UUID,
-			ctx:        msg.Context(),
-			exchange:   exchange,
-			routingKey: routingKey,
-			mandatory:  p.cfg.AMQP.Publish.Mandatory || ownQueue,
-			ownQueue:   ownQueue,
-			publishing: pub,
+			index:       i,
+			uuid:        msg.UUID,
+			ctx:         msg.Context(),
+			exchange:    exchange,
+			routingKey:  routingKey,
+			mandatory:   p.cfg.AMQP.Publish.Mandatory || ownQueue,
+			ownQueue:    ownQueue,
+			publishing:  pub,
+			headerFrame: headerFrameSize(pub),
 		}
 		batch = append(batch, &store[i])
 	}

@@ -47,7 +47,7 @@ type socket struct {
 	cutOnce sync.Once
 
 	idle time.Duration // how long a read may wait, once open
-	open atomic.Bool    // the handshake is done: reads get idle
+	open atomic.Bool   // the handshake is done: reads get idle
 }
 
 func newSocket(conn net.Conn, idle time.Duration) *socket { return &socket{Conn: conn, idle: idle} }
