@@ -26,15 +26,26 @@ func blameFor(cause error) blame {
 	}
 	switch ae.Code {
 	case amqp091.NotFound, amqp091.AccessRefused:
-		// "NOT_FOUND - no exchange 'x' in vhost '/'"
-		if !strings.Contains(ae.Reason, "exchange '") {
-			return blame{}
-		}
 		name, ok := quotedName(ae.Reason, "exchange '")
 		if !ok {
 			return blame{}
 		}
-		return blame{culprit: func(m *outgoing) bool { return m.exchange == name }, exchange: name}
+		if name == "amq.default" {
+			name = "" // the default exchange, as messages name it
+		}
+		// "ACCESS_REFUSED - write access to topic 'a.b' in exchange 'x' in
+		// vhost '/' refused for user 'u'": that routing key only, and the
+		// exchange is fine.
+		if key, ok := quotedName(ae.Reason, "access to topic '"); ok {
+			return blame{culprit: func(m *outgoing) bool { return m.exchange == name && m.routingKey == key }}
+		}
+		// "NOT_FOUND - no exchange 'x' in vhost '/'", "ACCESS_REFUSED -
+		// access to exchange 'x' in vhost '/' refused for user 'u'"
+		b := blame{culprit: func(m *outgoing) bool { return m.exchange == name }}
+		if name != "" {
+			b.exchange = name // checked on a channel of its own from now on
+		}
+		return b
 	case amqp091.PreconditionFailed:
 		// "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024"
 		if i := strings.LastIndex(ae.Reason, "max size "); i >= 0 {

@@ -213,3 +213,83 @@ func TestHeadersLargerThanAFrame(t *testing.T) {
 	}
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, []string{ids[0], ids[2]}))
 }
+
+// limitedUser adds a user with the given configure, write and read
+// permissions for the test, and returns the broker's URI as that user.
+func limitedUser(t *testing.T, configure, write, read string) string {
+	t.Helper()
+	user, password := "resilient-test-"+strings.ToLower(t.Name()), "limited-Pa55"
+	brokertest.Ctl(t, "add_user", user, password)
+	t.Cleanup(func() { _, _ = brokertest.CtlErr("delete_user", user) })
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, configure, write, read)
+	u, err := url.Parse(brokertest.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(user, password)
+	return u.String()
+}
+
+// No write permission on the default exchange: the broker names it
+// 'amq.default', messages name it "": the messages to it fail at once,
+// permanently, rather than the channel being reopened until the bound.
+func TestAccessRefusedOnTheDefaultExchange(t *testing.T) {
+	uri := limitedUser(t, ".*", "^nothing$", ".*")
+	queue := brokertest.Name("no-write")
+	brokertest.DeleteQueues(t, queue)
+	pub := newPublisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), PublishTimeout: 10 * time.Second})
+	msgs, ids := newMessages(3)
+	start := time.Now()
+	err := pub.Publish(queue, msgs...)
+	requirePublishError(t, err, resilient.ErrAccessRefused, ids)
+	if !resilient.IsPermanent(err) || time.Since(start) > 2*time.Second {
+		t.Fatalf("%v after %s: want a permanent ErrAccessRefused at once", err, time.Since(start))
+	}
+	t.Logf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+// Topic permissions: on a topic exchange, the user may publish with routing
+// keys allowed.* only. On one channel, calls with allowed keys and one with
+// a denied key at the same time: the denied message fails, permanently; the
+// allowed ones are confirmed (they were in flight on the channel the broker
+// closed, but the broker named the key).
+func TestTopicPermissionBlamesTheKeyOnly(t *testing.T) {
+	uri := limitedUser(t, ".*", ".*", ".*")
+	exchange, bound := brokertest.Name("topics"), brokertest.Name("allowed-q")
+	user := "resilient-test-" + strings.ToLower(t.Name())
+	brokertest.Ctl(t, "set_topic_permissions", "-p", "/", user, exchange, `^allowed\..*`, `^allowed\..*`)
+	brokertest.DeleteQueues(t, bound)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	t.Cleanup(func() { _ = ch.ExchangeDelete(exchange, false, false) })
+	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(bound, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(bound, "allowed.#", exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := amqp.NewDurablePubSubConfig(uri, nil)
+	cfg.Exchange.Type = "topic"
+	cfg.Exchange.GenerateName = func(string) string { return exchange }
+	cfg.Publish.GenerateRoutingKey = func(topic string) string { return topic }
+	pub := newPublisher(t, resilient.Config{AMQP: cfg, Channels: 1})
+
+	var confirmed brokertest.IDs
+	for round := 0; round < 20; round++ {
+		allowed, allowedIDs := newMessages(200)
+		denied, deniedIDs := newMessages(1)
+		errs := make(chan error, 1)
+		go func() { errs <- pub.Publish("allowed.x", allowed...) }()
+		err := pub.Publish("denied.x", denied...)
+		requirePublishError(t, err, resilient.ErrAccessRefused, deniedIDs)
+		if err := <-errs; err != nil {
+			t.Fatalf("round %d: the allowed call failed: %v", round, err)
+		}
+		confirmed.Add(allowedIDs...)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, bound, confirmed.All()))
+}

@@ -62,6 +62,15 @@ func TestBlameFor(t *testing.T) {
 	if b.culprit == nil || !b.culprit(m("", 1, "mallory")) || b.culprit(m("", 1, "")) || b.culprit(m("", 1, "guest")) {
 		t.Fatal("406 user_id should blame the messages claiming to be mallory only")
 	}
+	m2 := func(exchange, key string) *outgoing { return &outgoing{exchange: exchange, routingKey: key} }
+	b = blameFor(&amqp091.Error{Code: 403, Reason: "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'u'", Server: true})
+	if b.culprit == nil || !b.culprit(m2("", "q")) || b.culprit(m2("x", "q")) || b.exchange != "" {
+		t.Fatal("403 on amq.default should blame the messages to the default exchange, and suspect no exchange")
+	}
+	b = blameFor(&amqp091.Error{Code: 403, Reason: "ACCESS_REFUSED - write access to topic 'denied.x' in exchange 'events' in vhost '/' refused for user 'u'", Server: true})
+	if b.culprit == nil || !b.culprit(m2("events", "denied.x")) || b.culprit(m2("events", "allowed.x")) || b.exchange != "" {
+		t.Fatal("403 on a topic should blame that routing key on that exchange only, and suspect no exchange")
+	}
 	for _, unnamed := range []error{
 		&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED", Server: true},
 		&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - something else", Server: true},
