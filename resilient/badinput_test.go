@@ -200,6 +200,24 @@ func TestInvalidConfig(t *testing.T) {
 			t.Log(err)
 		})
 	}
+	// A reserved character left in a password ends the URI's authority early,
+	// and the parser's text quotes a piece of the password: no piece of it
+	// may reach the error.
+	for _, reserved := range []string{"#", "/", "?"} {
+		pieces := []string{"Xq7", "Zr9Kw"}
+		cfg := valid()
+		cfg.AMQP.Connection.AmqpURI = "amqp://user:" + pieces[0] + reserved + pieces[1] + "@localhost:5672/"
+		err := cfg.Validate()
+		if !errors.Is(err, resilient.ErrConfig) {
+			t.Fatalf("password with %q: %v, want ErrConfig", reserved, err)
+		}
+		for _, piece := range pieces {
+			if strings.Contains(err.Error(), piece) {
+				t.Fatalf("password with %q: the error shows a piece of it (%q): %v", reserved, piece, err)
+			}
+		}
+		t.Logf("password with %q: %v", reserved, err)
+	}
 	if err := valid().Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}

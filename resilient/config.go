@@ -3,6 +3,7 @@ package resilient
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
@@ -227,7 +228,9 @@ func (c Config) validate(publishing bool) error {
 		parsed, err := amqp091.ParseURI(uri)
 		switch {
 		case err != nil:
-			add("URI %s: %s", redactURI(uri), redactText(err.Error(), uri))
+			// The parser's own text may quote a piece of the password (a '#',
+			// '/' or '?' in it ends the authority early): none of it here.
+			add("URI %s cannot be parsed (%s); percent-encode reserved characters in the user name and password", redactURI(uri), uriProblem(err))
 		case parsed.Port < 1 || parsed.Port > 65535:
 			add("URI %s: port %d out of range", redactURI(uri), parsed.Port)
 		}
@@ -294,4 +297,16 @@ func (c Config) validate(publishing bool) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+}
+
+// uriProblem names what amqp091-go found wrong with a URI, without quoting
+// any of it.
+func uriProblem(err error) string {
+	text := err.Error()
+	for _, known := range []string{"Bad scheme", "invalid port", "missing protocol scheme", "invalid character", "invalid URL escape"} {
+		if strings.Contains(text, known) {
+			return strings.ToLower(known)
+		}
+	}
+	return "malformed"
 }
