@@ -298,6 +298,10 @@ type consumer struct {
 
 func (sub *subscription) run() {
 	defer close(sub.out)
+	// Paces the consumers that die as soon as they start (the broker
+	// refusing what consume asked, with NoWait: an exclusive consumer
+	// elsewhere), which would otherwise attach again in a tight loop.
+	shortLived := sub.s.cfg.Reconnect.newBackoff()
 	for attached := false; ; attached = true {
 		c := sub.attach()
 		if c == nil {
@@ -308,6 +312,7 @@ func (sub *subscription) run() {
 			sub.s.cfg.emit(Event{Kind: ConsumerReattached})
 		}
 		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
+		started := time.Now()
 		stopping := sub.consume(c)
 		_ = c.ch.Close() // unacked deliveries go back to the queue
 		<-c.dead
@@ -316,8 +321,24 @@ func (sub *subscription) run() {
 			return
 		}
 		sub.logger.Info("Consuming interrupted, resuming", watermill.LogFields{"reason": fmt.Sprint(c.why)})
+		if time.Since(started) >= minConsumerLife {
+			shortLived.Reset()
+			continue
+		}
+		wait := time.NewTimer(shortLived.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
 	}
 }
+
+// minConsumerLife: a consumer that ended sooner waits before attaching
+// again, longer each time in a row.
+const minConsumerLife = time.Second
 
 // attach waits for a connection, opens a channel, declares the topology,
 // sets Qos and starts consuming, retrying with a fresh backoff until it

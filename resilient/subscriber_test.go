@@ -439,3 +439,41 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	<-done
 	r.tally(t, append(beforeIDs, afterIDs...))
 }
+
+// A consumer the broker refuses right after consume (NoWait, and the queue
+// already consumed exclusively elsewhere): the subscription attaches again
+// with a growing pause, not in a tight loop.
+func TestSubscriberShortLivedConsumersBackOff(t *testing.T) {
+	queue := brokertest.Name("exclusive")
+	brokertest.DeleteQueues(t, queue)
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Consume(queue, "", false, true, false, false, nil); err != nil { // exclusive
+		t.Fatal(err)
+	}
+	var reattached atomic.Int64
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
+	cfg.AMQP.Consume.NoWait = true
+	cfg.AMQP.Consume.Exclusive = true
+	cfg.OnEvent = func(e resilient.Event) {
+		if e.Kind == resilient.ConsumerReattached {
+			reattached.Add(1)
+		}
+	}
+	sub, _ := newSubscriber(t, cfg, watermill.NopLogger{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, queue); err != nil {
+		t.Fatal(err)
+	}
+	<-ctx.Done()
+	n := reattached.Load()
+	t.Logf("%d re-attaches in 2 s", n)
+	if n > 15 {
+		t.Fatalf("%d re-attaches in 2 s: a tight loop", n)
+	}
+}
