@@ -207,3 +207,40 @@ func TestDocumentedStacksUnderRandomFaults(t *testing.T) {
 		})
 	}
 }
+
+// One call of 50,000 messages, half of them each with a context of its own
+// that ends within the call's PublishTimeout: the call still returns within
+// that bound and a margin (tracking the contexts was quadratic: 100,000
+// such messages took 14.7 s with a 1 s PublishTimeout), and the others are
+// confirmed or listed.
+func TestManyContextsInOneCallKeepTheBound(t *testing.T) {
+	queue := brokertest.Name("many-ctx")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.PublishTimeout = time.Second })
+	defer closePublisher(t, pub)
+	const n = 50000
+	msgs, ids := messages(n)
+	var cancels []context.CancelFunc
+	for i, m := range msgs {
+		if i%2 == 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%1000)*time.Millisecond)
+			m.SetContext(ctx)
+			cancels = append(cancels, cancel)
+		}
+	}
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}()
+	start := time.Now()
+	err := pub.Publish(queue, msgs...)
+	took := time.Since(start)
+	var acc accounting
+	acc.record(t, ids, err)
+	t.Logf("%d messages with their own contexts: returned after %s (PublishTimeout 1s)", n, took.Round(time.Millisecond))
+	if took > 4*time.Second {
+		t.Fatalf("Publish took %s with PublishTimeout 1s", took)
+	}
+	acc.check(t, queue)
+}

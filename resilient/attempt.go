@@ -57,16 +57,17 @@ func newAttempt(msgs []*outgoing, maxNackRetries int) *attempt {
 	}
 	for i, m := range msgs {
 		a.deliveries[i].msg, a.deliveries[i].att, a.deliveries[i].solo = m, a, m.solo
+		m.slot = i
 	}
 	return a
 }
 
 // run hands the deliveries, in order, to a lane's intake, and settles their
 // outcomes until every one is settled. It gives up on a message when its
-// Context() ends (wake says one did) and on all of them when ctx ends; when
-// dead is closed (the session's lanes have all exited, each having reported
-// what it claimed) the rest are to be sent again.
-func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead, wake <-chan struct{}) {
+// Context() ends (watch says which did) and on all of them when ctx ends;
+// when dead is closed (the session's lanes have all exited, each having
+// reported what it claimed) the rest are to be sent again.
+func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead <-chan struct{}, watch *contextWatch) {
 	for a.open > 0 {
 		next := a.nextToHand()
 		if a.open == 0 {
@@ -89,16 +90,14 @@ func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead, wake <
 			a.handed++
 		case o := <-a.results:
 			a.settle(o.d, o.kind, o.err)
-		case <-wake:
-			a.giveUp(func(m *outgoing) error {
-				if m.ctx.Err() == nil {
-					return nil
+		case <-watch.woken():
+			watch.takeEnded(func(m *outgoing) {
+				if m.slot < len(a.deliveries) && a.deliveries[m.slot].msg == m {
+					a.giveUpOn(&a.deliveries[m.slot], messageContextEnded(m))
 				}
-				return messageContextEnded(m)
 			})
 		case <-ctx.Done():
-			err := deadlineErr(ctx, ctx.Err())
-			a.giveUp(func(*outgoing) error { return err })
+			a.giveUp(deadlineErr(ctx, ctx.Err()))
 		case <-dead:
 			a.afterSessionDeath()
 		}
@@ -127,21 +126,23 @@ func (a *attempt) nextToHand() *delivery {
 	return nil
 }
 
-// giveUp stops waiting for the messages expired returns an error for. A
-// queued one is abandoned, so no lane will send it; one a lane claimed
-// already is no longer waited for (its outcome is ignored): it is reported
-// unconfirmed, which it may or may not be.
-func (a *attempt) giveUp(expired func(*outgoing) error) {
+// giveUp stops waiting for every message not settled yet.
+func (a *attempt) giveUp(err error) {
 	for i := range a.deliveries {
-		d := &a.deliveries[i]
-		if d.settled {
-			continue
-		}
-		if err := expired(d.msg); err != nil {
-			d.abandon()
-			a.settle(d, outcomeFailed, err)
-		}
+		a.giveUpOn(&a.deliveries[i], err)
 	}
+}
+
+// giveUpOn stops waiting for d, unless it is settled. A queued one is
+// abandoned, so no lane will send it; one a lane claimed already is no
+// longer waited for (its outcome is ignored): it is reported unconfirmed,
+// which it may or may not be.
+func (a *attempt) giveUpOn(d *delivery, err error) {
+	if d.settled {
+		return
+	}
+	d.abandon()
+	a.settle(d, outcomeFailed, err)
 }
 
 // afterSessionDeath settles what the lanes reported before they exited, and

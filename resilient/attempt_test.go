@@ -155,9 +155,8 @@ func TestAttemptCancelledContextsAreCountedOnce(t *testing.T) {
 		go lane.run(uint64(round), stop)
 
 		a := newAttempt(msgs, 0)
-		wake := make(chan struct{}, 1)
-		ctx, release := watchedContext(msgs, wake)
-		a.run(ctx, lane.intake, lane.dead, wake)
+		ctx, watch, release := watchedContext(msgs)
+		a.run(ctx, lane.intake, lane.dead, watch)
 		release()
 		close(stop)
 		<-lane.dead
@@ -175,11 +174,10 @@ func TestAttemptCancelledContextsAreCountedOnce(t *testing.T) {
 
 // watchedContext is a call's context the way callContext makes it, without
 // a publisher.
-func watchedContext(msgs []*outgoing, wake chan struct{}) (context.Context, func()) {
+func watchedContext(msgs []*outgoing) (context.Context, *contextWatch, func()) {
 	base, cancel := context.WithCancelCause(context.Background())
-	watched, immortal := contextsToWatch(msgs)
-	stop := watchMessageContexts(watched, immortal, wake, cancel)
-	return base, func() { stop(); cancel(nil) }
+	watch := watchContexts(msgs, cancel)
+	return base, watch, func() { watch.stop(); cancel(nil) }
 }
 
 // Random outcomes, random cancellations, a call deadline and a session that
@@ -208,10 +206,9 @@ func TestAttemptRandomized(t *testing.T) {
 		}
 
 		a := newAttempt(msgs, rng.IntN(3)-1)
-		wake := make(chan struct{}, 1)
-		ctx, release := watchedContext(msgs, wake)
+		ctx, watch, release := watchedContext(msgs)
 		deadline, cancel := context.WithTimeout(ctx, time.Duration(1+rng.IntN(10))*time.Millisecond)
-		a.run(deadline, lane.intake, lane.dead, wake)
+		a.run(deadline, lane.intake, lane.dead, watch)
 		cancel()
 		release()
 		checkSettlement(t, a, msgs, lane)

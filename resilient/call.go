@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -32,7 +31,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 	defer func() {
 		p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err})
 	}()
-	ctx, wake, release := p.callContext(batch)
+	ctx, watch, release := p.callContext(batch)
 	defer release()
 
 	var failed []failure
@@ -60,7 +59,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 		notDeclared = nil
 		lane := sess.pickLane()
 		a := newAttempt(remaining, p.cfg.MaxNackRetries)
-		a.run(ctx, lane.queue, sess.dead, wake)
+		a.run(ctx, lane.queue, sess.dead, watch)
 		failed = append(failed, a.failed...)
 		remaining = a.retry
 		p.reportAttempt(a)
@@ -121,24 +120,17 @@ func failAll(failed []failure, msgs []*outgoing, err error) []failure {
 
 // callContext is the context of one Publish call, which ends when Close
 // gives up on it (its cause is ErrClosed), after PublishTimeout, or once
-// every message's Context() has ended. wake (nil unless some message's
-// Context() can end) signals that one did.
-func (p *Publisher) callContext(batch []*outgoing) (ctx context.Context, wake <-chan struct{}, release func()) {
-	base := p.abortCtx
-	var stopWatching func()
-	if watched, immortal := contextsToWatch(batch); len(watched) > 0 {
-		var cancelBase context.CancelCauseFunc
-		base, cancelBase = context.WithCancelCause(p.abortCtx)
-		w := make(chan struct{}, 1)
-		stop := watchMessageContexts(watched, immortal, w, cancelBase)
-		wake, stopWatching = w, func() { stop(); cancelBase(nil) }
-	}
+// every message's Context() has ended; and the watch of the messages'
+// contexts (nil when none can end).
+func (p *Publisher) callContext(batch []*outgoing) (ctx context.Context, watch *contextWatch, release func()) {
+	base, cancelBase := context.WithCancelCause(p.abortCtx)
+	// The bound starts now, before the watch of many contexts is set up.
 	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
-	return ctx, wake, func() {
+	watch = watchContexts(batch, cancelBase)
+	return ctx, watch, func() {
+		watch.stop()
 		cancel()
-		if stopWatching != nil {
-			stopWatching()
-		}
+		cancelBase(nil)
 	}
 }
 
@@ -152,53 +144,6 @@ func deadlineErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(ctx))
 	}
 	return fmt.Errorf("%w: %w; %v", ErrNotConfirmed, context.Cause(ctx), err)
-}
-
-// contextsToWatch lists the distinct message contexts that can end, and
-// tells whether some message's context never ends. Most messages carry
-// context.Background(): then there is nothing to watch, and nothing to
-// allocate.
-func contextsToWatch(batch []*outgoing) (distinct []context.Context, immortal bool) {
-	for _, m := range batch {
-		if m.ctx.Done() == nil {
-			immortal = true
-			continue
-		}
-		if !slices.Contains(distinct, m.ctx) {
-			distinct = append(distinct, m.ctx)
-		}
-	}
-	return distinct, immortal
-}
-
-// watchMessageContexts wakes the attempt loop when a message's Context()
-// ends, and cancels the call once every message's has (unless some
-// message's context is immortal). It returns the function that stops
-// watching.
-func watchMessageContexts(distinct []context.Context, immortal bool, wake chan struct{}, cancel context.CancelCauseFunc) func() {
-	var mu sync.Mutex
-	live := len(distinct)
-	stops := make([]func() bool, 0, len(distinct))
-	for _, c := range distinct {
-		stops = append(stops, context.AfterFunc(c, func() {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-			mu.Lock()
-			live--
-			last := live == 0
-			mu.Unlock()
-			if last && !immortal {
-				cancel(context.Cause(c))
-			}
-		}))
-	}
-	return func() {
-		for _, stop := range stops {
-			stop()
-		}
-	}
 }
 
 func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) {

@@ -26,6 +26,7 @@ type outgoing struct {
 	publishing  amqp091.Publishing
 	headerFrame int // the size of its header frame (frame.go)
 
+	slot    int  // its delivery's index in the current attempt
 	nacks   int  // broker nacks so far
 	returns int  // returns from its own queue so far
 	solo    bool // in flight when the broker closed a channel without naming the culprit
