@@ -39,7 +39,8 @@
 //     heartbeat's read deadline cuts the socket, and so does Close.
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
-//     (declare, a property the broker refuses), ErrMessageTooLarge,
+//     (declare, a property the broker refuses), ErrMessageTooLarge (the
+//     body, or headers larger than the connection's frame_max),
 //     ErrInvalidName, ErrNilMessage, ErrMarshal, ErrConfig, ErrUnroutable
 //     (mandatory), ErrTLS (a certificate). Only the messages concerned fail;
 //     the publisher keeps working for other topics and other callers. When

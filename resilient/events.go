@@ -17,8 +17,8 @@ import (
 // each Publisher and Subscriber an OnEvent of its own: events do not say
 // which one sent them.
 //
-// Every Publish call emits PublishStarted, then PublishDone, even one
-// refused before anything is sent; MessagesFailed comes once per kind of
+// Every Publish call of at least one message emits PublishStarted, then
+// PublishDone, even one refused before anything is sent; MessagesFailed comes once per kind of
 // failure (ErrorClass) with the first error of that kind. StateChanged
 // comes for the first state (connecting) too. ConnectionLost's Err is the
 // first sign amqp091-go saw: a broker that closes the connection and its
