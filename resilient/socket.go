@@ -53,12 +53,18 @@ type socket struct {
 func newSocket(conn net.Conn, idle time.Duration) *socket { return &socket{Conn: conn, idle: idle} }
 
 // SetDeadline is amqp091-go's: a zero time (it clears the handshake's
-// deadline once the connection is open) starts the idle deadline of reads.
+// deadline once the connection is open) starts the idle deadline of reads,
+// the read in progress included: amqp091-go's reader is already waiting in
+// one.
 func (s *socket) SetDeadline(t time.Time) error {
-	if t.IsZero() && s.idle > 0 {
-		s.open.Store(true)
+	if !t.IsZero() || s.idle == 0 {
+		return s.Conn.SetDeadline(t)
 	}
-	return s.Conn.SetDeadline(t)
+	s.open.Store(true)
+	if err := s.Conn.SetWriteDeadline(time.Time{}); err != nil {
+		return err
+	}
+	return s.Conn.SetReadDeadline(time.Now().Add(s.idle))
 }
 
 // Read reads from the connection, and cuts it on any error: after a failed

@@ -125,10 +125,33 @@ func TestSocketIdleDeadlineOnceOpen(t *testing.T) {
 		t.Fatalf("read during the handshake: %v after %s, want the dial's deadline (200ms)", err, time.Since(start))
 	}
 
+	// A read already waiting when the handshake's deadline is cleared (the
+	// reader goroutine is): it gets the idle deadline too.
 	ours, peer = net.Pipe()
 	defer peer.Close()
 	s = newSocket(ours, 50*time.Millisecond)
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := s.Read(make([]byte, 1))
+		waiting <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let it block in Read: nothing to await
 	if err := s.SetDeadline(time.Time{}); err != nil { // amqp091-go's openComplete
+		t.Fatal(err)
+	}
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the waiting read: %v, want a deadline", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a read waiting when the handshake ended never timed out")
+	}
+
+	ours, peer = net.Pipe()
+	defer peer.Close()
+	s = newSocket(ours, 50*time.Millisecond)
+	if err := s.SetDeadline(time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _, _ = peer.Write([]byte("x")) }()

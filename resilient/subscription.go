@@ -1,0 +1,263 @@
+package resilient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// newUnreadableBackoff paces the nacks of messages the Marshaler cannot
+// read: 100 ms, doubling, up to 5 s.
+func newUnreadableBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.Reset()
+	return b
+}
+
+// subscription is one Subscribe call. Its goroutine owns its channel, and
+// is the only one that reads deliveries, acks and nacks.
+type subscription struct {
+	s                      *Subscriber
+	ctx                    context.Context // the caller's, cancelled by Close too
+	topic, queue, exchange string
+	out                    chan *message.Message
+	logger                 watermill.LoggerAdapter
+	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
+}
+
+// consumer is one AMQP channel consuming the queue, and how it may end.
+type consumer struct {
+	sess       *session
+	ch         *amqp091.Channel
+	deliveries <-chan amqp091.Delivery
+	dead       chan struct{} // closed once the channel is closed, for any reason
+	why        *amqp091.Error
+}
+
+func (sub *subscription) run() {
+	defer close(sub.out)
+	// Paces the consumers that die as soon as they start (the broker
+	// refusing what consume asked, with NoWait: an exclusive consumer
+	// elsewhere), which would otherwise attach again in a tight loop.
+	shortLived := sub.s.cfg.Reconnect.newBackoff()
+	for attached := false; ; attached = true {
+		c := sub.attach()
+		if c == nil {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		if attached {
+			sub.s.cfg.emit(Event{Kind: ConsumerReattached})
+		}
+		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
+		started := time.Now()
+		stopping := sub.consume(c)
+		_ = c.ch.Close() // unacked deliveries go back to the queue
+		<-c.dead
+		if stopping {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		sub.logger.Info("Consuming interrupted, resuming", watermill.LogFields{"reason": fmt.Sprint(c.why)})
+		if time.Since(started) >= minConsumerLife {
+			shortLived.Reset()
+			continue
+		}
+		wait := time.NewTimer(shortLived.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+	}
+}
+
+// minConsumerLife: a consumer that ended sooner waits before attaching
+// again, longer each time in a row.
+const minConsumerLife = time.Second
+
+// attach waits for a connection, opens a channel, declares the topology,
+// sets Qos and starts consuming, retrying with a fresh backoff until it
+// succeeds; nil means the subscription ends.
+func (sub *subscription) attach() *consumer {
+	b := sub.s.cfg.Reconnect.newBackoff()
+	for attempt := 1; ; attempt++ {
+		sess, err := sub.s.sup.await(sub.ctx)
+		if err != nil {
+			if sub.ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return nil
+			}
+			// Dialing fails permanently for now (e.g. credentials revoked):
+			// keep waiting, the supervisor keeps dialing.
+			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
+		} else {
+			c, err := sub.open(sess)
+			if err == nil {
+				return c
+			}
+			if !errors.Is(err, errConnectionLost) {
+				sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+			}
+		}
+		wait := time.NewTimer(b.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			return nil
+		}
+	}
+}
+
+func (sub *subscription) open(sess *session) (*consumer, error) {
+	cfg := sub.s.cfg.AMQP
+	ch, err := sess.conn.Channel()
+	if err != nil {
+		return nil, sess.channelErr(err)
+	}
+	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	go func() { // ends when amqp091-go closes the notification channel
+		for e := range closed {
+			c.why = e
+			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+		}
+		close(c.dead)
+	}()
+	fail := func(err error) (*consumer, error) {
+		_ = ch.Close()
+		<-c.dead
+		return nil, sess.channelErr(err)
+	}
+	if err := cfg.TopologyBuilder.BuildTopology(ch, sub.queue, sub.exchange, cfg, sub.logger); err != nil {
+		return fail(err)
+	}
+	if q := cfg.Consume.Qos; q != (amqp.QosConfig{}) {
+		// Per consumer, whatever Qos.Global says: this channel has one
+		// consumer, so it is the same limit, and quorum queues refuse a
+		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
+		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
+			return fail(err)
+		}
+	}
+	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
+		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
+	if err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// consume hands c's deliveries out one at a time until the channel or the
+// connection dies (false: attach again) or the subscription ends (true).
+func (sub *subscription) consume(c *consumer) (stopping bool) {
+	for {
+		select {
+		case d, ok := <-c.deliveries:
+			if !ok {
+				// The channel died, or the broker cancelled the consumer
+				// (queue deleted): never hand out the zero Delivery.
+				return sub.ctx.Err() != nil
+			}
+			if stop, alive := sub.handle(c, d); stop || !alive {
+				return stop
+			}
+		case <-c.dead:
+			return false
+		case <-c.sess.stopping:
+			return false
+		case <-sub.ctx.Done():
+			return true
+		}
+	}
+}
+
+// handle hands one delivery to the handler and acks or nacks it as the
+// handler says. alive is false when c's channel is gone: an outcome can no
+// longer be sent for it (delivery tags belong to their channel), and the
+// broker will deliver the message again.
+func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bool) {
+	select {
+	case <-c.dead: // a delivery read after its channel died is requeued already
+		return false, false
+	default:
+	}
+	cfg := sub.s.cfg.AMQP
+	msg, err := unmarshal(cfg.Marshaler, d)
+	if err != nil {
+		// It can never reach a handler; requeued at once it would come back
+		// at once, for ever: pause first, longer each time in a row.
+		wait := sub.unreadable.NextBackOff()
+		sub.logger.Error("Cannot unmarshal message, nacking it after a pause", err, watermill.LogFields{"message_id": d.MessageId, "pause": wait.String()})
+		select {
+		case <-time.After(wait):
+		case <-sub.ctx.Done():
+			return true, true
+		case <-c.dead:
+			return false, false
+		}
+		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+	}
+	sub.unreadable.Reset()
+	if msg.UUID == "" {
+		msg.UUID = d.MessageId // a message from another publisher
+	}
+	ctx, cancel := context.WithCancel(sub.ctx)
+	defer cancel()
+	msg.SetContext(ctx)
+	fields := watermill.LogFields{"message_uuid": msg.UUID}
+
+	select {
+	case sub.out <- msg:
+		sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
+	case <-sub.ctx.Done():
+		return true, true // the channel closes: the message goes back
+	case <-c.dead:
+		return false, false
+	case <-c.sess.stopping:
+		return false, false
+	}
+
+	// The handler has it: wait for its verdict even if the channel dies
+	// meanwhile, so that the redelivered copy is not handled concurrently.
+	var ack bool
+	select {
+	case <-msg.Acked():
+		ack = true
+	case <-msg.Nacked():
+	case <-sub.ctx.Done():
+		return true, true
+	}
+	select {
+	case <-c.dead:
+		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		return false, false
+	default:
+	}
+	if ack {
+		return false, sub.settle(c, d.Ack(false), MessageAcked)
+	}
+	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+}
+
+// settle reports whether an ack or nack (what) was sent; when it was not,
+// the channel is closing and the message will be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive bool) {
+	if err != nil {
+		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
+		return false
+	}
+	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
+	return true
+}
