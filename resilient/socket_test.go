@@ -135,7 +135,7 @@ func TestSocketIdleDeadlineOnceOpen(t *testing.T) {
 		_, err := s.Read(make([]byte, 1))
 		waiting <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let it block in Read: nothing to await
+	time.Sleep(20 * time.Millisecond)                  // let it block in Read: nothing to await
 	if err := s.SetDeadline(time.Time{}); err != nil { // amqp091-go's openComplete
 		t.Fatal(err)
 	}
