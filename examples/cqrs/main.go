@@ -26,6 +26,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -69,7 +70,7 @@ func (p *bookingsProjection) On(ctx context.Context, e *RoomBooked) error {
 }
 
 func main() {
-	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-cqrs-", "queue and exchange name prefix (a run-unique suffix is appended)")
 	commands := flag.Int("commands", 500, "BookRoom commands to send")
 	senders := flag.Int("senders", 4, "goroutines sending commands")
@@ -87,7 +88,7 @@ func main() {
 
 	// Commands go to a durable queue per command type.
 	commandPub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(*uri)}, logger)
-	check(err, "command publisher")
+	examplekit.Check(err, "command publisher")
 	defer commandPub.Close()
 	// Events go to a durable fanout exchange per event type, which the
 	// publisher declares; each event handler binds its own queue to it. An
@@ -96,11 +97,11 @@ func main() {
 	eventCfg := amqp.NewDurablePubSubConfig(*uri, nil)
 	eventCfg.Publish.Mandatory = true
 	eventPub, err := resilient.NewPublisher(resilient.Config{AMQP: eventCfg}, logger)
-	check(err, "event publisher")
+	examplekit.Check(err, "event publisher")
 	defer eventPub.Close()
 
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	check(err, "router")
+	examplekit.Check(err, "router")
 
 	commandBus, err := cqrs.NewCommandBusWithConfig(commandPub, cqrs.CommandBusConfig{
 		GeneratePublishTopic: func(p cqrs.CommandBusGeneratePublishTopicParams) (string, error) {
@@ -109,7 +110,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	check(err, "command bus")
+	examplekit.Check(err, "command bus")
 
 	eventBus, err := cqrs.NewEventBusWithConfig(eventPub, cqrs.EventBusConfig{
 		GeneratePublishTopic: func(p cqrs.GenerateEventPublishTopicParams) (string, error) {
@@ -127,7 +128,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	check(err, "event bus")
+	examplekit.Check(err, "event bus")
 
 	commandProcessor, err := cqrs.NewCommandProcessorWithConfig(router, cqrs.CommandProcessorConfig{
 		GenerateSubscribeTopic: func(p cqrs.CommandProcessorGenerateSubscribeTopicParams) (string, error) {
@@ -139,7 +140,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	check(err, "command processor")
+	examplekit.Check(err, "command processor")
 
 	eventProcessor, err := cqrs.NewEventProcessorWithConfig(router, cqrs.EventProcessorConfig{
 		GenerateSubscribeTopic: func(p cqrs.EventProcessorGenerateSubscribeTopicParams) (string, error) {
@@ -152,21 +153,21 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	check(err, "event processor")
+	examplekit.Check(err, "event processor")
 
 	// The command handler: decide, then record the decision as an event.
 	// If publishing the event fails, the error nacks the command, which is
 	// then redelivered: the event is not lost.
-	check(commandProcessor.AddHandlers(cqrs.NewCommandHandler("BookRoomHandler",
+	examplekit.Check(commandProcessor.AddHandlers(cqrs.NewCommandHandler("BookRoomHandler",
 		func(ctx context.Context, c *BookRoom) error {
 			// (a real handler would check availability and maybe refuse)
 			return eventBus.Publish(ctx, &RoomBooked{BookingID: c.BookingID, RoomID: c.RoomID, Nights: c.Nights})
 		})), "command handler")
 
 	projection := &bookingsProjection{rooms: map[string]string{}, complete: make(chan struct{}), want: *commands}
-	check(eventProcessor.AddHandlers(cqrs.NewEventHandler("BookingsProjection", projection.On)), "event handler")
+	examplekit.Check(eventProcessor.AddHandlers(cqrs.NewEventHandler("BookingsProjection", projection.On)), "event handler")
 
-	go func() { check(router.Run(context.Background()), "router") }()
+	go func() { examplekit.Check(router.Run(context.Background()), "router") }()
 	<-router.Running() // every handler's queue is declared and bound
 
 	// Send the commands; Send returns once the broker confirmed the command.
@@ -205,7 +206,7 @@ func main() {
 	// The router acks a command after its handler returned, so the last
 	// commands may still be unacked here: they stay queued (with -keep) and a
 	// next run would handle them again; their events carry the same UUID.
-	check(router.Close(), "router close")
+	examplekit.Check(router.Close(), "router close")
 
 	projection.mu.Lock()
 	defer projection.mu.Unlock()
@@ -265,17 +266,4 @@ func cleanUp(uri string, queues, exchanges []string) {
 			fmt.Printf("delete exchange %s: %v\n", x, err)
 		}
 	}
-}
-
-func check(err error, what string) {
-	if err != nil {
-		log.Fatalf("%s: %v", what, err)
-	}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }

@@ -23,8 +23,6 @@ import (
 	"log"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +32,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -148,7 +147,7 @@ func handle(store *Store, account string, decide func(Account) ([]Event, error))
 }
 
 func main() {
-	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-es-", "queue name prefix (a run-unique suffix is appended)")
 	accounts := flag.Int("accounts", 5, "bank accounts")
 	commands := flag.Int("commands", 3000, "deposit and withdraw commands, from 4 goroutines")
@@ -170,15 +169,15 @@ func main() {
 	store := NewStore()
 
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(*uri), PublishTimeout: 2 * time.Minute}, logger)
-	check(err, "publisher")
+	examplekit.Check(err, "publisher")
 	defer pub.Close()
 
 	// The consumer: a read model of balances, built from the published events.
 	sub, err := newSubscriber(amqp.NewDurableQueueConfig(*uri), logger)
-	check(err, "subscriber")
+	examplekit.Check(err, "subscriber")
 	consumerCtx, stopConsumer := context.WithCancel(context.Background())
 	msgs, err := sub.Subscribe(consumerCtx, topic)
-	check(err, "subscribe")
+	examplekit.Check(err, "subscribe")
 	rm := &readModel{seen: map[string]bool{}, balances: map[string]int64{}, events: map[string]int{}, progress: make(chan struct{}, 1)}
 	go rm.consume(msgs)
 
@@ -186,7 +185,7 @@ func main() {
 	restartCtx, stopRestarts := context.WithCancel(context.Background())
 	if *restartEvery > 0 {
 		restarts.Add(1)
-		go func() { defer restarts.Done(); restartLoop(restartCtx, *restartEvery, stamp) }()
+		go func() { defer restarts.Done(); examplekit.RestartLoop(restartCtx, *restartEvery, stamp) }()
 	}
 
 	// Progress: while the broker is down the service keeps appending (it needs
@@ -264,7 +263,7 @@ wait:
 	stopRestarts()
 	restarts.Wait()
 	stopConsumer()
-	check(sub.Close(), "subscriber close")
+	examplekit.Check(sub.Close(), "subscriber close")
 
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
@@ -384,26 +383,6 @@ func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Sub
 	return resilient.NewSubscriber(resilient.Config{AMQP: cfg}, logger)
 }
 
-// restartLoop restarts the broker, then waits `every` after it is back, until
-// ctx is done. A restart in progress runs to the end.
-func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
-	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-		fmt.Printf("%s  >>> restarting the broker\n", stamp())
-		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
-			if out, err := exec.Command(ctl[0], append(ctl[1:], step)...).CombinedOutput(); err != nil {
-				fmt.Printf("%s  rabbitmqctl %s: %v %s\n", stamp(), step, err, out)
-			}
-		}
-		fmt.Printf("%s  >>> broker is back\n", stamp())
-	}
-}
-
 // deleteQueue removes this run's queue: durable queues outlive the program.
 func deleteQueue(uri, queue string) {
 	conn, err := amqp091.Dial(uri)
@@ -417,17 +396,4 @@ func deleteQueue(uri, queue string) {
 	if err != nil {
 		fmt.Printf("delete queue %s: %v\n", queue, err)
 	}
-}
-
-func check(err error, what string) {
-	if err != nil {
-		log.Fatalf("%s: %v", what, err)
-	}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }

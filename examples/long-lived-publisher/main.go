@@ -14,9 +14,7 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,11 +25,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 func main() {
-	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
+	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
 	queue := flag.String("queue", "demo-long-lived", "durable queue to publish to (emptied at start)")
 	workers := flag.Int("workers", 16, "goroutines publishing concurrently")
 	batch := flag.Int("batch", 10, "messages per Publish call")
@@ -103,7 +102,7 @@ func main() {
 	if *restartEvery > 0 {
 		go func() {
 			defer close(restarts)
-			restartLoop(ctx, *restartEvery, stamp)
+			examplekit.RestartLoop(ctx, *restartEvery, stamp)
 		}()
 	} else {
 		close(restarts)
@@ -131,26 +130,6 @@ loop:
 		fmt.Printf("close: %v\n", err)
 	}
 	verify(*uri, *queue, ids)
-}
-
-func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
-	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	for {
-		// The full interval after the broker is back, however long a
-		// restart takes: restarts never run back to back.
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-		fmt.Printf("%s  >>> restarting the broker\n", stamp())
-		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
-			if out, err := exec.Command(ctl[0], append(ctl[1:], step)...).CombinedOutput(); err != nil {
-				fmt.Printf("%s  rabbitmqctl %s: %v %s\n", stamp(), step, err, out)
-			}
-		}
-		fmt.Printf("%s  >>> broker is back\n", stamp())
-	}
 }
 
 func purge(uri, queue string) {
@@ -204,11 +183,4 @@ func verify(uri, queue string, confirmed []string) {
 	if lost > 0 {
 		os.Exit(1)
 	}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }

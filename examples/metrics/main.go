@@ -20,9 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,12 +35,13 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/health"
+	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/metrics"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 func main() {
-	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
+	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
 	addr := flag.String("addr", "127.0.0.1:9464", "address to serve /metrics, /readyz and /livez on")
 	duration := flag.Duration("duration", 20*time.Second, "publish for this long (Ctrl-C stops earlier)")
 	workers := flag.Int("workers", 4, "goroutines publishing concurrently")
@@ -159,7 +158,7 @@ func run(uri, addr string, duration time.Duration, workers, batch, prefetch int,
 	go func() {
 		defer close(restarts)
 		if restartEvery > 0 {
-			restartLoop(pubCtx, restartEvery, stamp)
+			examplekit.RestartLoop(pubCtx, restartEvery, stamp)
 		}
 	}()
 
@@ -286,24 +285,6 @@ func (t *tally) await(ids []string, timeout time.Duration) (missing []string) {
 	}
 }
 
-func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
-	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-		fmt.Printf("%s  >>> restarting the broker\n", stamp())
-		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
-			if out, err := exec.Command(ctl[0], append(ctl[1:], step)...).CombinedOutput(); err != nil {
-				fmt.Printf("%s  rabbitmqctl %s: %v %s\n", stamp(), step, err, out)
-			}
-		}
-		fmt.Printf("%s  >>> broker is back\n", stamp())
-	}
-}
-
 // deleteQueue removes the run's queue.
 func deleteQueue(uri, queue string, logger watermill.LoggerAdapter) {
 	conn, err := amqp091.Dial(uri)
@@ -319,11 +300,4 @@ func deleteQueue(uri, queue string, logger watermill.LoggerAdapter) {
 	if err != nil {
 		logger.Error("Cannot delete the queue", err, watermill.LogFields{"queue": queue})
 	}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }

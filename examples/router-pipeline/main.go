@@ -15,9 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +26,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -48,7 +47,7 @@ var (
 )
 
 func main() {
-	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-router-", "queue name prefix (a run-unique suffix is appended)")
 	orders := flag.Int("orders", 1000, "orders to produce")
 	malformed := flag.Int("malformed", 9, "of which deliberately malformed (bad JSON, missing fields, qty 0)")
@@ -75,12 +74,12 @@ func main() {
 			fmt.Printf("%s  publisher %s -> %s\n", stamp(), c.From, c.To)
 		},
 	}, logger)
-	check(err, "publisher")
+	examplekit.Check(err, "publisher")
 	defer pub.Close()                                                   // the router closes it too; Close is idempotent
 	sub, err := newSubscriber(amqp.NewDurableQueueConfig(*uri), logger) // one subscriber, three queues
-	check(err, "subscriber")
+	examplekit.Check(err, "subscriber")
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	check(err, "router")
+	examplekit.Check(err, "router")
 	t := newTally()
 	p := pipeline{flakyEvery: *flakyEvery, tally: t}
 
@@ -90,7 +89,7 @@ func main() {
 	//   Retry:       retries transient errors only, with backoff;
 	//   Recoverer:   turns a panic into an error (poisoned, not retried).
 	poisonMW, err := middleware.PoisonQueue(pub, poison)
-	check(err, "poison queue")
+	examplekit.Check(err, "poison queue")
 	router.AddHandler("enrich", in, sub, out, pub, p.enrich).AddMiddleware(
 		poisonMW,
 		middleware.Retry{
@@ -108,19 +107,19 @@ func main() {
 	// it would be wrong: if publishing the output failed, the router nacks, and
 	// the redelivered input would be dropped as a duplicate: lost.
 	keys, err := middleware.NewMapExpiringKeyRepository(time.Hour)
-	check(err, "deduplicator")
+	examplekit.Check(err, "deduplicator")
 	dedup := &middleware.Deduplicator{KeyFactory: func(m *message.Message) (string, error) { return m.UUID, nil }, Repository: keys}
 	router.AddConsumerHandler("audit", out, sub, t.output).AddMiddleware(t.countDelivery, dedup.Middleware)
 	router.AddConsumerHandler("poison-audit", poison, sub, t.poison)
 
-	go func() { check(router.Run(context.Background()), "router") }()
+	go func() { examplekit.Check(router.Run(context.Background()), "router") }()
 	<-router.Running()
 
 	ctx, stopRestarts := context.WithCancel(context.Background())
 	var restarts sync.WaitGroup
 	if *restartEvery > 0 {
 		restarts.Add(1)
-		go func() { defer restarts.Done(); restartLoop(ctx, *restartEvery, stamp) }()
+		go func() { defer restarts.Done(); examplekit.RestartLoop(ctx, *restartEvery, stamp) }()
 	}
 	produced := make(chan struct{})
 	go func() { defer close(produced); produce(pub, in, *orders, *malformed, *rate, t, stamp) }()
@@ -321,26 +320,6 @@ func (t *tally) report() (lost int) {
 	return lost
 }
 
-// restartLoop restarts the broker, then waits `every` after it is back, until
-// ctx is done. A restart in progress runs to the end.
-func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
-	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-		fmt.Printf("%s  >>> restarting the broker\n", stamp())
-		for _, step := range []string{"stop_app", "start_app", "await_startup"} {
-			if out, err := exec.Command(ctl[0], append(ctl[1:], step)...).CombinedOutput(); err != nil {
-				fmt.Printf("%s  rabbitmqctl %s: %v %s\n", stamp(), step, err, out)
-			}
-		}
-		fmt.Printf("%s  >>> broker is back\n", stamp())
-	}
-}
-
 // deleteQueues removes this run's queues: durable queues outlive the program.
 func deleteQueues(uri string, queues ...string) {
 	conn, err := amqp091.Dial(uri)
@@ -359,17 +338,4 @@ func deleteQueues(uri string, queues ...string) {
 			fmt.Printf("delete queue %s: %v\n", q, err)
 		}
 	}
-}
-
-func check(err error, what string) {
-	if err != nil {
-		log.Fatalf("%s: %v", what, err)
-	}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }
