@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -163,10 +164,7 @@ var errorClasses = []struct {
 
 // isTimeoutText: amqp091-go reports a read deadline that expired (a silent
 // peer) as a FrameError whose reason is the socket error's text.
-func isTimeoutText(reason string) bool {
-	const timeout = "i/o timeout"
-	return len(reason) >= len(timeout) && reason[len(reason)-len(timeout):] == timeout
-}
+func isTimeoutText(reason string) bool { return strings.HasSuffix(reason, "i/o timeout") }
 
 // emit sends e to the configured OnEvent, if any.
 func (c *Config) emit(e Event) {

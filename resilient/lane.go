@@ -262,8 +262,9 @@ func (l *lane) take(ch *amqp091.Channel, d *delivery) {
 	l.send(ch, d)
 }
 
-// settled forgets d once it left the channel (confirmed, nacked or lost).
-func (l *lane) settled(d *delivery) {
+// forgetMandatoryID forgets d's message ID once d left the channel
+// (confirmed, nacked or lost).
+func (l *lane) forgetMandatoryID(d *delivery) {
 	if !d.msg.mandatory {
 		return
 	}

@@ -70,7 +70,7 @@ func (l *lane) collectReturns(returns <-chan amqp091.Return) {
 
 // report tells d's caller how the broker answered.
 func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
-	l.settled(d)
+	l.forgetMandatoryID(d)
 	m := d.msg
 	if m.mandatory {
 		l.collectReturns(returns)

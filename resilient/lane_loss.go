@@ -31,7 +31,7 @@ func (l *lane) failPending(cause error, channelOnly bool) {
 	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
-		l.settled(d)
+		l.forgetMandatoryID(d)
 		switch {
 		case b.culprit != nil && b.culprit(d.msg) && errors.Is(classifyBroker(cause), ErrNotFound):
 			// A missing exchange: the next attempt declares it again,
