@@ -90,6 +90,7 @@ type Proxy struct {
 	freezes  uint64 // incremented by each Freeze; see await
 	hook     func([]byte) bool
 	downHook func([]byte) bool
+	drop     func([]byte, bool) bool
 	links    map[*link]struct{}
 	accepted int
 	closed   bool
@@ -248,6 +249,17 @@ func (p *Proxy) OnDownstream(hook func(chunk []byte) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.downHook = hook
+}
+
+// Drop installs a filter called with each chunk read, either way (upstream:
+// read from a client), before the hooks: a chunk for which it returns true
+// is discarded, and the link stays open, as if a middlebox lost those bytes
+// while the connection lives. The filter must not keep or modify the slice,
+// and must not call Close. nil removes it.
+func (p *Proxy) Drop(filter func(chunk []byte, upstream bool) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.drop = filter
 }
 
 // Links returns the number of links open now.
@@ -432,17 +444,18 @@ func (p *Proxy) read(l *link, src *net.TCPConn, q chan<- chunk, upstream bool) {
 			data := append([]byte(nil), buf[:n]...)
 			now := time.Now()
 			p.mu.Lock()
-			hook, downHook := p.hook, p.downHook
+			hook, downHook, drop := p.hook, p.downHook, p.drop
 			p.mu.Unlock()
-			if upstream && hook != nil && hook(data) {
+			dropped := drop != nil && drop(data, upstream)
+			if !dropped && upstream && hook != nil && hook(data) {
 				p.Reset()
 				return
 			}
-			resetAfter := !upstream && downHook != nil && downHook(data)
+			resetAfter := !dropped && !upstream && downHook != nil && downHook(data)
 			p.mu.Lock()
 			m, d := p.mode, p.delay
 			p.mu.Unlock()
-			if m != modeBlackhole {
+			if m != modeBlackhole && !dropped {
 				select {
 				case q <- chunk{data: data, due: now.Add(d), resetAfter: resetAfter}:
 				case <-l.done:

@@ -587,3 +587,50 @@ func TestClose(t *testing.T) {
 		t.Fatal("Refuse(false) after Close succeeded")
 	}
 }
+
+// Drop discards the chunks its filter picks, either way, and the link
+// lives on: what follows them arrives.
+func TestDrop(t *testing.T) {
+	srv := newServer(t, true) // echoes
+	p := start(t, srv.addr())
+	c := dial(t, p.Addr())
+	roundTrip(t, c, "one")
+	dropped := make(chan string, 2)
+	dropping := func(word string, up bool) func([]byte, bool) bool {
+		return func(b []byte, upstream bool) bool {
+			if upstream != up || !bytes.Contains(b, []byte(word)) {
+				return false
+			}
+			dropped <- word
+			return true
+		}
+	}
+	await := func(word string) {
+		t.Helper()
+		select {
+		case got := <-dropped:
+			if got != word {
+				t.Fatalf("dropped %q, want %q", got, word)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%q was not dropped", word)
+		}
+	}
+	p.Drop(dropping("LOST", true))
+	if _, err := c.Write([]byte("LOST")); err != nil {
+		t.Fatal(err)
+	}
+	await("LOST")
+	roundTrip(t, c, "two") // the echo of LOST never comes before it
+	p.Drop(dropping("GONE", false))
+	if _, err := c.Write([]byte("GONE")); err != nil {
+		t.Fatal(err)
+	}
+	await("GONE")
+	roundTrip(t, c, "three") // the echo of GONE was dropped on its way back
+	if got := srv.received(); bytes.Contains(got, []byte("LOST")) || !bytes.Contains(got, []byte("GONE")) {
+		t.Fatalf("server received %q: want GONE, not LOST", got)
+	}
+	p.Drop(nil)
+	roundTrip(t, c, "LOST")
+}
