@@ -36,7 +36,14 @@
 //     and its messages re-sent. While the broker blocks the connection
 //     (memory or disk alarm) sending pauses, and publishes time out cleanly.
 //     A peer that stops reading (a frozen link) cannot hold a writer: the
-//     heartbeat's read deadline cuts the socket, and so does Close.
+//     heartbeat's read deadline cuts the socket, and so does Close. Every
+//     request awaiting the broker's reply gets it within ConfirmTimeout,
+//     or the connection is replaced. A link that goes dark and comes back
+//     (bytes discarded, the connection never closed) cannot make a lost
+//     message look confirmed: on a lane owed confirms, 250 ms without a
+//     byte from the broker send a pulse, and no confirm is believed until
+//     it is answered; unanswered, the connection is cut and the messages
+//     not yet reported are re-sent.
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
 //     (declare, a property the broker refuses), ErrMessageTooLarge (the

@@ -107,12 +107,18 @@ func (l *lane) run() {
 func (l *lane) open() *amqp091.Channel {
 	wait := channelReopenBackoff
 	for {
-		ch, err := l.sess.conn.Channel()
-		if err == nil {
-			if err = ch.Confirm(false); err == nil {
-				return ch
+		var ch *amqp091.Channel
+		err := l.sess.awaitReply("a publishing channel's opening", func() (err error) {
+			if ch, err = l.sess.conn.Channel(); err != nil {
+				return err
 			}
-			_ = ch.Close()
+			if err = ch.Confirm(false); err != nil {
+				_ = ch.Close()
+			}
+			return err
+		})
+		if err == nil {
+			return ch
 		}
 		if !l.sess.conn.IsClosed() && !isConnectionFault(err) {
 			l.logger.Error("Cannot open publishing channel, retrying", err, nil)
@@ -146,7 +152,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 	// instead of once.
 	returns := ch.NotifyReturn(make(chan amqp091.Return, window))
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
-	watchdog := time.NewTicker(l.sess.cfg.ConfirmTimeout / 4)
+	watchdog := time.NewTicker(pulseAfter / 2)
 	defer watchdog.Stop()
 
 	wasBlocked := false
@@ -160,14 +166,18 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		if !blocked && l.canTake(window) {
 			intake = l.queue
 		}
+		// No confirm is reported while a pulse is out (pulse.go): wait for
+		// its answer first.
 		var oldestDone <-chan struct{}
-		if head := l.pending.oldest(); head != nil {
+		pulse := l.sess.pulseOutstanding()
+		if head := l.pending.oldest(); head != nil && pulse == nil {
 			oldestDone = head.dc.Done()
 		}
 		select {
 		case <-l.sess.stopping:
 			return nil
 		case <-flowChanged:
+		case <-pulse:
 		case d := <-intake:
 			l.take(ch, d)
 			if len(l.queue) > 0 && l.canTake(window) {
@@ -205,7 +215,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				return cause
 			}
 			if l.pending.len() == 0 && l.replace {
-				_ = ch.Close()
+				l.closeChannel(ch)
 				l.settleAfterClose(returns)
 				return errReplaced
 			}
@@ -221,15 +231,28 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if blocked, _ := l.sess.flowNow(); blocked {
 				continue
 			}
-			if head := l.pending.oldest(); head != nil && time.Since(later(head.sentAt, l.resumedAt)) > l.sess.cfg.ConfirmTimeout {
+			head := l.pending.oldest()
+			if head == nil {
+				continue
+			}
+			owedFor := time.Since(later(head.sentAt, l.resumedAt))
+			if owedFor > pulseAfter && l.sess.sock.silentFor() > pulseAfter {
+				l.sess.startPulse() // dark, or busy? See pulse.go.
+			}
+			if owedFor > l.sess.cfg.ConfirmTimeout {
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
-				_ = ch.Close()
+				l.closeChannel(ch)
 				l.settleAfterClose(returns)
 				return errConfirmTimeout
 			}
 		}
 	}
+}
+
+// closeChannel closes ch, waiting for the broker's close-ok within bounds.
+func (l *lane) closeChannel(ch *amqp091.Channel) {
+	_ = l.sess.awaitReply("a publishing channel's closing", ch.Close)
 }
 
 func later(a, b time.Time) time.Time {

@@ -16,6 +16,9 @@ import (
 // is no nack, and stays pending for failPending.
 func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
+		if !l.sess.confirmsBelievable() {
+			return true // a pulse is out: the lane waits for it
+		}
 		select {
 		case <-head.dc.Done():
 		default:
@@ -31,8 +34,8 @@ func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 }
 
 // settleAfterClose reports, once the channel is closed, the messages the
-// broker confirmed before it closed; the others stay pending for
-// failPending. amqp091-go resolves every outstanding confirmation as it
+// broker confirmed before it closed, unless a pulse is out or went
+// unanswered (pulse.go); the others stay pending for failPending. amqp091-go resolves every outstanding confirmation as it
 // closes a channel, so the wait is short; it ends with the session anyway.
 func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
 	var unconfirmed inFlight
@@ -40,7 +43,7 @@ func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
 		d := l.pending.pop()
 		select {
 		case <-d.dc.Done():
-			if d.dc.Acked() {
+			if d.dc.Acked() && l.sess.confirmsBelievable() {
 				l.report(d, true, returns)
 				continue
 			}

@@ -39,6 +39,9 @@ type session struct {
 	blocking chan amqp091.Blocking
 
 	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
+
+	brokenBy atomic.Pointer[error] // set by breakOff: why the socket was cut
+	pulseState
 }
 
 func newSession(id uint64, d dialed, cfg *Config, logger watermill.LoggerAdapter) *session {
@@ -60,12 +63,13 @@ func newSession(id uint64, d dialed, cfg *Config, logger watermill.LoggerAdapter
 }
 
 // startLanes starts the publishing lanes: Config.Channels of them, fewer if
-// the broker's channel_max says so (one channel stays for declarations).
+// the broker's channel_max says so (two channels stay: for declarations,
+// and for pulses).
 func (sess *session) startLanes() {
 	n := sess.cfg.Channels
-	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 1 && n > channelMax-1 {
-		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 1, "configured": n})
-		n = channelMax - 1
+	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 2 && n > channelMax-2 {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 2, "configured": n})
+		n = channelMax - 2
 	}
 	sess.lanes = make([]*lane, n)
 	sess.wg.Add(len(sess.lanes))
@@ -146,6 +150,9 @@ func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
 // closed asynchronously: right after a reset, calls already fail with raw
 // network errors while IsClosed is still false, so the error itself decides.
 func (sess *session) channelErr(err error) error {
+	if why := sess.brokenCause(); why != nil {
+		return why // matches errConnectionLost
+	}
 	if sess.conn.IsClosed() || isConnectionFault(err) {
 		return errConnectionLost
 	}

@@ -48,6 +48,8 @@ type socket struct {
 
 	idle time.Duration // how long a read may wait, once open
 	open atomic.Bool   // the handshake is done: reads get idle
+
+	lastRead atomic.Int64 // when bytes last arrived, in UnixNano
 }
 
 func newSocket(conn net.Conn, idle time.Duration) *socket { return &socket{Conn: conn, idle: idle} }
@@ -75,6 +77,9 @@ func (s *socket) Read(p []byte) (int, error) {
 		_ = s.Conn.SetReadDeadline(time.Now().Add(s.idle))
 	}
 	n, err := s.Conn.Read(p)
+	if n > 0 {
+		s.lastRead.Store(time.Now().UnixNano())
+	}
 	if err != nil {
 		s.readMu.Lock()
 		if s.readErr == nil {
@@ -84,6 +89,16 @@ func (s *socket) Read(p []byte) (int, error) {
 		s.cut()
 	}
 	return n, err
+}
+
+// silentFor is how long nothing has arrived (since the socket opened, if
+// nothing ever did).
+func (s *socket) silentFor() time.Duration {
+	last := s.lastRead.Load()
+	if last == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, last))
 }
 
 // readError is the read error that cut the socket, if any.

@@ -41,6 +41,7 @@ type consumer struct {
 	deliveries <-chan amqp091.Delivery
 	dead       chan struct{} // closed once the channel is closed, for any reason
 	why        *amqp091.Error
+	lastTag    uint64 // of the last delivery read
 }
 
 func (sub *subscription) run() {
@@ -61,7 +62,7 @@ func (sub *subscription) run() {
 		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
 		started := time.Now()
 		stopping := sub.consume(c)
-		_ = c.ch.Close() // unacked deliveries go back to the queue
+		_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close) // unacked deliveries go back to the queue
 		<-c.dead
 		if stopping {
 			sub.logger.Info("Stopped consuming", nil)
@@ -120,11 +121,24 @@ func (sub *subscription) attach() *consumer {
 	}
 }
 
-func (sub *subscription) open(sess *session) (*consumer, error) {
+// open starts a consumer on sess, within the bound of a reply: see
+// awaitReply.
+func (sub *subscription) open(sess *session) (c *consumer, err error) {
+	err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+		c, err = sub.start(sess)
+		return err
+	})
+	if err != nil {
+		return nil, sess.channelErr(err)
+	}
+	return c, nil
+}
+
+func (sub *subscription) start(sess *session) (*consumer, error) {
 	cfg := sub.s.cfg.AMQP
 	ch, err := sess.conn.Channel()
 	if err != nil {
-		return nil, sess.channelErr(err)
+		return nil, err
 	}
 	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
@@ -138,7 +152,7 @@ func (sub *subscription) open(sess *session) (*consumer, error) {
 	fail := func(err error) (*consumer, error) {
 		_ = ch.Close()
 		<-c.dead
-		return nil, sess.channelErr(err)
+		return nil, err
 	}
 	if err := cfg.TopologyBuilder.BuildTopology(ch, sub.queue, sub.exchange, cfg, sub.logger); err != nil {
 		return fail(err)
@@ -170,6 +184,17 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				// (queue deleted): never hand out the zero Delivery.
 				return sub.ctx.Err() != nil
 			}
+			if d.DeliveryTag != c.lastTag+1 {
+				// The broker numbers a channel's deliveries 1, 2, 3...: a
+				// gap is a delivery lost on a link that lives (bytes
+				// dropped between heartbeats). The broker holds it as
+				// unacked until the channel closes: closing it, and
+				// attaching again, has it delivered again.
+				sub.logger.Error("Deliveries lost in transit: attaching again to have them redelivered", nil,
+					watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
+				return false
+			}
+			c.lastTag = d.DeliveryTag
 			if stop, alive := sub.handle(c, d); stop || !alive {
 				return stop
 			}

@@ -225,6 +225,9 @@ func (s *supervisor) watch(sess *session) error {
 		case <-s.stopping:
 			return nil
 		case err, ok := <-sess.closed:
+			if why := sess.brokenCause(); why != nil {
+				return why
+			}
 			if !ok || err == nil {
 				return errors.New("connection closed")
 			}

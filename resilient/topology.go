@@ -135,12 +135,15 @@ func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, dec
 // declareOnFreshChannel uses a channel of its own, so that a declaration the
 // broker rejects (which closes the channel) harms no lane.
 func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
-	ch, err := sess.conn.Channel()
-	if err != nil {
-		return sess.channelErr(err)
-	}
-	err = declare(ch, topic)
-	_ = ch.Close() // declared or not, the channel has done its job
+	err := sess.awaitReply("a declaration of "+topic, func() error {
+		ch, err := sess.conn.Channel()
+		if err != nil {
+			return err
+		}
+		err = declare(ch, topic)
+		_ = ch.Close() // declared or not, the channel has done its job
+		return err
+	})
 	if err == nil {
 		return nil
 	}

@@ -1,0 +1,83 @@
+package resilient
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+)
+
+// noReplyError: the broker did not answer a request in time on a
+// connection that still looked alive.
+type noReplyError struct {
+	what  string
+	after time.Duration
+}
+
+func (e *noReplyError) Error() string {
+	return fmt.Sprintf("no reply to %s within %s: connection deemed broken", e.what, e.after)
+}
+
+// Unwrap makes it a lost connection: what was in flight is re-sent on the
+// next one.
+func (e *noReplyError) Unwrap() error { return errConnectionLost }
+
+// awaitReply runs rpc, a call that waits for the broker to answer (a
+// channel opened or closed, a declaration, a consumer started).
+//
+// amqp091-go waits for such an answer for ever. On a connection that has
+// died a heartbeat cuts the wait short, but a reply can also be lost on a
+// connection that lives: a middlebox dropped some of its bytes while
+// heartbeats still flow either side of the gap. Nothing would then end the
+// wait, and whatever waits behind it (a topic's declaration, a lane closing
+// a stuck channel, a consumer attaching) would wait too. So when no reply
+// comes within ConfirmTimeout, the connection is deemed broken and cut:
+// rpc returns, the session ends, and the supervisor connects again. Time
+// the broker spends blocking the connection (an alarm: it stops reading
+// from it) does not count.
+func (sess *session) awaitReply(what string, rpc func() error) error {
+	return sess.awaitReplyWithin(what, sess.cfg.ConfirmTimeout, rpc)
+}
+
+// awaitReplyWithin is awaitReply with a bound of its own.
+func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func() error) error {
+	var mu sync.Mutex // the timer re-arms itself from its own callback
+	var timer *time.Timer
+	mu.Lock()
+	timer = time.AfterFunc(bound, func() {
+		if blocked, _ := sess.flowNow(); blocked {
+			mu.Lock()
+			timer.Reset(bound)
+			mu.Unlock()
+			return
+		}
+		sess.breakOff(&noReplyError{what: what, after: bound})
+	})
+	mu.Unlock()
+	defer func() {
+		mu.Lock()
+		timer.Stop()
+		mu.Unlock()
+	}()
+	return rpc()
+}
+
+// breakOff cuts a connection that still looks alive but can no longer be
+// trusted, saying why: the supervisor reports that cause rather than the
+// closed socket's.
+func (sess *session) breakOff(why error) {
+	if !sess.brokenBy.CompareAndSwap(nil, &why) {
+		return // broken off already: the first cause is the one
+	}
+	sess.logger.Error("Connection deemed broken: cutting it to reconnect", why, watermill.LogFields{"uri": sess.uri})
+	sess.sock.cut()
+}
+
+// brokenCause is why breakOff cut the connection, or nil.
+func (sess *session) brokenCause() error {
+	if why := sess.brokenBy.Load(); why != nil {
+		return *why
+	}
+	return nil
+}
