@@ -7,6 +7,7 @@ package e2e_test
 // nothing.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"sync"
@@ -113,6 +114,51 @@ func TestLostReplyOnALiveLink(t *testing.T) {
 			brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, ids))
 		})
 	}
+}
+
+// A delivery lost with none after it (nothing shows a gap): the broker
+// holds it as unacked while the channel lives. The consumer, idle for five
+// heartbeats, attaches again, and the broker delivers it.
+func TestLastDeliveryLostOnALiveLink(t *testing.T) {
+	queue := brokertest.Name("lost-last")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := faultPublisher(t, brokertest.URI(), nil)
+	msgs, ids := messages(50)
+	if err := pub.Publish(queue, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	closePublisher(t, pub)
+
+	link, uri := proxy(t)
+	last := []byte(ids[len(ids)-1])
+	var dropped atomic.Bool
+	link.Drop(func(chunk []byte, upstream bool) bool {
+		return !upstream && bytes.Contains(chunk, last) && dropped.CompareAndSwap(false, true)
+	})
+	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), Heartbeat: time.Second}, watermill.NewStdLogger(false, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, err := sub.Subscribe(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrived := brokertest.NewArrivals()
+	go func() {
+		for m := range out {
+			arrived.Add(m.UUID)
+			m.Ack()
+		}
+	}()
+	start := time.Now()
+	arrived.AwaitAll(t, ids)
+	if !dropped.Load() {
+		t.Fatal("the last delivery was not dropped: the test did not test the loss")
+	}
+	t.Logf("the last of 50 arrived %s after subscribing (heartbeat 1s: idle for 5s attaches again)", time.Since(start).Round(time.Millisecond))
 }
 
 // A reply lost to the subscriber (its consumer's start), or a delivery lost

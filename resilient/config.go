@@ -89,10 +89,10 @@ type Config struct {
 	// unconfirmed (while the connection is not blocked) before it is deemed
 	// stuck: it is closed and its messages are re-sent. It also bounds each
 	// reply the broker owes (a channel opened or closed, a declaration, a
-	// consumer started): past it the connection is deemed broken and
-	// replaced. A tenth of it, at least 500 ms, bounds a pulse on a link
-	// gone silent while confirms are owed (see the package doc). At least
-	// 100 ms; default 15 s.
+	// consumer started), at least two heartbeat intervals: past it the
+	// connection is deemed broken and replaced. A fifth of it, at least
+	// 1 s, bounds a pulse on a link gone silent while confirms are owed
+	// (see the package doc). At least 100 ms; default 15 s.
 	ConfirmTimeout time.Duration
 	// CloseTimeout bounds how long Close waits for in-flight publishes.
 	// Default 10 s.

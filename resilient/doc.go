@@ -37,13 +37,15 @@
 //     (memory or disk alarm) sending pauses, and publishes time out cleanly.
 //     A peer that stops reading (a frozen link) cannot hold a writer: the
 //     heartbeat's read deadline cuts the socket, and so does Close. Every
-//     request awaiting the broker's reply gets it within ConfirmTimeout,
-//     or the connection is replaced. A link that goes dark and comes back
-//     (bytes discarded, the connection never closed) cannot make a lost
-//     message look confirmed: on a lane owed confirms, 250 ms without a
-//     byte from the broker send a pulse, and no confirm is believed until
-//     it is answered; unanswered, the connection is cut and the messages
-//     not yet reported are re-sent.
+//     request awaiting the broker's reply gets it within ConfirmTimeout
+//     (at least two heartbeat intervals), or the connection is replaced.
+//     A link that goes dark and comes back (bytes discarded, the
+//     connection never closed) cannot make a lost message look confirmed:
+//     on a lane owed confirms, 250 ms without a byte from the broker send
+//     a pulse (so does a message sent on a link silent that long), and no
+//     confirm is believed until it is answered; unanswered, the connection
+//     is cut and the messages not yet reported are re-sent. A pulse also
+//     goes out every heartbeat interval, on subscribers too.
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
 //     (declare, a property the broker refuses), ErrMessageTooLarge (the

@@ -170,7 +170,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		// its answer first.
 		var oldestDone <-chan struct{}
 		pulse := l.sess.pulseOutstanding()
-		if head := l.pending.oldest(); head != nil && pulse == nil {
+		if head := l.pending.oldest(); head != nil && l.sess.confirmsBelievable() {
 			oldestDone = head.dc.Done()
 		}
 		select {
@@ -330,6 +330,11 @@ func (l *lane) send(ch *amqp091.Channel, d *delivery) {
 	}
 	d.dc, d.sentAt = dc, time.Now()
 	l.pending.push(d)
+	if l.sess.sock.silentFor() > pulseAfter {
+		// Sent on a link silent for a while (idle, or dark): a pulse
+		// after it, before its confirm is believed. See pulse.go.
+		l.sess.startPulse()
+	}
 	if m.mandatory {
 		l.mandatoryIDs[m.publishing.MessageId]++
 	}

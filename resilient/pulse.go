@@ -1,6 +1,8 @@
 package resilient
 
 import (
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -22,23 +24,55 @@ import (
 // (basic.qos on a channel of its own), busy or not. Until it is answered no
 // lane reports a confirm, so that none that came back with the link is
 // believed; answered, they are reported. Unanswered within the bound of a
-// pulse (a tenth of ConfirmTimeout, at least 500 ms), the link is cut, and
-// every message not yet reported is sent again on the next connection.
+// pulse (see pulseBound), the link is cut, and every message not yet
+// reported is sent again on the next connection. A message sent on a link
+// already silent for pulseAfter gets a pulse right after it, so that a
+// link dark since before it is found out before anything comes back.
 //
 // A link dark for less than pulseAfter can come back unnoticed: no proxy
 // that discards bytes is that quick, and no TCP link loses bytes at all.
 
 // pulseAfter is how long a lane waits for a confirm on a silent link
-// before it asks for a pulse.
+// before it asks for a pulse; a message sent on a link silent this long
+// gets a pulse right after it.
 const pulseAfter = 250 * time.Millisecond
 
-// pulseBound is how long a pulse may go unanswered.
+// pulseBound is how long a pulse may go unanswered: a fifth of
+// ConfirmTimeout, at least 1 s, not counting time the connection is
+// blocked or the socket is still writing what went before it. Meanwhile no
+// confirm is believed, so a longer bound costs no safety, only the time to
+// recover once a dark link is back; a shorter one would cut a connection
+// whose broker is merely slow to read (its internal flow control).
 func pulseBound(confirmTimeout time.Duration) time.Duration {
-	return min(confirmTimeout, max(confirmTimeout/10, 500*time.Millisecond))
+	return max(confirmTimeout/5, time.Second)
 }
 
-// startPulse sends a pulse, unless one is out already. Called by lanes,
-// which the session's wait group counts, so adding to it is safe.
+// keepPulse sends a pulse every heartbeat interval while the session
+// lives, whatever the lanes owe: AMQP heartbeats only tell each side that
+// bytes arrive, not that they make sense. A stream that lost bytes in the
+// middle of a frame can leave amqp091-go reading a made-up frame out of
+// the heartbeats that follow, for ever; a consumer whose deliveries were
+// lost waits for ever too. A pulse unanswered finds both out.
+func (sess *session) keepPulse() {
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		tick := time.NewTicker(sess.cfg.Heartbeat)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sess.stopping:
+				return
+			case <-tick.C:
+				sess.startPulse()
+			}
+		}
+	}()
+}
+
+// startPulse sends a pulse, unless one is out already. Called by lanes and
+// keepPulse, which the session's wait group counts, so adding to it is
+// safe.
 func (sess *session) startPulse() {
 	done := make(chan struct{})
 	if !sess.pulseOut.CompareAndSwap(nil, &done) {
@@ -57,11 +91,18 @@ func (sess *session) startPulse() {
 			}
 			return sess.pulseCh.Qos(0, 0, false)
 		})
-		if err != nil {
-			// Unanswered: what came back meanwhile is not believed, on
-			// this connection or any reply it may still bring.
-			sess.pulseMissed.Store(true)
-			sess.breakOff(err)
+		var reply *amqp091.Error
+		switch {
+		case err == nil:
+		case errors.As(err, &reply) && reply.Server && !sess.conn.IsClosed():
+			// The broker answered, if with a refusal: the link carries
+			// bytes both ways. Another channel next time.
+			sess.pulseCh = nil
+		default:
+			// Unanswered (the bound cut the link, or it was lost): what
+			// came back meanwhile is not believed.
+			sess.pulseCh = nil
+			sess.breakOff(fmt.Errorf("%w: a pulse failed: %v", errConnectionLost, err))
 		}
 		sess.pulseOut.Store(nil)
 		close(done)
@@ -78,15 +119,15 @@ func (sess *session) pulseOutstanding() <-chan struct{} {
 }
 
 // confirmsBelievable reports whether a confirm that arrived may be
-// reported: no pulse is out, and none went unanswered on this connection.
+// reported: no pulse is out, and the connection was not deemed broken.
 func (sess *session) confirmsBelievable() bool {
-	return sess.pulseOut.Load() == nil && !sess.pulseMissed.Load()
+	return sess.pulseOut.Load() == nil && !sess.distrust.Load()
 }
 
 // pulseState is a session's pulse. pulseCh is only touched by the one pulse
 // out at a time.
 type pulseState struct {
-	pulseOut    atomic.Pointer[chan struct{}]
-	pulseMissed atomic.Bool
-	pulseCh     *amqp091.Channel
+	pulseOut atomic.Pointer[chan struct{}]
+	distrust atomic.Bool // set by breakOff
+	pulseCh  *amqp091.Channel
 }

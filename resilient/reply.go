@@ -32,24 +32,36 @@ func (e *noReplyError) Unwrap() error { return errConnectionLost }
 // heartbeats still flow either side of the gap. Nothing would then end the
 // wait, and whatever waits behind it (a topic's declaration, a lane closing
 // a stuck channel, a consumer attaching) would wait too. So when no reply
-// comes within ConfirmTimeout, the connection is deemed broken and cut:
-// rpc returns, the session ends, and the supervisor connects again. Time
-// the broker spends blocking the connection (an alarm: it stops reading
-// from it) does not count.
+// comes within replyBound, the connection is deemed broken and cut: rpc
+// returns, the session ends, and the supervisor connects again.
 func (sess *session) awaitReply(what string, rpc func() error) error {
-	return sess.awaitReplyWithin(what, sess.cfg.ConfirmTimeout, rpc)
+	return sess.awaitReplyWithin(what, replyBound(sess.cfg), rpc)
 }
 
-// awaitReplyWithin is awaitReply with a bound of its own.
+// replyBound is how long a request may go unanswered: ConfirmTimeout, and
+// at least two heartbeat intervals, so that a short ConfirmTimeout does not
+// cut a connection whose broker takes its time over a declaration (a
+// quorum queue's, on a cluster).
+func replyBound(cfg *Config) time.Duration { return max(cfg.ConfirmTimeout, 2*cfg.Heartbeat) }
+
+// awaitReplyWithin is awaitReply with a bound of its own. Time the broker
+// spends blocking the connection (an alarm: it stops reading from it), and
+// time the socket spends writing what was queued before the request (a
+// large message, a slow uplink), extend the bound: when it runs out in
+// either, it starts again.
 func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func() error) error {
 	var mu sync.Mutex // the timer re-arms itself from its own callback
 	var timer *time.Timer
+	done := false
 	mu.Lock()
 	timer = time.AfterFunc(bound, func() {
-		if blocked, _ := sess.flowNow(); blocked {
-			mu.Lock()
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			return // answered as the timer fired
+		}
+		if blocked, _ := sess.flowNow(); blocked || sess.sock.writing() {
 			timer.Reset(bound)
-			mu.Unlock()
 			return
 		}
 		sess.breakOff(&noReplyError{what: what, after: bound})
@@ -57,6 +69,7 @@ func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func
 	mu.Unlock()
 	defer func() {
 		mu.Lock()
+		done = true
 		timer.Stop()
 		mu.Unlock()
 	}()
@@ -64,9 +77,17 @@ func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func
 }
 
 // breakOff cuts a connection that still looks alive but can no longer be
-// trusted, saying why: the supervisor reports that cause rather than the
-// closed socket's.
+// trusted, saying why (it wraps errConnectionLost): the supervisor reports
+// that cause rather than the closed socket's. Confirms not yet reported are
+// not believed from then on (bytes were lost). Once the session is ending,
+// it does nothing: ending cuts the socket anyway.
 func (sess *session) breakOff(why error) {
+	select {
+	case <-sess.stopping:
+		return
+	default:
+	}
+	sess.distrust.Store(true)
 	if !sess.brokenBy.CompareAndSwap(nil, &why) {
 		return // broken off already: the first cause is the one
 	}

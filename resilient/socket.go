@@ -50,6 +50,7 @@ type socket struct {
 	open atomic.Bool   // the handshake is done: reads get idle
 
 	lastRead atomic.Int64 // when bytes last arrived, in UnixNano
+	writes   atomic.Int32 // writes to the connection in progress
 }
 
 func newSocket(conn net.Conn, idle time.Duration) *socket { return &socket{Conn: conn, idle: idle} }
@@ -134,8 +135,13 @@ func (s *socket) Write(p []byte) (int, error) {
 	if err := s.flushLocked(); err != nil {
 		return 0, err
 	}
+	s.writes.Add(1)
+	defer s.writes.Add(-1)
 	return s.Conn.Write(p)
 }
+
+// writing reports whether bytes are being written to the connection now.
+func (s *socket) writing() bool { return s.writes.Load() > 0 }
 
 // cork starts a run.
 func (s *socket) cork() {
@@ -160,7 +166,9 @@ func (s *socket) flushLocked() error {
 	if s.err != nil || len(s.buf) == 0 {
 		return s.err
 	}
+	s.writes.Add(1)
 	_, err := s.Conn.Write(s.buf)
+	s.writes.Add(-1)
 	s.err = err
 	s.buf = s.buf[:0]
 	return err

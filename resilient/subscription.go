@@ -175,9 +175,20 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 
 // consume hands c's deliveries out one at a time until the channel or the
 // connection dies (false: attach again) or the subscription ends (true).
+//
+// A consumer that has had no delivery for idleReattach attaches again too:
+// deliveries the broker counts as sent to it, but that never arrived (one
+// lost with none after it to show a gap; a quorum queue's delivery lost
+// in a leader change, seen on RabbitMQ 3.10), stay unacked for as long as
+// its channel lives. Closing it hands them back to the queue.
 func (sub *subscription) consume(c *consumer) (stopping bool) {
+	idle := time.NewTimer(idleReattach(sub.s.cfg.Heartbeat))
+	defer idle.Stop()
 	for {
 		select {
+		case <-idle.C:
+			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleReattach(sub.s.cfg.Heartbeat).String()})
+			return false
 		case d, ok := <-c.deliveries:
 			if !ok {
 				// The channel died, or the broker cancelled the consumer
@@ -198,6 +209,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			if stop, alive := sub.handle(c, d); stop || !alive {
 				return stop
 			}
+			idle.Reset(idleReattach(sub.s.cfg.Heartbeat)) // from the handler's verdict
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:
@@ -286,3 +298,7 @@ func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive b
 	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
 	return true
 }
+
+// idleReattach is how long a consumer may go without a delivery before it
+// attaches again: five heartbeat intervals (50 s by default).
+func idleReattach(heartbeat time.Duration) time.Duration { return 5 * heartbeat }

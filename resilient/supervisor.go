@@ -186,6 +186,7 @@ func (s *supervisor) redial() *session {
 }
 
 func (s *supervisor) install(sess *session) {
+	sess.keepPulse()
 	if s.startSession != nil {
 		s.startSession(sess)
 	}
