@@ -239,7 +239,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if owedFor > pulseAfter && l.sess.sock.silentFor() > pulseAfter {
 				l.sess.startPulse() // dark, or busy? See pulse.go.
 			}
-			if owedFor > l.sess.cfg.ConfirmTimeout {
+			if owedFor > l.sess.cfg.ConfirmTimeout && !isDone(head.dc.Done()) { // not a confirm a pulse holds
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				l.closeChannel(ch)

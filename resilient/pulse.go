@@ -38,13 +38,13 @@ import (
 const pulseAfter = 250 * time.Millisecond
 
 // pulseBound is how long a pulse may go unanswered: a fifth of
-// ConfirmTimeout, at least 1 s, not counting time the connection is
+// ConfirmTimeout, at least 1 s (at most ConfirmTimeout), not counting time the connection is
 // blocked or the socket is still writing what went before it. Meanwhile no
 // confirm is believed, so a longer bound costs no safety, only the time to
 // recover once a dark link is back; a shorter one would cut a connection
 // whose broker is merely slow to read (its internal flow control).
 func pulseBound(confirmTimeout time.Duration) time.Duration {
-	return max(confirmTimeout/5, time.Second)
+	return min(confirmTimeout, max(confirmTimeout/5, time.Second))
 }
 
 // keepPulse sends a pulse every heartbeat interval while the session
@@ -64,7 +64,9 @@ func (sess *session) keepPulse() {
 			case <-sess.stopping:
 				return
 			case <-tick.C:
-				sess.startPulse()
+				if blocked, _ := sess.flowNow(); !blocked { // a blocked broker reads nothing
+					sess.startPulse()
+				}
 			}
 		}
 	}()
@@ -94,6 +96,9 @@ func (sess *session) startPulse() {
 		var reply *amqp091.Error
 		switch {
 		case err == nil:
+		case errors.Is(err, amqp091.ErrChannelMax):
+			// No channel to spare for a pulse (channel_max): none this
+			// time, and nothing learned.
 		case errors.As(err, &reply) && reply.Server && !sess.conn.IsClosed():
 			// The broker answered, if with a refusal: the link carries
 			// bytes both ways. Another channel next time.

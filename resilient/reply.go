@@ -53,6 +53,7 @@ func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func
 	var mu sync.Mutex // the timer re-arms itself from its own callback
 	var timer *time.Timer
 	done := false
+	_, flowChanged := sess.flowNow()
 	mu.Lock()
 	timer = time.AfterFunc(bound, func() {
 		mu.Lock()
@@ -60,7 +61,11 @@ func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func
 		if done {
 			return // answered as the timer fired
 		}
-		if blocked, _ := sess.flowNow(); blocked || sess.sock.writing() {
+		blocked, changed := sess.flowNow()
+		if blocked || changed != flowChanged || sess.sock.writing() {
+			// Blocked, or unblocked since the bound started: the bound
+			// starts again from now.
+			flowChanged = changed
 			timer.Reset(bound)
 			return
 		}
@@ -82,12 +87,12 @@ func (sess *session) awaitReplyWithin(what string, bound time.Duration, rpc func
 // not believed from then on (bytes were lost). Once the session is ending,
 // it does nothing: ending cuts the socket anyway.
 func (sess *session) breakOff(why error) {
+	sess.distrust.Store(true)
 	select {
 	case <-sess.stopping:
 		return
 	default:
 	}
-	sess.distrust.Store(true)
 	if !sess.brokenBy.CompareAndSwap(nil, &why) {
 		return // broken off already: the first cause is the one
 	}

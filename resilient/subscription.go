@@ -181,9 +181,15 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 // lost with none after it to show a gap; a quorum queue's delivery lost
 // in a leader change, seen on RabbitMQ 3.10), stay unacked for as long as
 // its channel lives. Closing it hands them back to the queue.
+//
+// Not for an auto-delete queue (closing its only consumer deletes it) nor
+// an exclusive consumer (another could take the queue meanwhile).
 func (sub *subscription) consume(c *consumer) (stopping bool) {
 	idle := time.NewTimer(idleReattach(sub.s.cfg.Heartbeat))
 	defer idle.Stop()
+	if cfg := sub.s.cfg.AMQP; cfg.Queue.AutoDelete || cfg.Consume.Exclusive {
+		idle.Stop()
+	}
 	for {
 		select {
 		case <-idle.C:
@@ -209,7 +215,9 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			if stop, alive := sub.handle(c, d); stop || !alive {
 				return stop
 			}
-			idle.Reset(idleReattach(sub.s.cfg.Heartbeat)) // from the handler's verdict
+			if cfg := sub.s.cfg.AMQP; !cfg.Queue.AutoDelete && !cfg.Consume.Exclusive {
+				idle.Reset(idleReattach(sub.s.cfg.Heartbeat)) // from the handler's verdict
+			}
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:
