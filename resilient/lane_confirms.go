@@ -35,8 +35,9 @@ func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 
 // settleAfterClose reports, once the channel is closed, the messages the
 // broker confirmed before it closed, unless a pulse is out or went
-// unanswered (pulse.go); the others stay pending for failPending. amqp091-go resolves every outstanding confirmation as it
-// closes a channel, so the wait is short; it ends with the session anyway.
+// unanswered (pulse.go); the others stay pending for failPending.
+// amqp091-go resolves every outstanding confirmation as it closes a
+// channel, so the wait is short; it ends with the session anyway.
 func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
 	var unconfirmed inFlight
 	for l.pending.len() > 0 {

@@ -38,8 +38,9 @@ import (
 const pulseAfter = 250 * time.Millisecond
 
 // pulseBound is how long a pulse may go unanswered: a fifth of
-// ConfirmTimeout, at least 1 s (at most ConfirmTimeout), not counting time the connection is
-// blocked or the socket is still writing what went before it. Meanwhile no
+// ConfirmTimeout, at least 1 s (at most ConfirmTimeout), not counting time
+// the connection is blocked or the socket is still writing what went
+// before it. Meanwhile no
 // confirm is believed, so a longer bound costs no safety, only the time to
 // recover once a dark link is back; a shorter one would cut a connection
 // whose broker is merely slow to read (its internal flow control).
@@ -83,7 +84,7 @@ func (sess *session) startPulse() {
 	sess.wg.Add(1)
 	go func() {
 		defer sess.wg.Done()
-		err := sess.awaitReplyWithin("a pulse (confirms owed, the link silent)", pulseBound(sess.cfg.ConfirmTimeout), func() error {
+		err := sess.awaitReplyWithin("a pulse", pulseBound(sess.cfg.ConfirmTimeout), func() error {
 			if sess.pulseCh == nil {
 				ch, err := sess.conn.Channel()
 				if err != nil {

@@ -185,15 +185,17 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 // Not for an auto-delete queue (closing its only consumer deletes it) nor
 // an exclusive consumer (another could take the queue meanwhile).
 func (sub *subscription) consume(c *consumer) (stopping bool) {
-	idle := time.NewTimer(idleReattach(sub.s.cfg.Heartbeat))
+	idleAfter := idleReattach(sub.s.cfg.Heartbeat)
+	idle := time.NewTimer(idleAfter)
 	defer idle.Stop()
-	if cfg := sub.s.cfg.AMQP; cfg.Queue.AutoDelete || cfg.Consume.Exclusive {
-		idle.Stop()
+	var idleOver <-chan time.Time // never, for those it would harm
+	if cfg := sub.s.cfg.AMQP; !cfg.Queue.AutoDelete && !cfg.Consume.Exclusive {
+		idleOver = idle.C
 	}
 	for {
 		select {
-		case <-idle.C:
-			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleReattach(sub.s.cfg.Heartbeat).String()})
+		case <-idleOver:
+			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
 			return false
 		case d, ok := <-c.deliveries:
 			if !ok {
@@ -215,9 +217,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			if stop, alive := sub.handle(c, d); stop || !alive {
 				return stop
 			}
-			if cfg := sub.s.cfg.AMQP; !cfg.Queue.AutoDelete && !cfg.Consume.Exclusive {
-				idle.Reset(idleReattach(sub.s.cfg.Heartbeat)) // from the handler's verdict
-			}
+			idle.Reset(idleAfter) // counted from the handler's verdict
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:
