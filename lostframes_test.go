@@ -116,32 +116,32 @@ func TestLostReplyOnALiveLink(t *testing.T) {
 	}
 }
 
-// A delivery lost with none after it (nothing shows a gap): the broker
-// holds it as unacked while the channel lives. The consumer, idle for five
-// heartbeats, attaches again, and the broker delivers it.
-func TestLastDeliveryLostOnALiveLink(t *testing.T) {
-	queue := brokertest.Name("lost-last")
+// queueOf publishes n messages to a fresh queue, straight to the broker, and
+// returns the queue and their IDs.
+func queueOf(t *testing.T, prefix string, n int) (string, []string) {
+	t.Helper()
+	queue := brokertest.Name(prefix)
 	brokertest.DeleteQueues(t, queue)
 	pub, _ := faultPublisher(t, brokertest.URI(), nil)
-	msgs, ids := messages(50)
+	msgs, ids := messages(n)
 	if err := pub.Publish(queue, msgs...); err != nil {
 		t.Fatal(err)
 	}
 	closePublisher(t, pub)
+	return queue, ids
+}
 
-	link, uri := proxy(t)
-	last := []byte(ids[len(ids)-1])
-	var dropped atomic.Bool
-	link.Drop(func(chunk []byte, upstream bool) bool {
-		return !upstream && bytes.Contains(chunk, last) && dropped.CompareAndSwap(false, true)
-	})
-	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), Heartbeat: time.Second}, watermill.NewStdLogger(false, false))
+// consumeAll subscribes to queue with cfg until the test ends, acking
+// every message and recording its arrival.
+func consumeAll(t *testing.T, cfg resilient.Config, queue string) *brokertest.Arrivals {
+	t.Helper()
+	sub, err := resilient.NewSubscriber(cfg, watermill.NewStdLogger(false, false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Close()
+	t.Cleanup(func() { _ = sub.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	out, err := sub.Subscribe(ctx, queue)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +153,22 @@ func TestLastDeliveryLostOnALiveLink(t *testing.T) {
 			m.Ack()
 		}
 	}()
+	return arrived
+}
+
+// A delivery lost with none after it (nothing shows a gap): the broker
+// holds it as unacked while the channel lives. The consumer, idle for five
+// heartbeats, attaches again, and the broker delivers it.
+func TestLastDeliveryLostOnALiveLink(t *testing.T) {
+	queue, ids := queueOf(t, "lost-last", 50)
+	link, uri := proxy(t)
+	last := []byte(ids[len(ids)-1])
+	var dropped atomic.Bool
+	link.Drop(func(chunk []byte, upstream bool) bool {
+		return !upstream && bytes.Contains(chunk, last) && dropped.CompareAndSwap(false, true)
+	})
 	start := time.Now()
+	arrived := consumeAll(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), Heartbeat: time.Second}, queue)
 	arrived.AwaitAll(t, ids)
 	if !dropped.Load() {
 		t.Fatal("the last delivery was not dropped: the test did not test the loss")
@@ -169,15 +184,7 @@ func TestLostFramesToTheSubscriber(t *testing.T) {
 		"basic.deliver":    basicDeliver,
 	} {
 		t.Run(name, func(t *testing.T) {
-			queue := brokertest.Name("lost-to-sub")
-			brokertest.DeleteQueues(t, queue)
-			pub, _ := faultPublisher(t, brokertest.URI(), nil)
-			msgs, ids := messages(300)
-			if err := pub.Publish(queue, msgs...); err != nil {
-				t.Fatal(err)
-			}
-			closePublisher(t, pub)
-
+			queue, ids := queueOf(t, "lost-to-sub", 300)
 			link, uri := proxy(t)
 			var seen atomic.Int64
 			link.Drop(func(chunk []byte, upstream bool) bool {
@@ -190,24 +197,7 @@ func TestLostFramesToTheSubscriber(t *testing.T) {
 			})
 			cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), Heartbeat: time.Second, ConfirmTimeout: time.Second}
 			cfg.AMQP.Consume.Qos.PrefetchCount = 10
-			sub, err := resilient.NewSubscriber(cfg, watermill.NewStdLogger(false, false))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			out, err := sub.Subscribe(ctx, queue)
-			if err != nil {
-				t.Fatal(err)
-			}
-			arrived := brokertest.NewArrivals()
-			go func() {
-				for m := range out {
-					arrived.Add(m.UUID)
-					m.Ack()
-				}
-			}()
+			arrived := consumeAll(t, cfg, queue)
 			arrived.AwaitAll(t, ids)
 			if seen.Load() < 3 && step == basicDeliver || seen.Load() < 1 {
 				t.Fatalf("no %s chunk dropped: the test did not test the loss", name)

@@ -170,7 +170,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		// its answer first.
 		var oldestDone <-chan struct{}
 		pulse := l.sess.pulseOutstanding()
-		if head := l.pending.oldest(); head != nil && l.sess.confirmsBelievable() {
+		if head := l.pending.oldest(); head != nil && pulse == nil && !l.sess.distrust.Load() {
 			oldestDone = head.dc.Done()
 		}
 		select {
