@@ -77,6 +77,7 @@ func (a *accounting) check(t *testing.T, queue string) {
 // after the call starts: each message with context.Background() is
 // confirmed (it has no reason not to be), every listed UUID once.
 func TestCancelledContextsInsideOneCall(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("mixed-ctx")
 	brokertest.DeleteQueues(t, queue)
 	pub, _ := faultPublisher(t, brokertest.URI(), nil)
@@ -142,6 +143,7 @@ func must(p message.Publisher, err error) message.Publisher {
 // unconfirmed are in the queue. (The stacks run side by side, each on a
 // link and a queue of its own.)
 func TestDocumentedStacksUnderRandomFaults(t *testing.T) {
+	brokertest.Need(t)
 	for name, stack := range stacks {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel() // each on a link and a queue of its own
@@ -238,6 +240,7 @@ func TestDocumentedStacksUnderRandomFaults(t *testing.T) {
 // such messages took 14.7 s with a 1 s PublishTimeout), and the others are
 // confirmed or listed.
 func TestManyContextsInOneCallKeepTheBound(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("many-ctx")
 	brokertest.DeleteQueues(t, queue)
 	pub, _ := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.PublishTimeout = time.Second })

@@ -47,6 +47,7 @@ func (a opaqueAuth) Response() string  { return a.plain.Response() }
 // refuses (closing the channel); four callers publish good messages. Every
 // good message is confirmed, and each bad one fails alone, permanently.
 func TestBystandersOfABadMessage(t *testing.T) {
+	brokertest.Need(t)
 	for _, c := range []struct {
 		name, spoil string
 		opaque      bool
@@ -123,6 +124,7 @@ func TestBystandersOfABadMessage(t *testing.T) {
 // queue in call order (a re-sent message may repeat; its first copy is in
 // place).
 func TestOrderWithinACallThroughChannelDeaths(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("order")
 	brokertest.DeleteQueues(t, queue)
 	pub, _ := faultPublisher(t, brokertest.URI(), func(cfg *resilient.Config) {
@@ -199,6 +201,7 @@ func TestOrderWithinACallThroughChannelDeaths(t *testing.T) {
 // (the cached topology says it exists): every later Publish that returns nil
 // has its message in the queue, declared again.
 func TestQueueDeletedUnderLiveConnection(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("deleted")
 	brokertest.DeleteQueues(t, queue)
 	pub, _ := faultPublisher(t, brokertest.URI(), nil)
@@ -232,6 +235,7 @@ func TestQueueDeletedUnderLiveConnection(t *testing.T) {
 // that was returned. Each call returns nil only with its message in its
 // queue.
 func TestSameMessageTwiceAtOnceWithAReturn(t *testing.T) {
+	brokertest.Need(t)
 	pub, _ := faultPublisher(t, brokertest.URI(), func(cfg *resilient.Config) { cfg.Channels = 1 })
 	defer closePublisher(t, pub)
 	conn := brokertest.Dial(t)
@@ -274,6 +278,7 @@ func TestSameMessageTwiceAtOnceWithAReturn(t *testing.T) {
 // and an unroutable topic: the unroutable call fails with ErrUnroutable,
 // the routable one is confirmed.
 func TestSameMandatoryMessageRoutableAndNot(t *testing.T) {
+	brokertest.Need(t)
 	exchange, bound := brokertest.Name("direct"), brokertest.Name("bound")
 	brokertest.DeleteQueues(t, bound)
 	cfg := amqp.NewDurablePubSubConfig(brokertest.URI(), nil)

@@ -78,6 +78,7 @@ func dropInTurn(link *netfault.Proxy, steps ...method) <-chan struct{} {
 // connection once ConfirmTimeout has passed without it, and the Publish
 // waiting behind it is confirmed on the next connection.
 func TestLostReplyOnALiveLink(t *testing.T) {
+	brokertest.Need(t)
 	for name, steps := range map[string][]method{
 		"channel.open-ok of a lane":        {channelOpenOK},
 		"confirm.select-ok of a lane":      {confirmSelectOK},
@@ -160,6 +161,7 @@ func consumeAll(t *testing.T, cfg resilient.Config, queue string) *brokertest.Ar
 // holds it as unacked while the channel lives. The consumer, idle for five
 // heartbeats, attaches again, and the broker delivers it.
 func TestLastDeliveryLostOnALiveLink(t *testing.T) {
+	brokertest.Need(t)
 	queue, ids := queueOf(t, "lost-last", 50)
 	link, uri := proxy(t)
 	last := []byte(ids[len(ids)-1])
@@ -179,6 +181,7 @@ func TestLastDeliveryLostOnALiveLink(t *testing.T) {
 // A reply lost to the subscriber (its consumer's start), or a delivery lost
 // in the middle of a stream: every message still reaches the handler.
 func TestLostFramesToTheSubscriber(t *testing.T) {
+	brokertest.Need(t)
 	for name, step := range map[string]method{
 		"basic.consume-ok": basicConsumeOK,
 		"basic.deliver":    basicDeliver,
@@ -216,6 +219,7 @@ func TestLostFramesToTheSubscriber(t *testing.T) {
 // silent while confirms are owed, well before the heartbeat would: nothing
 // reported confirmed is missing.
 func TestBlackholeLiftedWhileCallsKeepComing(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	queue := brokertest.Name("dark-then-back")
 	brokertest.DeleteQueues(t, queue)

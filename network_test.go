@@ -46,6 +46,7 @@ func proxy(t *testing.T) (*netfault.Proxy, string) {
 // heartbeat can tell; the publisher must notice, reconnect once the link
 // heals, and re-send.
 func TestBlackholedLink(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	f := startFault(t, "blackhole", uri, func(c *resilient.Config) {
 		c.Heartbeat = time.Second
@@ -67,6 +68,7 @@ func TestBlackholedLink(t *testing.T) {
 // A link cut outright (every connection reset, new ones refused) and then
 // restored, several times.
 func TestLinkReset(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	f := startFault(t, "reset", uri, nil)
 	for i := 0; i < 3; i++ {
@@ -98,6 +100,7 @@ const bigMessages = 64 << 10
 // reconnect, and no Publish may fail. Then Close returns in time although
 // the frozen link never heals.
 func TestFrozenLinkWhileWriting(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	f := startSizedFault(t, "frozen", uri, bigMessages, func(c *resilient.Config) {
 		c.Heartbeat = time.Second
@@ -129,6 +132,7 @@ func TestFrozenLinkWhileWriting(t *testing.T) {
 // CloseTimeout and a small margin, and the publishes in progress return
 // errors naming their messages.
 func TestCloseWhileLinkFrozen(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	pub, _ := faultPublisher(t, uri, func(c *resilient.Config) {
 		c.Heartbeat = 30 * time.Second
@@ -185,6 +189,7 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 // Close returns within CloseTimeout and a small margin, not after
 // DialTimeout.
 func TestCloseDuringHungDial(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	pub, states := faultPublisher(t, uri, func(c *resilient.Config) {
 		c.CloseTimeout = time.Second
@@ -230,6 +235,7 @@ func (b markerBuilder) BuildTopology(ch *amqp091.Channel, queue, exchange string
 // with a raw network error while amqp091-go does not yet call the
 // connection closed). Every Publish must wait for the reconnect and succeed.
 func TestResetDuringTopologyDeclaration(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	marker := func(queue string) string { return queue + "-marker" }
 	pub, states := faultPublisher(t, uri, func(c *resilient.Config) {
@@ -283,6 +289,7 @@ func TestResetDuringTopologyDeclaration(t *testing.T) {
 // during the handshake as bad credentials or vhost; the publisher must see a
 // transient fault, keep redialing, and connect once the link is fast again.
 func TestSlowLinkIsNotAnAccessRefusal(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 
 	// A handshake over a 1 s delay does not fit in DialTimeout 3 s.
@@ -330,6 +337,7 @@ func TestSlowLinkIsNotAnAccessRefusal(t *testing.T) {
 
 // A link slow but within the bounds works: 200 ms each way.
 func TestSlowLinkWithinBounds(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	link.Delay(200 * time.Millisecond)
 	f := startFault(t, "slow-ok", uri, func(c *resilient.Config) { c.Heartbeat = 5 * time.Second })
@@ -346,6 +354,7 @@ func TestSlowLinkWithinBounds(t *testing.T) {
 // find out, within about 1.5 heartbeats, and a Subscribe on the frozen link
 // returns when its context ends.
 func TestLinkFrozenRightAfterConnect(t *testing.T) {
+	brokertest.Need(t)
 	for _, side := range []string{"publisher", "subscriber"} {
 		t.Run(side, func(t *testing.T) {
 			link, uri := proxy(t)

@@ -96,6 +96,7 @@ func closePublisher(t *testing.T, pub *resilient.Publisher) {
 }
 
 func TestForcedConnectionCloses(t *testing.T) {
+	brokertest.Need(t)
 	f := startFault(t, "forced-close", brokertest.URI(), nil)
 	var recoveries []time.Duration
 	for i := 0; i < 5; i++ {
@@ -113,6 +114,7 @@ func TestForcedConnectionCloses(t *testing.T) {
 }
 
 func TestBrokerRestart(t *testing.T) {
+	brokertest.Need(t)
 	f := startFault(t, "restart", brokertest.URI(), nil)
 	f.load.WaitProgress(500)
 	stopped := time.Now()
@@ -144,6 +146,7 @@ func (b *declareOnly) ExchangeDeclare(ch *amqp091.Channel, exchange string, cfg 
 // Publishing to a missing exchange fails those messages with ErrNotFound,
 // at once, while other topics on the same publisher lose nothing.
 func TestMissingExchangeMidStream(t *testing.T) {
+	brokertest.Need(t)
 	missing := brokertest.Name("missing")
 	topics := []string{brokertest.Name("ok-a"), brokertest.Name("ok-b"), brokertest.Name("ok-c")}
 	cfg := amqp.NewDurablePubSubConfig(brokertest.URI(), nil)
@@ -222,6 +225,7 @@ func TestMissingExchangeMidStream(t *testing.T) {
 // A memory alarm blocks the connection: sending pauses and Publish times out
 // cleanly, naming its messages; once the alarm clears, publishing resumes.
 func TestBlockedConnection(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("blocked")
 	brokertest.DeleteQueues(t, queue)
 	pub, states := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.PublishTimeout = 3 * time.Second })
@@ -270,6 +274,7 @@ func alarm(t *testing.T) (restore func()) {
 
 // A message's own Context() bounds its wait, however long PublishTimeout is.
 func TestMessageContextBoundsTheWait(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("msg-ctx")
 	brokertest.DeleteQueues(t, queue)
 	pub, states := faultPublisher(t, brokertest.URI(), nil) // PublishTimeout: a minute
@@ -305,6 +310,7 @@ func TestMessageContextBoundsTheWait(t *testing.T) {
 // Close waits CloseTimeout for publishes in progress, then gives up on them:
 // both Close and the Publish return an error naming the unconfirmed UUIDs.
 func TestCloseReportsWhatStayedUnconfirmed(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("close-blocked")
 	brokertest.DeleteQueues(t, queue)
 	pub, states := faultPublisher(t, brokertest.URI(), func(c *resilient.Config) { c.CloseTimeout = 500 * time.Millisecond })

@@ -151,6 +151,7 @@ var errFlaky = errors.New("flaky: first attempt fails")
 // connections and restarts. Every input arrives at the end queue; a second
 // Router with the Deduplicator handles each exactly once.
 func TestRouterPipelineUnderFaults(t *testing.T) {
+	brokertest.Need(t)
 	const n = 1000 // at least; more while the faults last
 	in, out, poisonQ := brokertest.Name("router-in"), brokertest.Name("router-out"), brokertest.Name("router-poison")
 	brokertest.DeleteQueues(t, in, out, poisonQ)
@@ -271,6 +272,7 @@ type orderShipped struct {
 // restarts; each handled command publishes an event; every command's event
 // arrives at least once, checked by command ID.
 func TestCQRSUnderFaults(t *testing.T) {
+	brokertest.Need(t)
 	const n = 500 // at least; more while the faults last
 	prefix := brokertest.Name("cqrs")
 	brokertest.DeleteQueues(t, prefix+".commands", prefix+".events")

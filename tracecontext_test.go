@@ -27,6 +27,7 @@ func traceparent(i int) string {
 // again on the next connection. Each one reaches the resilient Subscriber's
 // handler with its own trace context, the re-sent ones included.
 func TestTraceContextAcrossAResend(t *testing.T) {
+	brokertest.Need(t)
 	link, uri := proxy(t)
 	queue := brokertest.Name("trace")
 	brokertest.DeleteQueues(t, queue)

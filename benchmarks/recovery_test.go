@@ -42,6 +42,7 @@ const (
 //
 //	go test ./benchmarks -run TestRecovery -v -args -recovery.svg=docs/recovery.svg
 func TestRecovery(t *testing.T) {
+	brokertest.Need(t)
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
 	if err != nil {
 		t.Fatal(err)

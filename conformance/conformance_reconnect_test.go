@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
@@ -22,17 +21,18 @@ import (
 // during reconnects, and the harness itself races (its collector goroutine
 // appends to the slice the test then reads, pubsub/tests/test_pubsub.go:1086
 // and :1120).
-func TestConformanceReconnect(t *testing.T)          { reconnectSuite(t, pubSub) }
-func TestConformanceResilientReconnect(t *testing.T) { reconnectSuite(t, resilientPubSub) }
+func TestConformanceReconnect(t *testing.T)            { reconnectSuite(t, v2Door(pubSub)) }
+func TestConformanceResilientReconnect(t *testing.T)   { reconnectSuite(t, v2Door(resilientPubSub)) }
+func TestConformanceResilientV3Reconnect(t *testing.T) { reconnectSuite(t, v3Door()) }
 
-func reconnectSuite(t *testing.T, pair newPair) {
+func reconnectSuite(t *testing.T, d door) {
+	brokertest.Need(t)
 	f := features()
 	// The harness restarts the broker twice: at a third and at half of its
 	// messages (pubsub/tests/test_pubsub.go:1061).
 	f.RestartServiceCommand = restartCommand(t, 2)
 	tests.TestReconnect(t, tests.TestContext{TestID: tests.NewTestID(), Features: f}, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
-		pub, sub := pair(t, cfg, cfg)
+		pub, sub := d.queue(t)
 		g := &publishGate{published: make(map[string]time.Time), changed: make(chan struct{})}
 		return &gatedPublisher{Publisher: pub, gate: g}, &gatedSubscriber{Subscriber: sub, gate: g}
 	})

@@ -31,5 +31,9 @@ func resilientPubSub(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publishe
 	return pub, sub
 }
 
-func TestConformanceResilientDurableQueue(t *testing.T)  { durableQueueSuite(t, resilientPubSub) }
-func TestConformanceResilientDurablePubSub(t *testing.T) { durablePubSubSuite(t, resilientPubSub) }
+func TestConformanceResilientDurableQueue(t *testing.T) {
+	durableQueueSuite(t, v2Door(resilientPubSub))
+}
+func TestConformanceResilientDurablePubSub(t *testing.T) {
+	durablePubSubSuite(t, v2Door(resilientPubSub))
+}

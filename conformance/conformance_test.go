@@ -77,28 +77,49 @@ func features() tests.Features {
 }
 
 // newPair makes the publisher and subscriber of one conformance test, each
-// on its config: pubSub (watermill-amqp's subscriber) or resilientPubSub
-// (ours).
+// on its watermill-amqp v2 config: pubSub (watermill-amqp's subscriber) or
+// resilientPubSub (ours).
 type newPair func(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, message.Subscriber)
 
-func durableQueueSuite(t *testing.T, pair newPair) {
-	tests.TestPubSub(t, features(), func(t *testing.T) (message.Publisher, message.Subscriber) {
-		cfg := amqp.NewDurableQueueConfig(brokertest.URI())
-		return pair(t, cfg, cfg)
-	}, nil)
+// door builds the publisher and subscriber of one conformance test through
+// one front door: on a durable queue config, or on durable pub/sub configs
+// whose subscriber's queue is named for group ("": the topic with a
+// suffix).
+type door struct {
+	queue  func(t *testing.T) (message.Publisher, message.Subscriber)
+	pubSub func(t *testing.T, group string) (message.Publisher, message.Subscriber)
 }
 
-func durablePubSubSuite(t *testing.T, pair newPair) {
+// v2Door builds pairs of watermill-amqp v2 configs.
+func v2Door(pair newPair) door {
+	return door{
+		queue: func(t *testing.T) (message.Publisher, message.Subscriber) {
+			cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+			return pair(t, cfg, cfg)
+		},
+		pubSub: func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+			queue := amqp.GenerateQueueNameTopicNameWithSuffix("test")
+			if group != "" {
+				queue = amqp.GenerateQueueNameConstant(conformancePrefix + group)
+			}
+			return pair(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil), amqp.NewDurablePubSubConfig(brokertest.URI(), queue))
+		},
+	}
+}
+
+func durableQueueSuite(t *testing.T, d door) {
+	brokertest.Need(t)
+	tests.TestPubSub(t, features(), d.queue, nil)
+}
+
+func durablePubSubSuite(t *testing.T, d door) {
+	brokertest.Need(t)
 	f := features()
 	f.ConsumerGroups = true
 	tests.TestPubSub(t, f, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		return pair(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
-			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameTopicNameWithSuffix("test")))
-	}, func(t *testing.T, consumerGroup string) (message.Publisher, message.Subscriber) {
-		return pair(t, amqp.NewDurablePubSubConfig(brokertest.URI(), nil),
-			amqp.NewDurablePubSubConfig(brokertest.URI(), amqp.GenerateQueueNameConstant(conformancePrefix+consumerGroup)))
-	})
+		return d.pubSub(t, "")
+	}, d.pubSub)
 }
 
-func TestConformanceDurableQueue(t *testing.T)  { durableQueueSuite(t, pubSub) }
-func TestConformanceDurablePubSub(t *testing.T) { durablePubSubSuite(t, pubSub) }
+func TestConformanceDurableQueue(t *testing.T)  { durableQueueSuite(t, v2Door(pubSub)) }
+func TestConformanceDurablePubSub(t *testing.T) { durablePubSubSuite(t, v2Door(pubSub)) }

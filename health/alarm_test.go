@@ -21,6 +21,7 @@ import (
 // A memory alarm on the broker makes the components not ready, yet live,
 // until it clears.
 func TestReadinessDuringMemoryAlarm(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("health-alarm")
 	brokertest.DeleteQueues(t, queue)
 	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}

@@ -6,17 +6,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
 // DefaultMaxDisconnected is how long a component may go without a
 // connection before liveness fails, unless NewChecker is given another bound.
 const DefaultMaxDisconnected = time.Minute
 
-// Reporter is what the checker reads: *resilient.Publisher and
-// *resilient.Subscriber are Reporters.
+// Reporter is what the checker reads: *core.Publisher and
+// *core.Subscriber are Reporters.
 type Reporter interface {
-	Health() resilient.Health
+	Health() core.Health
 }
 
 // Checker checks named components. Its methods are safe for concurrent use.

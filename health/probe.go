@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
 // probe is a rule a component's health passes or fails.
@@ -21,20 +21,20 @@ const (
 // result is one component's health and whether it passed a probe.
 type result struct {
 	name   string
-	health resilient.Health
+	health core.Health
 	err    error // nil: passed; else why not, starting with name
 }
 
 // judge returns nil if h passes the probe at now, else why not.
-func (p probe) judge(name string, h resilient.Health, now time.Time, maxDisconnected time.Duration) error {
+func (p probe) judge(name string, h core.Health, now time.Time, maxDisconnected time.Duration) error {
 	switch h.State {
-	case resilient.StateConnected:
+	case core.StateConnected:
 		return nil
-	case resilient.StateBlocked:
+	case core.StateBlocked:
 		if p == liveness {
 			return nil
 		}
-	case resilient.StateConnecting, resilient.StateReconnecting:
+	case core.StateConnecting, core.StateReconnecting:
 		if p == liveness && now.Sub(h.Since) <= maxDisconnected {
 			return nil
 		}
@@ -44,7 +44,7 @@ func (p probe) judge(name string, h resilient.Health, now time.Time, maxDisconne
 
 // describe says what state h is in, for how long, and why, with no
 // password.
-func describe(h resilient.Health, now time.Time) string {
+func describe(h core.Health, now time.Time) string {
 	s := h.State.String()
 	if !h.Since.IsZero() {
 		s += " for " + roughly(now.Sub(h.Since)).String()

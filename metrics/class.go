@@ -1,8 +1,8 @@
 package metrics
 
-import "github.com/resilientmq/watermill-rabbitmq/resilient"
+import "github.com/resilientmq/watermill-rabbitmq/core"
 
-// classes are the values resilient.ErrorClass documents: the only values of
+// classes are the values core.ErrorClass documents: the only values of
 // the class and cause labels.
 var classes = map[string]bool{
 	"not_confirmed": true, "nacked": true, "unroutable": true, "access_refused": true,
@@ -12,11 +12,11 @@ var classes = map[string]bool{
 	"other": true,
 }
 
-// class is the label value for err: its resilient.ErrorClass, or "other"
+// class is the label value for err: its core.ErrorClass, or "other"
 // for a class this package does not know (the label stays bounded) and for
 // a nil error.
 func class(err error) string {
-	if c := resilient.ErrorClass(err); classes[c] {
+	if c := core.ErrorClass(err); classes[c] {
 		return c
 	}
 	return "other"

@@ -4,19 +4,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
-// states are the values of the state label, indexed by resilient.State.
-var states = [...]resilient.State{
-	resilient.StateConnecting,
-	resilient.StateConnected,
-	resilient.StateBlocked,
-	resilient.StateReconnecting,
-	resilient.StateClosed,
+// states are the values of the state label, indexed by core.State.
+var states = [...]core.State{
+	core.StateConnecting,
+	core.StateConnected,
+	core.StateBlocked,
+	core.StateReconnecting,
+	core.StateClosed,
 }
 
-// lossCauses start at 0 on every name: the classes resilient.ErrorClass
+// lossCauses start at 0 on every name: the classes core.ErrorClass
 // gives a lost connection.
 var lossCauses = []string{"broker", "network", "heartbeat", "other"}
 
@@ -59,14 +59,14 @@ func newConnection(v connectionVecs, nameLabel, name string) *connection {
 	for _, cause := range lossCauses {
 		c.reconnects.WithLabelValues(cause)
 	}
-	if current, ok := c.state(); !ok || current == resilient.StateClosed {
-		c.setState(resilient.StateConnecting)
+	if current, ok := c.state(); !ok || current == core.StateClosed {
+		c.setState(core.StateConnecting)
 	}
 	return c
 }
 
 // state returns the state whose gauge is 1, if any.
-func (c *connection) state() (resilient.State, bool) {
+func (c *connection) state() (core.State, bool) {
 	for i, g := range c.states {
 		var m dto.Metric
 		if g.Write(&m) == nil && m.GetGauge().GetValue() == 1 {
@@ -77,13 +77,13 @@ func (c *connection) state() (resilient.State, bool) {
 }
 
 // observe records e if it is a connection event, and reports whether it was.
-func (c *connection) observe(e resilient.Event) bool {
+func (c *connection) observe(e core.Event) bool {
 	switch e.Kind {
-	case resilient.StateChanged:
+	case core.StateChanged:
 		c.setState(e.State)
-	case resilient.ConnectionLost:
+	case core.ConnectionLost:
 		c.reconnects.WithLabelValues(class(e.Err)).Inc()
-	case resilient.Reconnected:
+	case core.Reconnected:
 		c.recovery.Observe(e.Duration.Seconds())
 	default:
 		return false
@@ -93,7 +93,7 @@ func (c *connection) observe(e resilient.Event) bool {
 
 // setState sets the gauge of s to 1 and the others to 0. A state this
 // package does not know leaves every gauge at 0.
-func (c *connection) setState(s resilient.State) {
+func (c *connection) setState(s core.State) {
 	for i, g := range c.states {
 		if states[i] == s {
 			g.Set(1)

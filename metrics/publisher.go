@@ -3,13 +3,13 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
-// Publisher returns the function to set as the resilient.Config.OnEvent of a
+// Publisher returns the function to set as the core.Config.OnEvent of a
 // Publisher: it records the publisher's events in the publisher series,
 // labelled publisher_name=name, and sets its connection state to connecting.
-func (p *Prometheus) Publisher(name string) func(resilient.Event) {
+func (p *Prometheus) Publisher(name string) func(core.Event) {
 	v := p.pub
 	m := &publisherMetrics{
 		confirmedCalls: v.calls.WithLabelValues(name, "confirmed"),
@@ -39,12 +39,12 @@ type publisherMetrics struct {
 	conn                        *connection
 }
 
-func (m *publisherMetrics) observe(e resilient.Event) {
+func (m *publisherMetrics) observe(e core.Event) {
 	n := float64(e.Messages)
 	switch e.Kind {
-	case resilient.PublishStarted:
+	case core.PublishStarted:
 		m.inFlight.Add(n)
-	case resilient.PublishDone:
+	case core.PublishDone:
 		if e.Err == nil {
 			m.confirmedCalls.Inc()
 		} else {
@@ -52,15 +52,15 @@ func (m *publisherMetrics) observe(e resilient.Event) {
 		}
 		m.duration.Observe(e.Duration.Seconds())
 		m.inFlight.Sub(n) // every call reports PublishStarted first
-	case resilient.MessagesConfirmed:
+	case core.MessagesConfirmed:
 		m.confirmed.Add(n)
-	case resilient.MessagesNacked:
+	case core.MessagesNacked:
 		m.nacked.Add(n)
-	case resilient.MessagesReturned:
+	case core.MessagesReturned:
 		m.returned.Add(n)
-	case resilient.MessagesResent:
+	case core.MessagesResent:
 		m.resent.Add(n)
-	case resilient.MessagesFailed:
+	case core.MessagesFailed:
 		m.failed.WithLabelValues(class(e.Err)).Add(n)
 	default:
 		m.conn.observe(e)

@@ -17,6 +17,7 @@ import (
 // what happened: the connections went away and came back, the subscription
 // re-attached, every confirmed message was delivered.
 func TestMetricsThroughBrokerRestart(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("metrics-restart")
 	brokertest.DeleteQueues(t, queue)
 

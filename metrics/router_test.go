@@ -18,6 +18,7 @@ import (
 // namespace and one subsystem without a conflict, and both fill as messages
 // flow through a Router.
 func TestBesideWatermillRouterMetrics(t *testing.T) {
+	brokertest.Need(t)
 	in, out := brokertest.Name("router-in"), brokertest.Name("router-out")
 	brokertest.DeleteQueues(t, in, out)
 

@@ -3,14 +3,14 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
-// Subscriber returns the function to set as the resilient.Config.OnEvent of
+// Subscriber returns the function to set as the core.Config.OnEvent of
 // a Subscriber: it records the subscriber's events in the subscriber series,
 // labelled subscriber_name=name, and sets its connection state to
 // connecting.
-func (p *Prometheus) Subscriber(name string) func(resilient.Event) {
+func (p *Prometheus) Subscriber(name string) func(core.Event) {
 	v := p.sub
 	m := &subscriberMetrics{
 		delivered:   v.delivered.WithLabelValues(name),
@@ -31,18 +31,18 @@ type subscriberMetrics struct {
 	conn                   *connection
 }
 
-func (m *subscriberMetrics) observe(e resilient.Event) {
+func (m *subscriberMetrics) observe(e core.Event) {
 	switch e.Kind {
-	case resilient.MessageDelivered:
+	case core.MessageDelivered:
 		m.delivered.Add(float64(e.Messages))
 		if e.Redelivered {
 			m.redelivered.Add(float64(e.Messages))
 		}
-	case resilient.MessageAcked:
+	case core.MessageAcked:
 		m.acked.Add(float64(e.Messages))
-	case resilient.MessageNacked:
+	case core.MessageNacked:
 		m.nacked.Add(float64(e.Messages))
-	case resilient.ConsumerReattached:
+	case core.ConsumerReattached:
 		m.reattaches.Inc()
 	default:
 		m.conn.observe(e)

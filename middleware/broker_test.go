@@ -18,6 +18,7 @@ import (
 // broker closes under it: the decorators must keep the publisher's promises
 // (nothing confirmed is lost) and add no failure of their own.
 func TestStackOnResilientPublisherThroughForcedCloses(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("stack")
 	brokertest.DeleteQueues(t, queue)
 	states, record := brokertest.NewStates(t)

@@ -11,7 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v5"
 
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
 // Decision is what a RetryConfig.Classify hook says about an error.
@@ -132,9 +132,9 @@ func (c RetryConfig) Validate() error {
 // works with any message.Publisher.
 //
 // An error is permanent, and Retry returns it at once, when Classify says
-// so, or else when resilient.IsPermanent says so (the typed errors of this
+// so, or else when core.IsPermanent says so (the typed errors of this
 // module's publisher, and context.Canceled: someone gave up), or when it is
-// a *resilient.PublishError that is not Temporary. Every other error is
+// a *core.PublishError that is not Temporary. Every other error is
 // transient, context.DeadlineExceeded included: when the deadline was the
 // caller's, the messages' contexts have ended and Retry stops for that
 // reason; when it was one attempt's own (a Timeout stacked under Retry, the
@@ -146,7 +146,7 @@ func (c RetryConfig) Validate() error {
 // error, wrapped with the number of attempts (errors.Is and errors.As see
 // through it).
 //
-// Partial failure: when the publisher returns a *resilient.PublishError
+// Partial failure: when the publisher returns a *core.PublishError
 // (this module's publisher does), the messages it does not list in
 // Unconfirmed were confirmed, and the next attempt sends only the listed
 // ones; the final error then names exactly the messages never confirmed.
@@ -257,19 +257,15 @@ func (r *retryPublisher) permanent(err error) bool {
 			return false
 		}
 	}
-	var pe *resilient.PublishError
-	if errors.As(err, &pe) && !pe.Temporary() {
-		return true
-	}
-	return resilient.IsPermanent(err)
+	return core.IsPermanent(err)
 }
 
 // unconfirmed returns the messages of msgs that err says were not
-// confirmed: those a *resilient.PublishError names, or all of them when err
+// confirmed: those a *core.PublishError names, or all of them when err
 // says nothing about which (or names none of msgs: better a duplicate than a
 // loss).
 func unconfirmed(msgs []*message.Message, err error) []*message.Message {
-	var pe *resilient.PublishError
+	var pe *core.PublishError
 	if !errors.As(err, &pe) || len(pe.Unconfirmed) == 0 {
 		return msgs
 	}

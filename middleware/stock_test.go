@@ -139,6 +139,7 @@ func (l *bareLoad) Kinds() string {
 // side by side through one restart, so the failure of the bare one shows
 // the restart was real for the decorated one.
 func TestStockPublisherThroughBrokerRestart(t *testing.T) {
+	brokertest.Need(t)
 	const goroutines = 16
 	bareQueue, decoratedQueue := brokertest.Name("stock-bare"), brokertest.Name("stock-decorated")
 	declareQueue(t, bareQueue)

@@ -75,6 +75,7 @@ func requirePublishError(t *testing.T, err error, sentinel error, unconfirmed []
 }
 
 func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
+	brokertest.Need(t)
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.Marshaler = failingMarshaler{}
 	var reconnects atomic.Int32
@@ -158,6 +159,7 @@ func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 }
 
 func TestInvalidConfig(t *testing.T) {
+	brokertest.Need(t)
 	const secret = "S3cr3t-Pa55"
 	valid := func() resilient.Config {
 		return resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
@@ -232,6 +234,7 @@ func TestInvalidConfig(t *testing.T) {
 }
 
 func TestWrongCredentialsFailNewPublisher(t *testing.T) {
+	brokertest.Need(t)
 	const secret = "Wr0ng-Pa55-XYZ"
 	uri := strings.Replace(brokertest.URI(), "guest:guest", "guest:"+secret, 1)
 	if uri == brokertest.URI() {
@@ -253,6 +256,7 @@ func TestWrongCredentialsFailNewPublisher(t *testing.T) {
 }
 
 func TestMissingVhostFailsNewPublisher(t *testing.T) {
+	brokertest.Need(t)
 	uri := strings.TrimSuffix(brokertest.URI(), "/") + "/no-such-vhost"
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri)}, nil)
 	if pub != nil || !errors.Is(err, resilient.ErrNotFound) || !resilient.IsPermanent(err) {

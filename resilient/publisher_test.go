@@ -39,6 +39,7 @@ var newMessages = brokertest.Messages
 // declared by the publisher, so messages published before any subscriber
 // exists are kept, persistent, with their UUID as message_id.
 func TestPublishDurableQueueBeforeAnySubscriber(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("durable")
 	brokertest.DeleteQueues(t, queue)
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
@@ -77,6 +78,7 @@ func TestPublishDurableQueueBeforeAnySubscriber(t *testing.T) {
 
 // Many goroutines, one publisher: every nil is a message in the queue.
 func TestPublishConcurrently(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("concurrent")
 	brokertest.DeleteQueues(t, queue)
 	pub := newPublisher(t, resilient.Config{})
@@ -106,6 +108,7 @@ func TestPublishConcurrently(t *testing.T) {
 }
 
 func TestCloseIsIdempotentAndRefusesNewPublishes(t *testing.T) {
+	brokertest.Need(t)
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +130,7 @@ func TestCloseIsIdempotentAndRefusesNewPublishes(t *testing.T) {
 
 // Close waits for the publishes in progress to be confirmed.
 func TestCloseWaitsForInFlightPublishes(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("close-wait")
 	brokertest.DeleteQueues(t, queue)
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}, nil)
@@ -165,6 +169,7 @@ func TestCloseWaitsForInFlightPublishes(t *testing.T) {
 }
 
 func TestStateChangesAreReported(t *testing.T) {
+	brokertest.Need(t)
 	var mu sync.Mutex
 	var states []resilient.State
 	pub, err := resilient.NewPublisher(resilient.Config{

@@ -25,6 +25,7 @@ func quorumConfig() amqp.Config {
 // for ever without reaching the handler). Global QoS, which quorum queues
 // refuse by closing the connection, is applied per consumer.
 func TestQuorumQueueRedeliveryReachesTheHandler(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("quorum-nack")
 	brokertest.DeleteQueues(t, queue)
 	cfg := quorumConfig()

@@ -128,6 +128,7 @@ func firstAfter(t *testing.T, r *received, since time.Time) time.Duration {
 }
 
 func TestSubscriberForcedConnectionCloses(t *testing.T) {
+	brokertest.Need(t)
 	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
 		for i := 0; i < 3; i++ {
 			load.WaitProgress(200)
@@ -140,6 +141,7 @@ func TestSubscriberForcedConnectionCloses(t *testing.T) {
 }
 
 func TestSubscriberBrokerRestart(t *testing.T) {
+	brokertest.Need(t)
 	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
 		brokertest.StopApp(t)
 		states.Await("reconnecting")
@@ -175,6 +177,7 @@ func (l signalLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
 // channel, does not send the held message's ack there (its delivery tag
 // belongs to the dead channel), and the broker delivers it again.
 func TestSubscriberChannelClosedInFlight(t *testing.T) {
+	brokertest.Need(t)
 	interrupted := signalLogger{LoggerAdapter: watermill.NewStdLogger(false, false), want: "Channel closed", once: &sync.Once{}, fired: make(chan struct{})}
 	// The broker checks consumer_timeout on each channel tick (60 s by
 	// default); both are read by channels opened from now on.
@@ -237,6 +240,7 @@ func setBrokerEnv(t *testing.T, key, value string) (restore func()) {
 // Nack requeues: the message comes again. With NoRequeueOnNack it is dropped
 // (dead-lettered when the queue says so).
 func TestSubscriberNack(t *testing.T) {
+	brokertest.Need(t)
 	for _, noRequeue := range []bool{false, true} {
 		t.Run(map[bool]string{false: "requeue", true: "no-requeue"}[noRequeue], func(t *testing.T) {
 			queue := brokertest.Name("sub-nack")
@@ -300,6 +304,7 @@ func containsStr(s []string, v string) bool {
 // What the handler did not ack when the subscription ends goes back to the
 // queue; Close ends every subscription, is idempotent, and refuses more.
 func TestSubscriberCloseReturnsUnacked(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("sub-close")
 	brokertest.DeleteQueues(t, queue)
 	sub, _ := newSubscriber(t, resilient.Config{}, nil)
@@ -336,6 +341,7 @@ func TestSubscriberCloseReturnsUnacked(t *testing.T) {
 // A queue that exists with other arguments: Subscribe fails at once with a
 // permanent error, and SubscribeInitialize too.
 func TestSubscribePreconditionFailed(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("sub-conflict")
 	brokertest.DeleteQueues(t, queue)
 	conn := brokertest.Dial(t)
@@ -399,6 +405,7 @@ func (l eventLogger) await(t *testing.T, msg string) {
 // consumer (basic.cancel, the channel stays open). The subscriber declares
 // the queue again and consumes from it.
 func TestSubscriberQueueDeleted(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("sub-deleted")
 	brokertest.DeleteQueues(t, queue)
 	logger := eventLogger{LoggerAdapter: watermill.NewStdLogger(false, false), events: make(chan string, 64)}
@@ -444,6 +451,7 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 // already consumed exclusively elsewhere): the subscription attaches again
 // with a growing pause, not in a tight loop.
 func TestSubscriberShortLivedConsumersBackOff(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("exclusive")
 	brokertest.DeleteQueues(t, queue)
 	conn := brokertest.Dial(t)

@@ -26,6 +26,7 @@ func (b *countingBuilder) BuildTopology(ch *amqp091.Channel, queue, exchange str
 // Topology is declared once per topic per connection, not per publish, and
 // again on the next connection: a queue an operator deleted comes back.
 func TestTopologyDeclaredOncePerConnection(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("topology")
 	brokertest.DeleteQueues(t, queue)
 	builder := &countingBuilder{}
@@ -71,6 +72,7 @@ func TestTopologyDeclaredOncePerConnection(t *testing.T) {
 
 // FailoverURIs: the first broker is unreachable, the next one is used.
 func TestFailoverURIs(t *testing.T) {
+	brokertest.Need(t)
 	queue := brokertest.Name("failover")
 	brokertest.DeleteQueues(t, queue)
 	cfg := amqp.NewDurableQueueConfig("amqp://guest:guest@127.0.0.1:1/")

@@ -17,9 +17,9 @@ go test -race -p 1 -count=1 -timeout 20m ./...
 # broker restart: its ConnectionWrapper races on its connection flag during
 # reconnects, and so does watermill's own TestReconnect harness (see
 # conformance/conformance_reconnect_test.go). The conformance reconnect
-# tests consume with watermill-amqp's subscriber and with ours; the
-# middleware's acceptance test publishes with watermill-amqp's stock
-# publisher.
+# tests consume with watermill-amqp's subscriber and with ours, through
+# both front doors (watermill-amqp v2 and v3); the middleware's acceptance
+# test publishes with watermill-amqp's stock publisher.
 go test -p 1 -count=1 -timeout 10m \
-  -run 'TestConformanceReconnect|TestConformanceResilientReconnect|TestStockPublisherThroughBrokerRestart' \
+  -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
   ./conformance/ ./middleware/

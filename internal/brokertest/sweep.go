@@ -2,6 +2,7 @@ package brokertest
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -108,9 +109,14 @@ func ofAnotherLiveRun(name string) bool {
 
 // Main runs a test binary's tests between two sweeps (of what Sweep
 // deletes, and of the names starting with one of prefixes), then checks for
-// leaked goroutines with goleak, and exits.
+// leaked goroutines with goleak, and exits. Under -short (the unit tier,
+// which needs no broker) it sweeps nothing.
 func Main(m *testing.M, prefixes []string, leakOptions ...goleak.Option) {
+	flag.Parse() // for testing.Short
 	sweep := func(when string) {
+		if testing.Short() {
+			return
+		}
 		if err := Sweep(prefixes...); err != nil {
 			fmt.Fprintf(os.Stderr, "brokertest: sweep %s the tests: %v\n", when, err)
 		}
@@ -125,4 +131,13 @@ func Main(m *testing.M, prefixes []string, leakOptions ...goleak.Option) {
 		}
 	}
 	os.Exit(code)
+}
+
+// Need marks a test that talks to RabbitMQ: under -short, the unit tier
+// that runs where no broker does, it is skipped, saying so.
+func Need(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs RabbitMQ: not run under -short")
+	}
 }

@@ -1,0 +1,218 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/cenkalti/backoff/v5"
+)
+
+var errPublishTimeout = errors.New("publish timeout")
+
+// Pauses between two attempts of a call: after messages were lost with a
+// channel while the connection lives (the lane reopens it), and after nacks
+// (the broker refuses for now: a queue electing a leader, a full queue
+// rejecting publishes), which back off exponentially.
+const (
+	retryPause      = 50 * time.Millisecond
+	nackBackoffMax  = 2 * time.Second
+	nackBackoffBase = 50 * time.Millisecond
+)
+
+// publish runs attempts until every message is confirmed or failed, and
+// returns nil only if every one was confirmed.
+func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
+	start := time.Now()
+	p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
+	defer func() {
+		p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err})
+	}()
+	ctx, watch, release := p.callContext(batch)
+	defer release()
+
+	var failed []failure
+	var nackBackoff *backoff.ExponentialBackOff
+	var notDeclared error // why the last declaration failed, for a while
+	remaining := batch
+	for len(remaining) > 0 {
+		sess, err := p.sup.await(ctx)
+		if err != nil {
+			failed = failAll(failed, remaining, deadlineErr(ctx, err))
+			break
+		}
+		if err := sess.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
+			if errors.Is(err, errConnectionLost) || isTransientReply(err) {
+				notDeclared = err
+				pause(ctx, sess.stopping, retryPause)
+				continue
+			}
+			if ctx.Err() != nil && notDeclared != nil {
+				err = notDeclared
+			}
+			failed = failAll(failed, remaining, deadlineErr(ctx, err))
+			break
+		}
+		notDeclared = nil
+		lane := sess.pickLane()
+		a := newAttempt(remaining, p.cfg.MaxNackRetries)
+		a.run(ctx, lane.queue, sess.dead, watch)
+		failed = append(failed, a.failed...)
+		remaining = a.retry
+		p.reportAttempt(a)
+		if a.returns > 0 {
+			sess.topology.forget(topic)
+		}
+		switch {
+		case len(remaining) == 0:
+		case a.nacks > 0:
+			if nackBackoff == nil {
+				nackBackoff = newNackBackoff()
+			}
+			pause(ctx, sess.stopping, nackBackoff.NextBackOff())
+		default:
+			// Lost with a channel while the connection lives: give the lane
+			// a moment to reopen it rather than spin. A lost connection ends
+			// the pause at once.
+			pause(ctx, sess.stopping, retryPause)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return p.publishError(topic, failed)
+}
+
+// reportAttempt emits what an attempt's messages came to.
+func (p *Publisher) reportAttempt(a *attempt) {
+	if p.cfg.OnEvent == nil {
+		return
+	}
+	for _, e := range [...]Event{
+		{Kind: MessagesConfirmed, Messages: a.confirmed},
+		{Kind: MessagesNacked, Messages: a.nacks},
+		{Kind: MessagesReturned, Messages: a.returns},
+		{Kind: MessagesResent, Messages: len(a.retry)},
+	} {
+		if e.Messages > 0 {
+			p.cfg.emit(e)
+		}
+	}
+}
+
+func newNackBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = nackBackoffBase
+	b.MaxInterval = nackBackoffMax
+	b.Reset()
+	return b
+}
+
+func failAll(failed []failure, msgs []*outgoing, err error) []failure {
+	for _, m := range msgs {
+		failed = append(failed, failure{m, err})
+	}
+	return failed
+}
+
+// callContext is the context of one Publish call, which ends when Close
+// gives up on it (its cause is ErrClosed), after PublishTimeout, or once
+// every message's Context() has ended; and the watch of the messages'
+// contexts (nil when none can end).
+func (p *Publisher) callContext(batch []*outgoing) (ctx context.Context, watch *contextWatch, release func()) {
+	base, cancelBase := context.WithCancelCause(p.abortCtx)
+	// The bound starts now, before the watch of many contexts is set up.
+	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
+	watch = watchContexts(batch, cancelBase)
+	return ctx, watch, func() {
+		watch.stop()
+		cancel()
+		cancelBase(nil)
+	}
+}
+
+// deadlineErr turns the end of the call's context into the reason the
+// messages were not confirmed; other errors pass through.
+func deadlineErr(ctx context.Context, err error) error {
+	if ctx.Err() == nil || IsPermanent(err) && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if err == ctx.Err() {
+		return fmt.Errorf("%w: %w", ErrNotConfirmed, context.Cause(ctx))
+	}
+	return fmt.Errorf("%w: %w; %v", ErrNotConfirmed, context.Cause(ctx), err)
+}
+
+func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-stop:
+	case <-t.C:
+	}
+}
+
+// publishError names the failed messages in call order, with the most
+// telling cause: a permanent one if any, so that IsPermanent errs on the
+// side of not retrying a publish that cannot succeed.
+func (p *Publisher) publishError(topic string, failed []failure) error {
+	slices.SortFunc(failed, func(x, y failure) int { return x.msg.index - y.msg.index })
+	ids := make([]string, len(failed))
+	var cause error
+	var byClass failureCounts
+	defer byClass.emit(p.cfg)
+	closed := false
+	for i, f := range failed {
+		ids[i] = f.msg.uuid
+		err := f.err
+		if f.msg.nacks > 0 && errors.Is(err, ErrNotConfirmed) {
+			err = fmt.Errorf("%w (nacked %d time(s) before: %w)", err, f.msg.nacks, ErrNacked)
+		}
+		if p.cfg.OnEvent != nil {
+			byClass.add(err)
+		}
+		if cause == nil || IsPermanent(err) && !IsPermanent(cause) {
+			cause = err
+		}
+		closed = closed || errors.Is(err, ErrClosed)
+	}
+	if closed {
+		p.abandonedMu.Lock()
+		p.abandoned = append(p.abandoned, ids...)
+		p.abandonedMu.Unlock()
+	}
+	p.logger.Debug("Publish failed", watermill.LogFields{"topic": topic, "unconfirmed": len(ids), "error": cause.Error()})
+	return &PublishError{Topic: topic, Unconfirmed: ids, Err: cause}
+}
+
+// failureCounts counts failed messages by ErrorClass, so that a call
+// reports one MessagesFailed event per class (with the first error of it),
+// not one per message.
+type failureCounts []failureCount
+
+type failureCount struct {
+	class string
+	first error
+	n     int
+}
+
+func (c *failureCounts) add(err error) {
+	class := ErrorClass(err)
+	for i := range *c {
+		if (*c)[i].class == class {
+			(*c)[i].n++
+			return
+		}
+	}
+	*c = append(*c, failureCount{class, err, 1})
+}
+
+func (c failureCounts) emit(cfg *settings) {
+	for _, f := range c {
+		cfg.emit(Event{Kind: MessagesFailed, Messages: f.n, Err: f.first})
+	}
+}

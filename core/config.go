@@ -1,0 +1,358 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// Defaults of the knobs of Config, each documented on its field. Each
+// applies where the field is zero.
+const (
+	defaultHeartbeat                = 10 * time.Second
+	defaultDialTimeout              = 10 * time.Second
+	defaultChannels                 = 4
+	defaultMaxInFlight              = 512
+	defaultPublishTimeout           = 30 * time.Second
+	defaultConfirmTimeout           = 15 * time.Second
+	defaultCloseTimeout             = 10 * time.Second
+	defaultMaxMessageSize           = 128 << 20 // RabbitMQ's default max_message_size
+	defaultReconnectWait            = 100 * time.Millisecond
+	defaultReconnectMaxWait         = 3 * time.Second
+	defaultReconnectMultiplier      = 2.0
+	defaultReconnectJitter          = 0.5
+	defaultPublisherConnectionName  = "watermill-resilient-publisher"
+	defaultSubscriberConnectionName = "watermill-resilient-subscriber"
+	maxShortString                  = 255 // AMQP shortstr: names and routing keys
+)
+
+// NoJitter as Backoff.Jitter turns jitter off (0 means the default).
+const NoJitter = -1
+
+// Config configures a Publisher or a Subscriber. AMQP is the front door's
+// own configuration: watermill-amqp's Config, v2 (package resilient) or v3
+// (package resilientv3), which the door reads into a Wiring; the other
+// fields are the knobs of this package, the same through either door.
+// Each knob is optional: zero means its default.
+//
+// A Subscriber uses FailoverURIs, FailoverInOrder, ConnectionName,
+// Heartbeat, DialTimeout, Reconnect, RetryOnFailedConnect, PublishTimeout
+// (which bounds how long SubscribeInitialize waits for a connection),
+// ConfirmTimeout (which bounds the broker's replies), OnEvent and
+// OnStateChange; it ignores the others.
+type Config[A any] struct {
+	// AMQP is watermill-amqp's Config: where to connect, the Marshaler,
+	// and how topics map to exchanges, queues and routing keys.
+	AMQP A
+
+	// FailoverURIs are the other brokers to connect to, e.g. the other
+	// nodes of a cluster. Each dial round tries every URI once, in turn,
+	// starting after the one last connected to, so that a node that just
+	// died is tried last.
+	FailoverURIs []string
+	// FailoverInOrder keeps AMQP.Connection.AmqpURI first and FailoverURIs
+	// in their order. By default the list is shuffled once per Publisher or
+	// Subscriber, as RabbitMQ advises for clusters, so that a fleet of
+	// clients spreads over the nodes rather than all landing on the first.
+	FailoverInOrder bool
+
+	// ConnectionName is shown in RabbitMQ's management UI. Default
+	// "watermill-resilient-publisher" for a Publisher,
+	// "watermill-resilient-subscriber" for a Subscriber.
+	ConnectionName string
+	// Heartbeat is the AMQP heartbeat interval, at least 1 s; a silent peer is
+	// declared dead after about 1.5 intervals (amqp091-go's read deadline).
+	// Default 10 s, unless AMQP.Connection.AmqpConfig sets one.
+	Heartbeat time.Duration
+	// DialTimeout bounds each TCP connect and AMQP handshake. Default 10 s.
+	DialTimeout time.Duration
+
+	// Reconnect is the backoff between dial attempts. Zero fields fall back to
+	// AMQP.Connection.Reconnect when set, then to Backoff's defaults.
+	Reconnect Backoff
+	// RetryOnFailedConnect makes NewPublisher (NewSubscriber) return at once
+	// when the broker cannot be reached, and connect in the background
+	// (Publish and Subscribe wait, bounded as always). Default false: they
+	// fail. Wrong credentials, a missing vhost or a bad URI fail them in
+	// either case.
+	RetryOnFailedConnect bool
+
+	// Channels is the number of confirm-mode channels (publishing lanes), each
+	// owned by one goroutine. Default AMQP.Publish.ChannelPoolSize, else 4.
+	Channels int
+	// MaxInFlight bounds the unconfirmed messages per channel. Default 512.
+	MaxInFlight int
+
+	// PublishTimeout bounds a whole Publish call, reconnects and re-sends
+	// included, on top of each message's Context(). Default 30 s.
+	PublishTimeout time.Duration
+	// ConfirmTimeout is how long a channel may leave its oldest message
+	// unconfirmed (while the connection is not blocked) before it is deemed
+	// stuck: it is closed and its messages are re-sent. It also bounds each
+	// reply the broker owes (a channel opened or closed, a declaration, a
+	// consumer started), at least two heartbeat intervals: past it the
+	// connection is deemed broken and replaced. A fifth of it, at least
+	// 1 s, bounds a pulse on a link gone silent while confirms are owed
+	// (see the package doc). At least 100 ms; default 15 s.
+	ConfirmTimeout time.Duration
+	// CloseTimeout bounds how long Close waits for in-flight publishes.
+	// Default 10 s.
+	CloseTimeout time.Duration
+	// MaxNackRetries bounds how many times a message the broker nacked is
+	// re-sent before it fails with ErrNacked. A nack is the broker refusing
+	// for now (a quorum queue electing a leader after a node loss, a full
+	// queue with x-overflow reject-publish), so by default (0) a nacked
+	// message is re-sent, with exponential backoff from 50 ms to 2 s, for as
+	// long as its bounds allow (its Context(), PublishTimeout), and fails
+	// with ErrNotConfirmed (matching ErrNacked too) when they end. A positive
+	// value caps the re-sends; -1 fails a message at its first nack.
+	MaxNackRetries int
+	// MaxMessageSize rejects larger bodies before sending, with
+	// ErrMessageTooLarge. Default 128 MiB, RabbitMQ's default limit.
+	MaxMessageSize int
+
+	// OnEvent, when set, is told what the publisher or subscriber does
+	// (Publish calls, confirms, nacks, re-sends, state changes, reconnects,
+	// deliveries), inline, for metrics: see Event, and package metrics for
+	// Prometheus. It must return quickly and never block.
+	OnEvent func(Event)
+
+	// OnStateChange, when set, is called on each connection state change, in
+	// order, on one goroutine owned by the publisher or subscriber (never
+	// under its locks). A slow callback delays later callbacks, never
+	// publishing or consuming; past 64
+	// pending changes the oldest are dropped. It must not call Close, which
+	// waits for the callbacks to finish.
+	OnStateChange func(StateChange)
+}
+
+// Backoff is the exponential backoff with jitter between dial attempts.
+// Reconnecting never gives up before Close.
+type Backoff struct {
+	// InitialWait before the first redial. Default 100 ms.
+	InitialWait time.Duration
+	// MaxWait caps the wait between attempts. Default 3 s.
+	MaxWait time.Duration
+	// Multiplier grows the wait after each failed attempt. Default 2.
+	Multiplier float64
+	// Jitter randomizes each wait by ±Jitter×wait. Default 0.5; NoJitter
+	// (-1) for none.
+	Jitter float64
+}
+
+// settings is a Config as the core uses it: the front door's AMQP config
+// read into a Wiring, defaults applied.
+type settings struct {
+	Config[Wiring]
+}
+
+// newSettings is cfg with w in place of its AMQP field, every knob copied.
+func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *settings {
+	s := &settings{Config[Wiring]{
+		AMQP:                 w,
+		FailoverURIs:         cfg.FailoverURIs,
+		FailoverInOrder:      cfg.FailoverInOrder,
+		ConnectionName:       cfg.ConnectionName,
+		Heartbeat:            cfg.Heartbeat,
+		DialTimeout:          cfg.DialTimeout,
+		Reconnect:            cfg.Reconnect,
+		RetryOnFailedConnect: cfg.RetryOnFailedConnect,
+		Channels:             cfg.Channels,
+		MaxInFlight:          cfg.MaxInFlight,
+		PublishTimeout:       cfg.PublishTimeout,
+		ConfirmTimeout:       cfg.ConfirmTimeout,
+		CloseTimeout:         cfg.CloseTimeout,
+		MaxNackRetries:       cfg.MaxNackRetries,
+		MaxMessageSize:       cfg.MaxMessageSize,
+		OnEvent:              cfg.OnEvent,
+		OnStateChange:        cfg.OnStateChange,
+	}}
+	if s.ConnectionName == "" {
+		s.ConnectionName = connectionName
+	}
+	s.setDefaults()
+	return s
+}
+
+func (c *settings) setDefaults() {
+	if c.Heartbeat == 0 {
+		c.Heartbeat = defaultHeartbeat
+		if ac := c.AMQP.AMQPConfig; ac != nil && ac.Heartbeat != 0 {
+			c.Heartbeat = ac.Heartbeat
+		}
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = defaultDialTimeout
+	}
+	c.Reconnect.setDefaults(c.AMQP.Reconnect)
+	if c.Channels == 0 {
+		c.Channels = defaultChannels
+		if c.AMQP.ChannelPoolSize > 0 {
+			c.Channels = c.AMQP.ChannelPoolSize
+		}
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = defaultMaxInFlight
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = defaultPublishTimeout
+	}
+	if c.ConfirmTimeout == 0 {
+		c.ConfirmTimeout = defaultConfirmTimeout
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = defaultCloseTimeout
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = defaultMaxMessageSize
+	}
+}
+
+// setDefaults fills the zero fields of b from legacy (watermill-amqp's
+// Connection.Reconnect, when set), then from the defaults.
+func (b *Backoff) setDefaults(legacy Backoff) {
+	if b.InitialWait == 0 {
+		b.InitialWait = legacy.InitialWait
+	}
+	if b.MaxWait == 0 {
+		b.MaxWait = legacy.MaxWait
+	}
+	if b.Multiplier == 0 {
+		b.Multiplier = legacy.Multiplier
+	}
+	if b.Jitter == 0 {
+		b.Jitter = legacy.Jitter
+	}
+	if b.InitialWait == 0 {
+		b.InitialWait = defaultReconnectWait
+	}
+	if b.MaxWait == 0 {
+		b.MaxWait = max(defaultReconnectMaxWait, b.InitialWait)
+	}
+	if b.Multiplier == 0 {
+		b.Multiplier = defaultReconnectMultiplier
+	}
+	switch b.Jitter {
+	case 0:
+		b.Jitter = defaultReconnectJitter
+	case NoJitter:
+		b.Jitter = 0
+	}
+}
+
+// ValidatePublisher reports every problem of cfg, read through w, for a
+// Publisher, at once; ValidateSubscriber for a Subscriber. The front doors'
+// Config.Validate call them. Errors match ErrConfig and never contain a
+// password.
+func ValidatePublisher[A any](cfg Config[A], w Wiring) error {
+	return newSettings(cfg, w, defaultPublisherConnectionName).validate(true)
+}
+
+// ValidateSubscriber: see ValidatePublisher.
+func ValidateSubscriber[A any](cfg Config[A], w Wiring) error {
+	return newSettings(cfg, w, defaultSubscriberConnectionName).validate(false)
+}
+
+// validate checks what a publisher (publishing) or a subscriber needs.
+func (c *settings) validate(publishing bool) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	uris := append([]string{c.AMQP.URI}, c.FailoverURIs...)
+	for i, uri := range uris {
+		if uri == "" {
+			if i == 0 {
+				add("AMQP.Connection.AmqpURI is empty")
+			} else {
+				add("FailoverURIs[%d] is empty", i-1)
+			}
+			continue
+		}
+		parsed, err := amqp091.ParseURI(uri)
+		switch {
+		case err != nil:
+			// The parser's own text may quote a piece of the password (a '#',
+			// '/' or '?' in it ends the authority early): none of it here.
+			add("URI %s cannot be parsed (%s); percent-encode reserved characters in the user name and password", redactURI(uri), uriProblem(err))
+		case parsed.Port < 1 || parsed.Port > 65535:
+			add("URI %s: port %d out of range", redactURI(uri), parsed.Port)
+		}
+	}
+	if c.AMQP.Marshaler == nil {
+		add("AMQP.Marshaler is nil")
+	}
+	if c.AMQP.ExchangeName == nil {
+		add("AMQP.Exchange.GenerateName is nil")
+	}
+	if publishing {
+		if c.AMQP.RoutingKey == nil {
+			add("AMQP.Publish.GenerateRoutingKey is nil")
+		}
+		if c.AMQP.Immediate {
+			add("AMQP.Publish.Immediate is not supported by RabbitMQ")
+		}
+		if c.AMQP.Transactional {
+			add("AMQP.Publish.Transactional is not supported: publisher confirms are always on")
+		}
+	} else if c.AMQP.QueueName == nil {
+		add("AMQP.Queue.GenerateName is nil")
+	}
+	if c.AMQP.AMQPConfig != nil && c.AMQP.AMQPConfig.Recovery != nil {
+		add("AMQP.Connection.AmqpConfig.Recovery must be nil: this publisher owns reconnection")
+	}
+	for name, d := range map[string]time.Duration{
+		"Heartbeat": c.Heartbeat, "DialTimeout": c.DialTimeout, "PublishTimeout": c.PublishTimeout,
+		"ConfirmTimeout": c.ConfirmTimeout, "CloseTimeout": c.CloseTimeout,
+		"Reconnect.InitialWait": c.Reconnect.InitialWait, "Reconnect.MaxWait": c.Reconnect.MaxWait,
+	} {
+		if d < 0 {
+			add("%s is negative (%s)", name, d)
+		}
+	}
+	if c.Reconnect.MaxWait > 0 && c.Reconnect.InitialWait > c.Reconnect.MaxWait {
+		add("Reconnect.InitialWait (%s) exceeds Reconnect.MaxWait (%s)", c.Reconnect.InitialWait, c.Reconnect.MaxWait)
+	}
+	if c.Reconnect.Multiplier != 0 && c.Reconnect.Multiplier < 1 {
+		add("Reconnect.Multiplier must be at least 1, got %v", c.Reconnect.Multiplier)
+	}
+	if (c.Reconnect.Jitter < 0 || c.Reconnect.Jitter > 1) && c.Reconnect.Jitter != NoJitter {
+		add("Reconnect.Jitter must be within [0, 1] or NoJitter, got %v", c.Reconnect.Jitter)
+	}
+	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
+		add("Heartbeat must be at least 1s (AMQP counts whole seconds), got %s", c.Heartbeat)
+	}
+	if c.ConfirmTimeout > 0 && c.ConfirmTimeout < 100*time.Millisecond {
+		add("ConfirmTimeout must be at least 100ms, got %s", c.ConfirmTimeout)
+	}
+	if c.Channels < 0 || c.Channels > 1024 {
+		add("Channels must be within [1, 1024], got %d", c.Channels)
+	}
+	if c.MaxInFlight < 0 || c.MaxInFlight > 65535 {
+		add("MaxInFlight must be within [1, 65535], got %d", c.MaxInFlight)
+	}
+	if c.MaxNackRetries < -1 {
+		add("MaxNackRetries must be -1 (none) or more, got %d", c.MaxNackRetries)
+	}
+	if c.MaxMessageSize < 0 {
+		add("MaxMessageSize is negative (%d)", c.MaxMessageSize)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+}
+
+// uriProblem names what amqp091-go found wrong with a URI, without quoting
+// any of it.
+func uriProblem(err error) string {
+	text := err.Error()
+	for _, known := range []string{"Bad scheme", "invalid port", "missing protocol scheme", "invalid character", "invalid URL escape"} {
+		if strings.Contains(text, known) {
+			return strings.ToLower(known)
+		}
+	}
+	return "malformed"
+}

@@ -1,0 +1,191 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// Sentinel errors. Every error returned by this package matches one of them
+// with errors.Is, so callers (and the retry middleware) can tell a fault that
+// retrying can fix from one it cannot. Use [IsPermanent] rather than listing
+// them yourself.
+var (
+	// ErrClosed: the Publisher or Subscriber was closed. Permanent.
+	ErrClosed = errors.New("resilient: closed")
+	// ErrConfig: the configuration is invalid (bad URI, missing marshaler,
+	// unsupported option). Permanent.
+	ErrConfig = errors.New("resilient: invalid configuration")
+	// ErrNilMessage: a nil *message.Message was passed to Publish. Permanent.
+	ErrNilMessage = errors.New("resilient: nil message")
+	// ErrMarshal: the configured Marshaler failed, or produced properties or
+	// headers AMQP cannot carry. Permanent.
+	ErrMarshal = errors.New("resilient: cannot marshal message")
+	// ErrInvalidName: a topic, exchange, queue or routing key that AMQP cannot
+	// carry (empty topic, longer than 255 bytes, not UTF-8). Permanent.
+	ErrInvalidName = errors.New("resilient: invalid name")
+	// ErrMessageTooLarge: the body exceeds Config.MaxMessageSize or the
+	// broker's max_message_size. Permanent.
+	ErrMessageTooLarge = errors.New("resilient: message too large")
+	// ErrTLS: the TLS handshake failed on a certificate: the broker's cannot
+	// be verified (unknown authority, wrong host name, expired), or the
+	// broker refused ours. Permanent: redialing cannot fix it; the error
+	// names the x509 cause.
+	ErrTLS = errors.New("resilient: TLS certificate rejected")
+	// ErrAccessRefused: the broker refused the credentials, the vhost, or an
+	// operation on a resource (AMQP 403). Permanent.
+	ErrAccessRefused = errors.New("resilient: access refused")
+	// ErrNotFound: the exchange or vhost does not exist (AMQP 404). Permanent.
+	ErrNotFound = errors.New("resilient: not found")
+	// ErrPreconditionFailed: a declare conflicts with what exists on the
+	// broker, e.g. a queue declared with other arguments (AMQP 406). Permanent.
+	ErrPreconditionFailed = errors.New("resilient: precondition failed")
+	// ErrUnroutable: a mandatory message matched no queue (basic.return).
+	// Permanent for this publish: nothing will route it until the topology
+	// changes.
+	ErrUnroutable = errors.New("resilient: message unroutable")
+	// ErrNacked: the broker nacked the message, and it was not re-sent:
+	// more than a positive Config.MaxNackRetries times, or once with -1.
+	// With the default, a message last nacked fails with ErrNotConfirmed
+	// when its bounds end, and matches ErrNacked too. Transient.
+	ErrNacked = errors.New("resilient: message nacked by broker")
+	// ErrNotConfirmed: the message was not confirmed before its deadline
+	// (its Context, Config.PublishTimeout, or Close). It may or may not have
+	// reached the broker. Transient.
+	ErrNotConfirmed = errors.New("resilient: message not confirmed")
+)
+
+// errConnectionLost marks an attempt cut short by the loss of its
+// connection or channel: the messages are re-sent after the reconnect.
+var errConnectionLost = errors.New("connection lost")
+
+var permanentErrors = []error{
+	ErrClosed, ErrConfig, ErrNilMessage, ErrMarshal, ErrInvalidName, ErrTLS,
+	ErrMessageTooLarge, ErrAccessRefused, ErrNotFound, ErrPreconditionFailed,
+	ErrUnroutable,
+}
+
+// IsPermanent reports whether err is a fault that retrying the same publish
+// cannot fix. Context cancellation counts as permanent: the caller gave up.
+func IsPermanent(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) {
+		return true
+	}
+	for _, p := range permanentErrors {
+		if errors.Is(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// PublishError is what Publish returns when not every message was confirmed.
+// Messages not listed in Unconfirmed were confirmed by the broker.
+type PublishError struct {
+	Topic string
+	// Unconfirmed holds the watermill UUIDs of the messages the broker did not
+	// confirm, in the order they were passed to Publish.
+	Unconfirmed []string
+	// Err is the cause; when messages failed for different reasons, it is a
+	// permanent one if there is any, so that IsPermanent errs on the side of
+	// not retrying a publish that cannot succeed.
+	Err error
+}
+
+func (e *PublishError) Error() string {
+	ids := e.Unconfirmed
+	suffix := ""
+	if len(ids) > 10 {
+		ids, suffix = ids[:10], fmt.Sprintf(" and %d more", len(e.Unconfirmed)-10)
+	}
+	what := fmt.Sprintf("publish to %q", e.Topic)
+	if e.Topic == "" {
+		what = "close"
+	}
+	return fmt.Sprintf("%s: %d message(s) not confirmed [%s%s]: %v",
+		what, len(e.Unconfirmed), strings.Join(ids, " "), suffix, e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
+// classifyBroker maps an AMQP error to this package's sentinels, keeping the
+// original *amqp091.Error reachable through errors.As.
+func classifyBroker(err error) error {
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	// amqp091-go reports its own socket errors as *Error too (a reset link
+	// is a 501 FRAME_ERROR with Server false): only the broker's replies, and
+	// the library's credential sentinels, say anything about our input.
+	if !ae.Server && ae.Code != amqp091.AccessRefused {
+		return err
+	}
+	switch ae.Code {
+	case amqp091.AccessRefused:
+		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
+	case amqp091.NotFound:
+		if strings.Contains(ae.Reason, "down or inaccessible") {
+			// "home node 'n' of durable queue 'q' in vhost '/' is down or
+			// inaccessible": a cluster node is away; it comes back.
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case amqp091.PreconditionFailed:
+		if strings.Contains(ae.Reason, "message size") {
+			return fmt.Errorf("%w: %w", ErrMessageTooLarge, err)
+		}
+		return fmt.Errorf("%w: %w", ErrPreconditionFailed, err)
+	case amqp091.NotAllowed:
+		switch {
+		case strings.Contains(ae.Reason, "limit"):
+			// "connection limit (n) is reached", "cannot be queried": wait.
+			return err
+		case strings.Contains(ae.Reason, "not found"):
+			// "NOT_ALLOWED - vhost x not found" on connection.open.
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
+	case amqp091.FrameError, amqp091.SyntaxError, amqp091.CommandInvalid:
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
+	}
+	return err
+}
+
+// isConnectionFault reports whether err says the connection or the channel
+// under an operation broke (a network error, or amqp091-go's own error for
+// a closed connection or channel), as opposed to a reply of the broker's or
+// a fault of the caller's: an operation that failed so is worth doing again
+// on the next connection.
+func isConnectionFault(err error) bool {
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		return !ae.Server && !isPermanentBroker(ae)
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, errConnectionLost)
+}
+
+// isTransientReply reports whether err is a reply of the broker's that says
+// to try again later, e.g. that a cluster node hosting the queue is away.
+func isTransientReply(err error) bool {
+	var ae *amqp091.Error
+	return errors.As(err, &ae) && ae.Server && !isPermanentBroker(err)
+}
+
+// isPermanentBroker reports whether an AMQP error closing a channel or a
+// connection is one that reconnecting will not fix.
+func isPermanentBroker(err error) bool {
+	return IsPermanent(classifyBroker(err))
+}

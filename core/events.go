@@ -1,0 +1,174 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// Event is something a Publisher or a Subscriber did, for metrics: package
+// metrics turns events into Prometheus series. Config.OnEvent receives them
+// inline, on the goroutine that did it (several at once: it must be safe
+// for concurrent use), in the order that goroutine did them: it must return
+// quickly, never block, and never call the Publisher or Subscriber. Give
+// each Publisher and Subscriber an OnEvent of its own: events do not say
+// which one sent them.
+//
+// Every Publish call of at least one message emits PublishStarted, then
+// PublishDone, even one refused before anything is sent; MessagesFailed comes once per kind of
+// failure (ErrorClass) with the first error of that kind. StateChanged
+// comes for the first state (connecting) too. ConnectionLost's Err is the
+// first sign amqp091-go saw: a broker that closes the connection and its
+// socket at once may be seen as either.
+type Event struct {
+	Kind EventKind
+	// Messages is how many messages the event concerns.
+	Messages int
+	// Duration is how long the Publish call took (PublishDone), or how long
+	// the connection was away (Reconnected).
+	Duration time.Duration
+	// Err is why the Publish call or the messages failed (PublishDone,
+	// MessagesFailed), or why the connection was lost (ConnectionLost). It
+	// never contains a password; ErrorClass gives a bounded label for it.
+	Err error
+	// State is the new connection state (StateChanged).
+	State State
+	// Redelivered: the broker delivered the message before
+	// (MessageDelivered).
+	Redelivered bool
+}
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// PublishStarted: a Publish call of Messages messages started.
+	PublishStarted EventKind = iota + 1
+	// PublishDone: a Publish call of Messages messages returned, after
+	// Duration, with Err (nil: all were confirmed).
+	PublishDone
+	// MessagesConfirmed: the broker confirmed Messages messages.
+	MessagesConfirmed
+	// MessagesNacked: the broker nacked Messages messages.
+	MessagesNacked
+	// MessagesReturned: Messages messages came back from the publisher's own
+	// queue, which is declared again.
+	MessagesReturned
+	// MessagesResent: Messages messages are sent again (after a nack, a
+	// return, or the loss of their channel or connection).
+	MessagesResent
+	// MessagesFailed: Messages messages failed for good, with Err.
+	MessagesFailed
+	// StateChanged: the connection entered State.
+	StateChanged
+	// ConnectionLost: the connection was lost, with Err.
+	ConnectionLost
+	// Reconnected: a connection is up again, Duration after the loss.
+	Reconnected
+	// MessageDelivered: the subscriber handed a message out.
+	MessageDelivered
+	// MessageAcked: the subscriber acked a message the handler acked.
+	MessageAcked
+	// MessageNacked: the subscriber nacked a message (the handler nacked it,
+	// or it could not be unmarshaled).
+	MessageNacked
+	// ConsumerReattached: a subscription consumes again after losing its
+	// channel or connection.
+	ConsumerReattached
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case PublishStarted:
+		return "publish_started"
+	case PublishDone:
+		return "publish_done"
+	case MessagesConfirmed:
+		return "messages_confirmed"
+	case MessagesNacked:
+		return "messages_nacked"
+	case MessagesReturned:
+		return "messages_returned"
+	case MessagesResent:
+		return "messages_resent"
+	case MessagesFailed:
+		return "messages_failed"
+	case StateChanged:
+		return "state_changed"
+	case ConnectionLost:
+		return "connection_lost"
+	case Reconnected:
+		return "reconnected"
+	case MessageDelivered:
+		return "message_delivered"
+	case MessageAcked:
+		return "message_acked"
+	case MessageNacked:
+		return "message_nacked"
+	case ConsumerReattached:
+		return "consumer_reattached"
+	}
+	return "unknown"
+}
+
+// ErrorClass names the kind of err in a few words, for a metric label: the
+// sentinel it matches ("not_confirmed", "nacked", "unroutable",
+// "access_refused", "not_found", "precondition_failed", "message_too_large",
+// "invalid_name", "nil_message", "marshal", "config", "tls", "closed"), or,
+// for why a connection was lost, "heartbeat" (the peer went silent),
+// "network" (reset, refused, closed), "broker" (the broker closed it, e.g.
+// an operator or a shutdown); "other" for the rest, "" for nil.
+func ErrorClass(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, c := range errorClasses {
+		if errors.Is(err, c.sentinel) {
+			return c.name
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return "heartbeat"
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		if ae.Server {
+			return "broker"
+		}
+		if isTimeoutText(ae.Reason) {
+			return "heartbeat"
+		}
+		return "network"
+	}
+	if isConnectionFault(err) {
+		return "network"
+	}
+	return "other"
+}
+
+var errorClasses = []struct {
+	sentinel error
+	name     string
+}{
+	{ErrNotConfirmed, "not_confirmed"}, {ErrNacked, "nacked"}, {ErrUnroutable, "unroutable"},
+	{ErrTLS, "tls"}, {ErrAccessRefused, "access_refused"}, {ErrNotFound, "not_found"},
+	{ErrMessageTooLarge, "message_too_large"}, {ErrPreconditionFailed, "precondition_failed"},
+	{ErrInvalidName, "invalid_name"}, {ErrNilMessage, "nil_message"}, {ErrMarshal, "marshal"},
+	{ErrConfig, "config"}, {ErrClosed, "closed"},
+}
+
+// isTimeoutText: amqp091-go reports a read deadline that expired (a silent
+// peer) as a FrameError whose reason is the socket error's text.
+func isTimeoutText(reason string) bool { return strings.HasSuffix(reason, "i/o timeout") }
+
+// emit sends e to the configured OnEvent, if any.
+func (c *settings) emit(e Event) {
+	if c.OnEvent != nil {
+		c.OnEvent(e)
+	}
+}

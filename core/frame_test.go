@@ -1,0 +1,92 @@
+package core
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+)
+
+// capture records what amqp091-go writes to the broker.
+type capture struct {
+	net.Conn
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (c *capture) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.buf.Write(p)
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// headerFrames returns the sizes of the content header frames (type 2) in
+// what was written, overhead included.
+func (c *capture) headerFrames(t *testing.T) []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.buf.Bytes()[8:] // the protocol header
+	var sizes []int
+	for len(b) >= 7 {
+		size := int(binary.BigEndian.Uint32(b[3:7]))
+		if b[0] == 2 {
+			sizes = append(sizes, 7+size+1)
+		}
+		b = b[7+size+1:]
+	}
+	return sizes
+}
+
+// headerFrameSize must be what amqp091-go writes, whatever the properties
+// and header types: a message whose header frame exceeds frame_max fails
+// before it is sent, by that size.
+func TestHeaderFrameSizeMatchesTheWire(t *testing.T) {
+	brokertest.Need(t)
+	var c *capture
+	conn, err := amqp091.DialConfig(brokertest.URI(), amqp091.Config{Dial: func(network, addr string) (net.Conn, error) {
+		raw, err := net.Dial(network, addr)
+		c = &capture{Conn: raw}
+		return c, err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs := []amqp091.Publishing{
+		{Body: []byte("x")},
+		{ContentType: "application/json", MessageId: "id-1", DeliveryMode: amqp091.Persistent, Priority: 3,
+			Timestamp: time.Now(), Type: "t", AppId: "app", CorrelationId: "c", ReplyTo: "r", Expiration: "60000", ContentEncoding: "gzip"},
+		{Headers: amqp091.Table{
+			"s": "string", "b": true, "i": int(7), "i8": int8(1), "i16": int16(2), "i32": int32(3), "i64": int64(4),
+			"u8": byte(5), "u16": uint16(6), "u32": uint32(7), "f32": float32(1.5), "f64": 2.5,
+			"d": amqp091.Decimal{Scale: 2, Value: 314}, "t": time.Now(), "bytes": []byte("raw"), "nil": nil,
+			"table": amqp091.Table{"nested": "yes", "n": int64(1)}, "array": []any{"a", int32(1), amqp091.Table{"x": "y"}},
+		}},
+		{Headers: amqp091.Table{"big": string(make([]byte, 10000))}},
+	}
+	for _, pub := range pubs {
+		if err := ch.Publish("", "no-such-queue-"+brokertest.RunPrefix(), false, false, pub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := c.headerFrames(t)
+	if len(got) != len(pubs) {
+		t.Fatalf("%d header frames written, want %d", len(got), len(pubs))
+	}
+	for i, pub := range pubs {
+		if want := headerFrameSize(pub); got[i] != want {
+			t.Errorf("publishing %d: %d bytes on the wire, headerFrameSize says %d", i, got[i], want)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package core
+
+import (
+	"fmt"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// A lane's confirms: the broker's answers, matched to the deliveries in
+// flight in delivery-tag order, and reported to their callers.
+
+// settle reports the oldest messages whose confirmation has arrived, in
+// order, and stops at the first still waiting. It returns false when it
+// meets a confirmation resolved negatively because the channel ended
+// (amqp091-go resolves every outstanding one so when a channel closes): that
+// is no nack, and stays pending for failPending.
+func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
+	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
+		if !l.sess.confirmsBelievable() {
+			return true // a pulse is out: the lane waits for it
+		}
+		select {
+		case <-head.dc.Done():
+		default:
+			return true
+		}
+		// A channel marks itself closed before it resolves its confirmations.
+		if !head.dc.Acked() && ch.IsClosed() {
+			return false
+		}
+		l.report(l.pending.pop(), head.dc.Acked(), returns)
+	}
+	return true
+}
+
+// settleAfterClose reports, once the channel is closed, the messages the
+// broker confirmed before it closed, unless a pulse is out or went
+// unanswered (pulse.go); the others stay pending for failPending.
+// amqp091-go resolves every outstanding confirmation as it closes a
+// channel, so the wait is short; it ends with the session anyway.
+func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
+	var unconfirmed inFlight
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		select {
+		case <-d.dc.Done():
+			if d.dc.Acked() && l.sess.confirmsBelievable() {
+				l.report(d, true, returns)
+				continue
+			}
+		case <-l.sess.stopping:
+		}
+		unconfirmed.push(d)
+	}
+	l.pending = unconfirmed
+}
+
+// collectReturns takes the returns the broker sent so far. amqp091-go hands
+// a return over before it resolves the ack of the same message, so
+// collecting them once that ack is seen attributes every one.
+func (l *lane) collectReturns(returns <-chan amqp091.Return) {
+	for {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				return
+			}
+			l.returned[r.MessageId] = r
+		default:
+			return
+		}
+	}
+}
+
+// report tells d's caller how the broker answered.
+func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
+	l.forgetMandatoryID(d)
+	m := d.msg
+	if m.mandatory {
+		l.collectReturns(returns)
+	}
+	r, wasReturned := l.returned[m.publishing.MessageId]
+	if wasReturned {
+		delete(l.returned, m.publishing.MessageId)
+	}
+	switch {
+	case !acked:
+		l.replace = true
+		d.report(outcomeNacked, ErrNacked)
+	case wasReturned && m.mandatory:
+		why := fmt.Errorf("%d %s (exchange %q, routing key %q)", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
+		if m.ownQueue {
+			d.report(outcomeReturned, why)
+		} else {
+			d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrUnroutable, why))
+		}
+	default:
+		d.report(outcomeAcked, nil)
+	}
+	if l.pending.len() == 0 {
+		clear(l.returned)
+	}
+}

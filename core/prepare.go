@@ -1,0 +1,175 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// prepare marshals and validates every message before any is sent.
+func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgoing, error) {
+	exchange := p.cfg.AMQP.ExchangeName(topic)
+	routingKey := p.cfg.AMQP.RoutingKey(topic)
+	var errs []error
+	if err := validName("topic", topic, false); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validName("exchange", exchange, true); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validName("routing key", routingKey, true); err != nil {
+		errs = append(errs, err)
+	}
+	queue := p.queueToDeclare(topic)
+	if queue != "" {
+		if err := validName("queue", queue, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Its own queue, reached through the default exchange: publish
+	// mandatory, so that a queue deleted under the live connection returns
+	// the message instead of the broker confirming and dropping it.
+	ownQueue := queue != "" && exchange == "" && routingKey == queue
+
+	// One allocation for all the messages of the call, however many.
+	store := make([]outgoing, len(messages))
+	batch := make([]*outgoing, 0, len(messages))
+	for i, msg := range messages {
+		if msg == nil {
+			errs = append(errs, fmt.Errorf("%w at index %d", ErrNilMessage, i))
+			continue
+		}
+		pub, err := p.cfg.AMQP.Marshaler.Marshal(msg)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
+			continue
+		}
+		if pub.MessageId == "" {
+			pub.MessageId = msg.UUID
+		}
+		if err := validProperties(pub); err != nil {
+			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
+			continue
+		}
+		if pub.UserId != "" && p.login != "" && pub.UserId != p.login {
+			errs = append(errs, fmt.Errorf("%w: %s has user_id %q, but the connection logs in as %q: RabbitMQ would refuse it (and close the channel) unless that user has the impersonator tag, which this publisher does not support", ErrPreconditionFailed, msg.UUID, pub.UserId, p.login))
+			continue
+		}
+		if len(pub.Body) > p.cfg.MaxMessageSize {
+			errs = append(errs, fmt.Errorf("%w: %s has %d bytes, the limit is %d", ErrMessageTooLarge, msg.UUID, len(pub.Body), p.cfg.MaxMessageSize))
+			continue
+		}
+		store[i] = outgoing{
+			index:       i,
+			uuid:        msg.UUID,
+			ctx:         msg.Context(),
+			exchange:    exchange,
+			routingKey:  routingKey,
+			mandatory:   p.cfg.AMQP.Mandatory || ownQueue,
+			ownQueue:    ownQueue,
+			publishing:  pub,
+			headerFrame: headerFrameSize(pub),
+		}
+		batch = append(batch, &store[i])
+	}
+	if len(errs) > 0 {
+		uuids := make([]string, 0, len(messages))
+		for _, msg := range messages {
+			if msg != nil {
+				uuids = append(uuids, msg.UUID)
+			}
+		}
+		// The first error names the kind; all are listed.
+		return nil, &PublishError{Topic: topic, Unconfirmed: uuids, Err: fmt.Errorf("%w (nothing was sent)", joinFirst(errs))}
+	}
+	return batch, nil
+}
+
+// joinFirst joins errs so that errors.Is matches all of them and the text
+// starts with the first.
+func joinFirst(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+func validName(kind, name string, emptyOK bool) error {
+	switch {
+	case name == "" && !emptyOK:
+		return fmt.Errorf("%w: empty %s", ErrInvalidName, kind)
+	case len(name) > maxShortString:
+		return fmt.Errorf("%w: %s of %d bytes, AMQP allows %d", ErrInvalidName, kind, len(name), maxShortString)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: %s %q is not UTF-8", ErrInvalidName, kind, name)
+	}
+	return nil
+}
+
+// validProperties rejects what amqp091-go cannot encode, before it is sent:
+// an encoding failure would otherwise close the whole connection, again after
+// every reconnect.
+func validProperties(pub amqp091.Publishing) error {
+	// An array, not a map: this runs for every message.
+	for _, f := range [...]struct{ name, value string }{
+		{"content type", pub.ContentType}, {"content encoding", pub.ContentEncoding},
+		{"correlation id", pub.CorrelationId}, {"reply to", pub.ReplyTo}, {"expiration", pub.Expiration},
+		{"message id", pub.MessageId}, {"type", pub.Type}, {"user id", pub.UserId}, {"app id", pub.AppId},
+	} {
+		if len(f.value) > maxShortString {
+			return fmt.Errorf("%s of %d bytes, AMQP allows %d", f.name, len(f.value), maxShortString)
+		}
+	}
+	if err := pub.Headers.Validate(); err != nil {
+		return fmt.Errorf("headers: %w", err)
+	}
+	return validTableKeys(pub.Headers)
+}
+
+func validTableKeys(t amqp091.Table) error {
+	for k, v := range t {
+		if len(k) > maxShortString {
+			return fmt.Errorf("header name of %d bytes, AMQP allows %d", len(k), maxShortString)
+		}
+		if nested, ok := v.(amqp091.Table); ok {
+			if err := validTableKeys(nested); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loginUser is the user every URI logs in as (with PLAIN or AMQPLAIN
+// credentials), or "" when that is unknown (EXTERNAL, a mechanism of the
+// user's) or not the same for all.
+func loginUser(cfg *settings) string {
+	if ac := cfg.AMQP.AMQPConfig; ac != nil && len(ac.SASL) > 0 {
+		switch auth := ac.SASL[0].(type) {
+		case *amqp091.PlainAuth:
+			return auth.Username
+		case *amqp091.AMQPlainAuth:
+			return auth.Username
+		}
+		return ""
+	}
+	login := ""
+	for i, uri := range append([]string{cfg.AMQP.URI}, cfg.FailoverURIs...) {
+		u, err := amqp091.ParseURI(uri)
+		if err != nil || slices.ContainsFunc(u.AuthMechanism, isExternal) {
+			return ""
+		}
+		if i > 0 && u.Username != login {
+			return ""
+		}
+		login = u.Username
+	}
+	return login
+}
+
+func isExternal(mechanism string) bool { return strings.EqualFold(mechanism, "external") }

@@ -1,0 +1,160 @@
+package core
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// How long ending a session waits for the broker's close-ok at most.
+const sessionCloseGrace = 2 * time.Second
+
+// session is one live AMQP connection and everything that lives and dies
+// with it: a publisher's lanes and its cache of declared topology. The
+// supervisor creates and ends it; nothing of a session is reused on the next
+// connection.
+type session struct {
+	id     uint64
+	conn   *amqp091.Connection
+	sock   *socket // conn's: lanes cork it, end cuts it
+	uri    string  // password redacted
+	cfg    *settings
+	logger watermill.LoggerAdapter
+
+	lanes    []*lane
+	nextLane atomic.Uint32
+	topology *topologyCache
+
+	stopping chan struct{} // closed by end: lanes and declarers quit
+	dead     chan struct{} // closed by end once they all have
+	wg       sync.WaitGroup
+
+	// Registered at creation, so no notification is ever missed; amqp091-go
+	// sends on them from its reader goroutine, so they are drained until it
+	// closes them, even while the session ends.
+	closed   chan *amqp091.Error
+	blocking chan amqp091.Blocking
+
+	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
+
+	brokenBy atomic.Pointer[error] // set by breakOff: why the socket was cut
+	pulseState
+}
+
+func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapter) *session {
+	sess := &session{
+		id:       id,
+		conn:     d.conn,
+		sock:     d.sock,
+		closed:   d.conn.NotifyClose(make(chan *amqp091.Error, 1)),
+		blocking: d.conn.NotifyBlocked(make(chan amqp091.Blocking, 4)),
+		uri:      d.uri,
+		cfg:      cfg,
+		logger:   logger.With(watermill.LogFields{"connection": id}),
+		stopping: make(chan struct{}),
+		dead:     make(chan struct{}),
+	}
+	sess.topology = newTopologyCache(sess)
+	sess.flow.Store(&flowState{changed: make(chan struct{})})
+	return sess
+}
+
+// startLanes starts the publishing lanes: Config.Channels of them, fewer if
+// the broker's channel_max says so (two channels stay: for declarations,
+// and for pulses).
+func (sess *session) startLanes() {
+	n := sess.cfg.Channels
+	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 2 && n > channelMax-2 {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 2, "configured": n})
+		n = channelMax - 2
+	}
+	sess.lanes = make([]*lane, n)
+	sess.wg.Add(len(sess.lanes))
+	for i := range sess.lanes {
+		sess.lanes[i] = newLane(sess, i)
+		go sess.lanes[i].run()
+	}
+}
+
+// pickLane spreads callers over the lanes. A call's messages all go to one
+// lane, so they reach the broker in the order they were given.
+func (sess *session) pickLane() *lane {
+	return sess.lanes[int(sess.nextLane.Add(1))%len(sess.lanes)]
+}
+
+// end stops the lanes and declarers, closes the connection, and waits for
+// them: once dead is closed, every claimed delivery has had its outcome. The
+// connection gets grace to close gracefully; then, or at once when grace is
+// zero (the connection is lost already), its socket is cut, which also
+// frees a lane stuck writing to a peer that stopped reading, whatever
+// amqp091-go's locks are doing.
+func (sess *session) end(grace time.Duration) {
+	sess.topology.end()
+	close(sess.stopping)
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		for range sess.blocking { // closed by amqp091-go at shutdown
+		}
+	}()
+	if grace > 0 {
+		closed := make(chan struct{})
+		go func() {
+			_ = sess.conn.CloseDeadline(time.Now().Add(grace))
+			close(closed)
+		}()
+		timer := time.NewTimer(grace)
+		select {
+		case <-closed:
+		case <-timer.C:
+		}
+		timer.Stop()
+		sess.sock.cut()
+		<-closed
+	} else {
+		sess.sock.cut()
+		_ = sess.conn.Close() // returns at once: the socket is gone
+	}
+	sess.wg.Wait()
+	close(sess.dead)
+}
+
+// flowState is whether the broker blocks the connection, and the channel
+// closed when that changes.
+type flowState struct {
+	blocked bool
+	changed chan struct{}
+}
+
+// setBlocked is called by the supervisor goroutine only.
+func (sess *session) setBlocked(blocked bool) {
+	old := sess.flow.Load()
+	if old.blocked == blocked {
+		return
+	}
+	sess.flow.Store(&flowState{blocked: blocked, changed: make(chan struct{})})
+	close(old.changed)
+}
+
+func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
+	f := sess.flow.Load()
+	return f.blocked, f.changed
+}
+
+// channelErr is errConnectionLost when the connection, or the channel under
+// an operation, died (a network error, amqp091-go's own errors), and
+// otherwise what the broker's reply means. amqp091-go marks a connection
+// closed asynchronously: right after a reset, calls already fail with raw
+// network errors while IsClosed is still false, so the error itself decides.
+func (sess *session) channelErr(err error) error {
+	if why := sess.brokenCause(); why != nil {
+		return why // matches errConnectionLost
+	}
+	if sess.conn.IsClosed() || isConnectionFault(err) {
+		return errConnectionLost
+	}
+	return classifyBroker(err)
+}

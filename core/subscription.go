@@ -1,0 +1,311 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// newUnreadableBackoff paces the nacks of messages the Marshaler cannot
+// read: 100 ms, doubling, up to 5 s.
+func newUnreadableBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.Reset()
+	return b
+}
+
+// subscription is one Subscribe call. Its goroutine owns its channel, and
+// is the only one that reads deliveries, acks and nacks.
+type subscription struct {
+	s                      *Subscriber
+	ctx                    context.Context // the caller's, cancelled by Close too
+	topic, queue, exchange string
+	out                    chan *message.Message
+	logger                 watermill.LoggerAdapter
+	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
+}
+
+// consumer is one AMQP channel consuming the queue, and how it may end.
+type consumer struct {
+	sess       *session
+	ch         *amqp091.Channel
+	deliveries <-chan amqp091.Delivery
+	dead       chan struct{} // closed once the channel is closed, for any reason
+	why        *amqp091.Error
+	lastTag    uint64 // of the last delivery read
+}
+
+func (sub *subscription) run() {
+	defer close(sub.out)
+	// Paces the consumers that die as soon as they start (the broker
+	// refusing what consume asked, with NoWait: an exclusive consumer
+	// elsewhere), which would otherwise attach again in a tight loop.
+	shortLived := sub.s.cfg.Reconnect.newBackoff()
+	for attached := false; ; attached = true {
+		c := sub.attach()
+		if c == nil {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		if attached {
+			sub.s.cfg.emit(Event{Kind: ConsumerReattached})
+		}
+		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
+		started := time.Now()
+		stopping := sub.consume(c)
+		_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close) // unacked deliveries go back to the queue
+		<-c.dead
+		if stopping {
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+		sub.logger.Info("Consuming interrupted, resuming", watermill.LogFields{"reason": fmt.Sprint(c.why)})
+		if time.Since(started) >= minConsumerLife {
+			shortLived.Reset()
+			continue
+		}
+		wait := time.NewTimer(shortLived.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			sub.logger.Info("Stopped consuming", nil)
+			return
+		}
+	}
+}
+
+// minConsumerLife: a consumer that ended sooner waits before attaching
+// again, longer each time in a row.
+const minConsumerLife = time.Second
+
+// attach waits for a connection, opens a channel, declares the topology,
+// sets Qos and starts consuming, retrying with a fresh backoff until it
+// succeeds; nil means the subscription ends.
+func (sub *subscription) attach() *consumer {
+	b := sub.s.cfg.Reconnect.newBackoff()
+	for attempt := 1; ; attempt++ {
+		sess, err := sub.s.sup.await(sub.ctx)
+		if err != nil {
+			if sub.ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return nil
+			}
+			// Dialing fails permanently for now (e.g. credentials revoked):
+			// keep waiting, the supervisor keeps dialing.
+			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
+		} else {
+			c, err := sub.open(sess)
+			if err == nil {
+				return c
+			}
+			if !errors.Is(err, errConnectionLost) {
+				sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+			}
+		}
+		wait := time.NewTimer(b.NextBackOff())
+		select {
+		case <-wait.C:
+		case <-sub.ctx.Done():
+			wait.Stop()
+			return nil
+		}
+	}
+}
+
+// open starts a consumer on sess, within the bound of a reply: see
+// awaitReply.
+func (sub *subscription) open(sess *session) (c *consumer, err error) {
+	err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+		c, err = sub.start(sess)
+		return err
+	})
+	if err != nil {
+		return nil, sess.channelErr(err)
+	}
+	return c, nil
+}
+
+func (sub *subscription) start(sess *session) (*consumer, error) {
+	cfg := sub.s.cfg.AMQP
+	ch, err := sess.conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	go func() { // ends when amqp091-go closes the notification channel
+		for e := range closed {
+			c.why = e
+			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+		}
+		close(c.dead)
+	}()
+	fail := func(err error) (*consumer, error) {
+		_ = ch.Close()
+		<-c.dead
+		return nil, err
+	}
+	if err := cfg.BuildTopology(ch, sub.topic, sub.queue, sub.exchange, sub.logger); err != nil {
+		return fail(err)
+	}
+	if q := cfg.Consume; q.PrefetchCount != 0 || q.PrefetchSize != 0 {
+		// Per consumer, whatever Qos.Global says: this channel has one
+		// consumer, so it is the same limit, and quorum queues refuse a
+		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
+		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
+			return fail(err)
+		}
+	}
+	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
+		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
+	if err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// consume hands c's deliveries out one at a time until the channel or the
+// connection dies (false: attach again) or the subscription ends (true).
+//
+// A consumer that has had no delivery for idleReattach attaches again too:
+// deliveries the broker counts as sent to it, but that never arrived (one
+// lost with none after it to show a gap; a quorum queue's delivery lost
+// in a leader change, seen on RabbitMQ 3.10), stay unacked for as long as
+// its channel lives. Closing it hands them back to the queue.
+//
+// Not for an auto-delete queue (closing its only consumer deletes it) nor
+// an exclusive consumer (another could take the queue meanwhile).
+func (sub *subscription) consume(c *consumer) (stopping bool) {
+	idleAfter := idleReattach(sub.s.cfg.Heartbeat)
+	idle := time.NewTimer(idleAfter)
+	defer idle.Stop()
+	var idleOver <-chan time.Time // never, for those it would harm
+	if cfg := sub.s.cfg.AMQP; !cfg.QueueAutoDelete && !cfg.Consume.Exclusive {
+		idleOver = idle.C
+	}
+	for {
+		select {
+		case <-idleOver:
+			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
+			return false
+		case d, ok := <-c.deliveries:
+			if !ok {
+				// The channel died, or the broker cancelled the consumer
+				// (queue deleted): never hand out the zero Delivery.
+				return sub.ctx.Err() != nil
+			}
+			if d.DeliveryTag != c.lastTag+1 {
+				// The broker numbers a channel's deliveries 1, 2, 3...: a
+				// gap is a delivery lost on a link that lives (bytes
+				// dropped between heartbeats). The broker holds it as
+				// unacked until the channel closes: closing it, and
+				// attaching again, has it delivered again.
+				sub.logger.Error("Deliveries lost in transit: attaching again to have them redelivered", nil,
+					watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
+				return false
+			}
+			c.lastTag = d.DeliveryTag
+			if stop, alive := sub.handle(c, d); stop || !alive {
+				return stop
+			}
+			idle.Reset(idleAfter) // counted from the handler's verdict
+		case <-c.dead:
+			return false
+		case <-c.sess.stopping:
+			return false
+		case <-sub.ctx.Done():
+			return true
+		}
+	}
+}
+
+// handle hands one delivery to the handler and acks or nacks it as the
+// handler says. alive is false when c's channel is gone: an outcome can no
+// longer be sent for it (delivery tags belong to their channel), and the
+// broker will deliver the message again.
+func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bool) {
+	select {
+	case <-c.dead: // a delivery read after its channel died is requeued already
+		return false, false
+	default:
+	}
+	cfg := sub.s.cfg.AMQP
+	msg, err := unmarshal(cfg.Marshaler, cfg.StringHeadersOnly, d)
+	if err != nil {
+		// It can never reach a handler; requeued at once it would come back
+		// at once, for ever: pause first, longer each time in a row.
+		wait := sub.unreadable.NextBackOff()
+		sub.logger.Error("Cannot unmarshal message, nacking it after a pause", err, watermill.LogFields{"message_id": d.MessageId, "pause": wait.String()})
+		select {
+		case <-time.After(wait):
+		case <-sub.ctx.Done():
+			return true, true
+		case <-c.dead:
+			return false, false
+		}
+		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+	}
+	sub.unreadable.Reset()
+	if msg.UUID == "" {
+		msg.UUID = d.MessageId // a message from another publisher
+	}
+	ctx, cancel := context.WithCancel(sub.ctx)
+	defer cancel()
+	msg.SetContext(ctx)
+	fields := watermill.LogFields{"message_uuid": msg.UUID}
+
+	select {
+	case sub.out <- msg:
+		sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
+	case <-sub.ctx.Done():
+		return true, true // the channel closes: the message goes back
+	case <-c.dead:
+		return false, false
+	case <-c.sess.stopping:
+		return false, false
+	}
+
+	// The handler has it: wait for its verdict even if the channel dies
+	// meanwhile, so that the redelivered copy is not handled concurrently.
+	var ack bool
+	select {
+	case <-msg.Acked():
+		ack = true
+	case <-msg.Nacked():
+	case <-sub.ctx.Done():
+		return true, true
+	}
+	select {
+	case <-c.dead:
+		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		return false, false
+	default:
+	}
+	if ack {
+		return false, sub.settle(c, d.Ack(false), MessageAcked)
+	}
+	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+}
+
+// settle reports whether an ack or nack (what) was sent; when it was not,
+// the channel is closing and the message will be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive bool) {
+	if err != nil {
+		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
+		return false
+	}
+	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
+	return true
+}
+
+// idleReattach is how long a consumer may go without a delivery before it
+// attaches again: five heartbeat intervals (50 s by default).
+func idleReattach(heartbeat time.Duration) time.Duration { return 5 * heartbeat }

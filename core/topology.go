@@ -1,0 +1,151 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// topologyCache is what a publisher declared on one connection: each topic's
+// topology is declared once, by the first publish that needs it, and
+// forgotten when the broker says it is gone (a return from the publisher's
+// own queue, a missing exchange), so that the next publish declares it
+// again. It dies with its connection.
+type topologyCache struct {
+	sess *session
+
+	mu     sync.Mutex
+	topics map[string]*topologyEntry
+	// suspect holds exchanges the broker said are missing or refused: the
+	// next declaration of a topic publishing to one checks it passively on
+	// its own channel, so that publishes to it fail there, not by killing a
+	// lane's channel (and re-sending everything in flight on it) each time.
+	suspect map[string]bool
+	ended   bool
+}
+
+// topologyEntry is the declaration of one topic's topology on one
+// connection: the first publisher to need it starts it, the others wait.
+type topologyEntry struct {
+	exchange string
+	done     chan struct{}
+	err      error
+}
+
+func newTopologyCache(sess *session) *topologyCache {
+	return &topologyCache{sess: sess, topics: make(map[string]*topologyEntry), suspect: make(map[string]bool)}
+}
+
+// end refuses declarations from now on: the session is ending.
+func (c *topologyCache) end() {
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+}
+
+// forget drops topic's declaration, so that the next publish declares it
+// again (its queue was deleted under the live connection).
+func (c *topologyCache) forget(topic string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.topics[topic]; ok && isDone(e.done) {
+		delete(c.topics, topic)
+	}
+}
+
+// suspectExchange forgets the topology of the topics publishing to exchange
+// and has their next declaration check that it exists.
+func (c *topologyCache) suspectExchange(exchange string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.suspect[exchange] = true
+	for topic, e := range c.topics {
+		if e.exchange == exchange {
+			delete(c.topics, topic)
+		}
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// ensure declares what topic needs, once per connection. A failed
+// declaration is forgotten, so the next publish tries again.
+func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, declare func(*amqp091.Channel, string) error) error {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return errConnectionLost
+	}
+	e, ok := c.topics[topic]
+	if !ok {
+		e = &topologyEntry{exchange: exchange, done: make(chan struct{})}
+		c.topics[topic] = e
+		c.sess.wg.Add(1)
+		// Declared on a goroutine of the session's, not the caller's, so a
+		// caller whose context ends never waits on a stuck RPC.
+		go c.declare(topic, e, c.suspect[exchange], declare)
+	}
+	c.mu.Unlock()
+	if isDone(e.done) { // declared already, the usual case
+		return e.err
+	}
+	select {
+	case <-e.done:
+		return e.err
+	case <-c.sess.stopping:
+		return errConnectionLost
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, declare func(*amqp091.Channel, string) error) {
+	defer c.sess.wg.Done()
+	defer close(e.done)
+	e.err = c.sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, topic string) error {
+		if err := declare(ch, topic); err != nil || !verify {
+			return err
+		}
+		// Type and flags are not checked by a passive declare.
+		return ch.ExchangeDeclarePassive(e.exchange, "direct", false, false, false, false, nil)
+	})
+	c.mu.Lock()
+	if e.err == nil && verify {
+		delete(c.suspect, e.exchange)
+	}
+	if e.err != nil && c.topics[topic] == e {
+		delete(c.topics, topic)
+	}
+	c.mu.Unlock()
+	if e.err != nil && !errors.Is(e.err, errConnectionLost) {
+		c.sess.logger.Error("Cannot declare topology", e.err, watermill.LogFields{"topic": topic})
+	}
+}
+
+// declareOnFreshChannel uses a channel of its own, so that a declaration the
+// broker rejects (which closes the channel) harms no lane.
+func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
+	err := sess.awaitReply("a declaration of "+topic, func() error {
+		ch, err := sess.conn.Channel()
+		if err != nil {
+			return err
+		}
+		err = declare(ch, topic)
+		_ = ch.Close() // declared or not, the channel has done its job
+		return err
+	})
+	if err == nil {
+		return nil
+	}
+	return sess.channelErr(err)
+}

@@ -1,0 +1,87 @@
+package resilientv3
+
+import (
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/resilientmq/watermill-rabbitmq/core"
+)
+
+// Config configures a Publisher or a Subscriber: AMQP is watermill-amqp
+// v3's own Config, and the other fields are the knobs of core.Config,
+// documented there, each optional.
+//
+// From AMQP a Publisher uses Connection (AmqpURI, TLSConfig, AmqpConfig,
+// Reconnect), Marshaler, Exchange, Queue (to declare the queue of a
+// default-exchange config), Publish (GenerateRoutingKey, Mandatory,
+// ChannelPoolSize as Channels when Channels is zero) and TopologyBuilder
+// (default amqp.DefaultTopologyBuilder). Publisher confirms are always on,
+// so Publish.ConfirmDelivery is ignored; Publish.Transactional and
+// Publish.Immediate are rejected. A Subscriber uses Connection, Queue,
+// Exchange, QueueBind, TopologyBuilder, Consume and Marshaler.
+type Config core.Config[amqp.Config]
+
+// Validate reports every problem of the configuration of a Publisher at
+// once. Errors match ErrConfig and never contain a password.
+func (c Config) Validate() error {
+	return core.ValidatePublisher(core.Config[amqp.Config](c), wire(c.AMQP))
+}
+
+// NewPublisher validates cfg, connects, and returns a Publisher: see
+// core.NewPublisher.
+func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*core.Publisher, error) {
+	return core.NewPublisher(core.Config[amqp.Config](cfg), wire(cfg.AMQP), logger)
+}
+
+// NewSubscriber validates cfg, connects, and returns a Subscriber: see
+// core.NewSubscriber.
+func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*core.Subscriber, error) {
+	return core.NewSubscriber(core.Config[amqp.Config](cfg), wire(cfg.AMQP), logger)
+}
+
+// wire reads watermill-amqp v3's Config into the core's terms.
+func wire(c amqp.Config) core.Wiring {
+	w := core.Wiring{
+		URI:             c.Connection.AmqpURI,
+		TLSConfig:       c.Connection.TLSConfig,
+		AMQPConfig:      c.Connection.AmqpConfig,
+		Marshaler:       c.Marshaler,
+		ExchangeName:    c.Exchange.GenerateName,
+		QueueName:       c.Queue.GenerateName,
+		QueueAutoDelete: c.Queue.AutoDelete,
+		RoutingKey:      c.Publish.GenerateRoutingKey,
+		Mandatory:       c.Publish.Mandatory,
+		Immediate:       c.Publish.Immediate,
+		Transactional:   c.Publish.Transactional,
+		ChannelPoolSize: c.Publish.ChannelPoolSize,
+		Consume: core.Consume{
+			Consumer: c.Consume.Consumer, Exclusive: c.Consume.Exclusive, NoLocal: c.Consume.NoLocal,
+			NoWait: c.Consume.NoWait, NoRequeueOnNack: c.Consume.NoRequeueOnNack, Arguments: c.Consume.Arguments,
+			PrefetchCount: c.Consume.Qos.PrefetchCount, PrefetchSize: c.Consume.Qos.PrefetchSize,
+		},
+	}
+	if r := c.Connection.Reconnect; r != nil {
+		w.Reconnect = core.Backoff{InitialWait: r.BackoffInitialInterval, MaxWait: r.BackoffMaxInterval,
+			Multiplier: r.BackoffMultiplier, Jitter: r.BackoffRandomizationFactor}
+	}
+	switch c.Marshaler.(type) {
+	case amqp.DefaultMarshaler, *amqp.DefaultMarshaler:
+		w.StringHeadersOnly = true
+	}
+	builder := c.TopologyBuilder
+	if builder == nil {
+		builder = &amqp.DefaultTopologyBuilder{}
+	}
+	w.DeclareExchange = func(ch *amqp091.Channel, exchange string) error {
+		return builder.ExchangeDeclare(ch, exchange, c)
+	}
+	w.BuildTopology = func(ch *amqp091.Channel, topic, queue, exchange string, logger watermill.LoggerAdapter) error {
+		params := amqp.BuildTopologyParams{Topic: topic, QueueName: queue, ExchangeName: exchange}
+		if c.QueueBind.GenerateRoutingKey != nil {
+			params.RoutingKey = c.QueueBind.GenerateRoutingKey(topic)
+		}
+		return builder.BuildTopology(ch, params, c, logger)
+	}
+	return w
+}
