@@ -10,10 +10,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Defaults of ReconnectConfig.
+// Defaults of ReconnectConfig, each documented on its field.
 const (
-	DefaultReconnectMaxWait      = 30 * time.Second
-	DefaultReconnectPollInterval = 100 * time.Millisecond
+	defaultReconnectMaxWait      = 30 * time.Second
+	defaultReconnectPollInterval = 100 * time.Millisecond
 )
 
 // ReconnectConfig configures Reconnect. The zero value is valid.
@@ -39,18 +39,20 @@ type ReconnectConfig struct {
 
 func (c *ReconnectConfig) setDefaults() {
 	if c.MaxWait == 0 {
-		c.MaxWait = DefaultReconnectMaxWait
+		c.MaxWait = defaultReconnectMaxWait
 	}
 	if c.PollInterval == 0 {
-		c.PollInterval = DefaultReconnectPollInterval
+		c.PollInterval = defaultReconnectPollInterval
 	}
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
 	}
 }
 
-// Validate reports a configuration Reconnect cannot work with.
+// Validate reports a configuration Reconnect cannot work with. The zero
+// value is valid: zero fields take their defaults.
 func (c ReconnectConfig) Validate() error {
+	c.setDefaults() // zero fields are valid: they take their defaults
 	var errs []error
 	if c.MaxWait < 0 {
 		errs = append(errs, errors.New("MaxWait must not be negative"))

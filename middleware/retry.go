@@ -26,15 +26,19 @@ const (
 	Permanent
 )
 
-// Defaults of RetryConfig.
+// Defaults of RetryConfig, each documented on its field.
 const (
-	DefaultRetryInitialInterval     = 100 * time.Millisecond
-	DefaultRetryMaxInterval         = 5 * time.Second
-	DefaultRetryMultiplier          = 2.0
-	DefaultRetryRandomizationFactor = 0.5
-	DefaultRetryMaxAttempts         = 10
-	DefaultRetryMaxElapsedTime      = time.Minute
+	defaultRetryInitialInterval     = 100 * time.Millisecond
+	defaultRetryMaxInterval         = 5 * time.Second
+	defaultRetryMultiplier          = 2.0
+	defaultRetryRandomizationFactor = 0.5
+	defaultRetryMaxAttempts         = 10
+	defaultRetryMaxElapsedTime      = time.Minute
 )
+
+// NoJitter as RetryConfig.RandomizationFactor turns jitter off (0 means the
+// default), as core.NoJitter does for the publisher's own backoff.
+const NoJitter = core.NoJitter
 
 // RetryConfig configures Retry. The zero value is valid: every field has a
 // default.
@@ -48,7 +52,7 @@ type RetryConfig struct {
 	Multiplier float64
 	// RandomizationFactor spreads each wait over
 	// [wait*(1-f), wait*(1+f)], so publishers that failed together do not
-	// retry together. Default 0.5; set a negative value for no jitter.
+	// retry together. Default 0.5; NoJitter (-1) for none.
 	RandomizationFactor float64
 	// MaxAttempts bounds the attempts, the first included. Default 10;
 	// negative means no bound (MaxElapsedTime and the messages' contexts
@@ -80,34 +84,32 @@ type RetryConfig struct {
 
 func (c *RetryConfig) setDefaults() {
 	if c.InitialInterval == 0 {
-		c.InitialInterval = DefaultRetryInitialInterval
+		c.InitialInterval = defaultRetryInitialInterval
 	}
 	if c.MaxInterval == 0 {
-		c.MaxInterval = DefaultRetryMaxInterval
+		c.MaxInterval = defaultRetryMaxInterval
 	}
 	if c.Multiplier == 0 {
-		c.Multiplier = DefaultRetryMultiplier
+		c.Multiplier = defaultRetryMultiplier
 	}
-	switch {
-	case c.RandomizationFactor == 0:
-		c.RandomizationFactor = DefaultRetryRandomizationFactor
-	case c.RandomizationFactor < 0:
-		c.RandomizationFactor = 0
+	if c.RandomizationFactor == 0 {
+		c.RandomizationFactor = defaultRetryRandomizationFactor
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultRetryMaxAttempts
+		c.MaxAttempts = defaultRetryMaxAttempts
 	}
 	if c.MaxElapsedTime == 0 {
-		c.MaxElapsedTime = DefaultRetryMaxElapsedTime
+		c.MaxElapsedTime = defaultRetryMaxElapsedTime
 	}
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
 	}
 }
 
-// Validate reports a configuration Retry cannot work with. It is meant to
-// be called after the defaults are set (Retry does both).
+// Validate reports a configuration Retry cannot work with. The zero value
+// is valid: zero fields take their defaults.
 func (c RetryConfig) Validate() error {
+	c.setDefaults() // zero fields are valid: they take their defaults
 	var errs []error
 	if c.InitialInterval < 0 {
 		errs = append(errs, errors.New("InitialInterval must not be negative"))
@@ -116,10 +118,10 @@ func (c RetryConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("MaxInterval (%s) must not be less than InitialInterval (%s)", c.MaxInterval, c.InitialInterval))
 	}
 	if c.Multiplier < 1 {
-		errs = append(errs, fmt.Errorf("Multiplier (%g) must be at least 1", c.Multiplier))
+		errs = append(errs, fmt.Errorf("the Multiplier (%g) must be at least 1", c.Multiplier))
 	}
-	if c.RandomizationFactor > 1 {
-		errs = append(errs, fmt.Errorf("RandomizationFactor (%g) must be at most 1", c.RandomizationFactor))
+	if (c.RandomizationFactor < 0 && c.RandomizationFactor != NoJitter) || c.RandomizationFactor > 1 {
+		errs = append(errs, fmt.Errorf("RandomizationFactor (%g) must be within [0, 1], or NoJitter", c.RandomizationFactor))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("middleware: invalid RetryConfig: %w", errors.Join(errs...))
@@ -196,7 +198,7 @@ func (r *retryPublisher) retry(topic string, messages []*message.Message, err er
 	// A fresh backoff per call: its state is this call's alone.
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     r.cfg.InitialInterval,
-		RandomizationFactor: r.cfg.RandomizationFactor,
+		RandomizationFactor: max(r.cfg.RandomizationFactor, 0), // NoJitter: none
 		Multiplier:          r.cfg.Multiplier,
 		MaxInterval:         r.cfg.MaxInterval,
 	}

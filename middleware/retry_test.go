@@ -323,13 +323,29 @@ func TestRetryValidate(t *testing.T) {
 		"max below initial":            {InitialInterval: time.Second, MaxInterval: time.Millisecond},
 		"negative interval":            {InitialInterval: -time.Second},
 		"randomization factor above 1": {RandomizationFactor: 1.5},
+		"negative, not NoJitter":       {RandomizationFactor: -0.5},
 	} {
 		if _, err := middleware.Retry(cfg)(&fakePublisher{}); err == nil {
 			t.Errorf("%s: Retry accepted %+v", name, cfg)
 		}
+		if cfg.Validate() == nil {
+			t.Errorf("%s: Validate accepted %+v", name, cfg)
+		}
 	}
-	if _, err := middleware.Retry(middleware.RetryConfig{})(&fakePublisher{}); err != nil {
-		t.Errorf("zero config: %v", err)
+	// The zero value is valid, as documented, and so is NoJitter.
+	for _, cfg := range []middleware.RetryConfig{{}, {RandomizationFactor: middleware.NoJitter}} {
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("Validate(%+v): %v", cfg, err)
+		}
+		if _, err := middleware.Retry(cfg)(&fakePublisher{}); err != nil {
+			t.Errorf("Retry(%+v): %v", cfg, err)
+		}
+	}
+	if err := (middleware.ReconnectConfig{}).Validate(); err != nil {
+		t.Errorf("zero ReconnectConfig: %v", err)
+	}
+	if (middleware.ReconnectConfig{MaxWait: -time.Second}).Validate() == nil {
+		t.Error("a negative MaxWait was accepted")
 	}
 }
 
