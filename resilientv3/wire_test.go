@@ -1,0 +1,75 @@
+package resilientv3
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// The door reads every field the core uses from watermill-amqp v3's Config.
+func TestWire(t *testing.T) {
+	c := amqp.NewDurablePubSubConfig("amqp://guest:guest@example:5672/", amqp.GenerateQueueNameTopicNameWithSuffix("s"))
+	c.Connection.Reconnect = &amqp.ReconnectConfig{BackoffInitialInterval: time.Second, BackoffMaxInterval: 2 * time.Second,
+		BackoffMultiplier: 3, BackoffRandomizationFactor: 0.1}
+	c.Publish.Mandatory, c.Publish.ChannelPoolSize = true, 7
+	c.Queue.AutoDelete = true
+	c.Consume.Qos.PrefetchCount, c.Consume.Exclusive, c.Consume.NoRequeueOnNack = 9, true, true
+	w := wire(c)
+	if w.URI != c.Connection.AmqpURI || w.ExchangeName("t") != "t" || w.QueueName("t") != "t_s" || w.RoutingKey("t") != "" {
+		t.Fatalf("names: %+v", w)
+	}
+	if w.Reconnect.InitialWait != time.Second || w.Reconnect.MaxWait != 2*time.Second || w.Reconnect.Multiplier != 3 || w.Reconnect.Jitter != 0.1 {
+		t.Fatalf("reconnect: %+v", w.Reconnect)
+	}
+	if !w.Mandatory || w.ChannelPoolSize != 7 || !w.QueueAutoDelete || w.Consume.PrefetchCount != 9 || !w.Consume.Exclusive || !w.Consume.NoRequeueOnNack {
+		t.Fatalf("flags: %+v", w)
+	}
+	if !w.StringHeadersOnly || w.DeclareExchange == nil || w.BuildTopology == nil {
+		t.Fatalf("DefaultMarshaler or topology: %+v", w)
+	}
+	c.Marshaler = &amqp.DefaultMarshaler{}
+	if !wire(c).StringHeadersOnly {
+		t.Fatal("a *DefaultMarshaler reads strings only too")
+	}
+	c.Marshaler, c.TopologyBuilder = nil, nil
+	if w := wire(c); w.Marshaler != nil || w.StringHeadersOnly || w.BuildTopology == nil {
+		t.Fatalf("no marshaler, default builder: %+v", w)
+	}
+}
+
+// A zero Config names what is missing in watermill-amqp's own field names.
+func TestValidateNamesAMQPFields(t *testing.T) {
+	err := Config{}.Validate()
+	for _, want := range []string{"AMQP.Connection.AmqpURI", "AMQP.Marshaler", "AMQP.Exchange.GenerateName", "AMQP.Publish.GenerateRoutingKey"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v does not name %s", err, want)
+		}
+	}
+}
+
+// v3's TopologyBuilder is given the topic and QueueBind's routing key.
+func TestWireBuildTopologyParams(t *testing.T) {
+	c := amqp.NewDurableTopicConfig("amqp://example/", "x", "q")
+	builder := &paramsRecorder{}
+	c.TopologyBuilder = builder
+	if err := wire(c).BuildTopology(nil, "orders.created", "q", "x", nil); err != nil {
+		t.Fatal(err)
+	}
+	want := amqp.BuildTopologyParams{Topic: "orders.created", QueueName: "q", ExchangeName: "x", RoutingKey: "orders.created"}
+	if builder.params != want {
+		t.Fatalf("params %+v, want %+v", builder.params, want)
+	}
+}
+
+type paramsRecorder struct{ params amqp.BuildTopologyParams }
+
+func (r *paramsRecorder) BuildTopology(_ *amqp091.Channel, params amqp.BuildTopologyParams, _ amqp.Config, _ watermill.LoggerAdapter) error {
+	r.params = params
+	return nil
+}
+
+func (r *paramsRecorder) ExchangeDeclare(*amqp091.Channel, string, amqp.Config) error { return nil }
