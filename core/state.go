@@ -13,7 +13,7 @@ type State int32
 const (
 	// StateConnecting: dialing for the first time.
 	StateConnecting State = iota
-	// StateConnected: a connection is up and publishing flows.
+	// StateConnected: a connection is up; messages flow.
 	StateConnected
 	// StateBlocked: the broker blocked the connection (memory or disk alarm);
 	// sending is paused until it unblocks.
