@@ -7,7 +7,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 )
 
-// State is the publisher's connection state.
+// State is the connection state of a Publisher or a Subscriber.
 type State int32
 
 const (
@@ -67,8 +67,8 @@ type StateChange struct {
 const maxPendingStateChanges = 64
 
 // notifier runs OnStateChange callbacks, in order, on the one goroutine it
-// owns, so that a slow or re-entrant callback never runs under a lock of the
-// publisher nor stalls its supervisor.
+// owns, so that a slow or re-entrant callback never runs under a lock of a
+// publisher or subscriber nor stalls its supervisor.
 type notifier struct {
 	callback func(StateChange)
 	logger   watermill.LoggerAdapter

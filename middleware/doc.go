@@ -1,7 +1,7 @@
 // Package middleware holds watermill message.PublisherDecorators that make a
 // publisher ride through faults. Each works on any message.Publisher: this
-// module's resilient.Publisher, watermill-amqp's amqp.Publisher,
-// watermill's gochannel, or your own.
+// module's core.Publisher (built by package resilient or resilientv3),
+// watermill-amqp's amqp.Publisher, watermill's gochannel, or your own.
 //
 // # Why publisher decorators
 //
@@ -19,14 +19,13 @@
 //   - Retry publishes again, with exponential backoff and jitter
 //     (cenkalti/backoff, a fresh one per call), when the publisher fails with
 //     a transient error. It never retries a permanent one: a typed error of
-//     package resilient (resilient.IsPermanent), context.Canceled, a
-//     *resilient.PublishError that is not Temporary, or what
+//     package core (core.IsPermanent), context.Canceled, or what
 //     RetryConfig.Classify calls permanent. It stops when a message's
 //     Context() ends, after MaxAttempts or MaxElapsedTime, or on Close. When
 //     the publisher is a resilient.Publisher it re-sends only the messages
-//     its *resilient.PublishError names as unconfirmed; for other publishers,
+//     its *core.PublishError names as unconfirmed; for other publishers,
 //     all of them. Defaults: InitialInterval 100ms, MaxInterval 5s,
-//     Multiplier 2, RandomizationFactor 0.5, MaxAttempts 10 (the first
+//     Multiplier 2, RandomizationFactor 0.5 (NoJitter for none), MaxAttempts 10 (the first
 //     included), MaxElapsedTime 1m.
 //   - Reconnect waits, before each Publish, until the publisher reports its
 //     connection up (ConnectionReporter, and ConnectionWaiter if it has it),

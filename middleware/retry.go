@@ -135,9 +135,8 @@ func (c RetryConfig) Validate() error {
 //
 // An error is permanent, and Retry returns it at once, when Classify says
 // so, or else when core.IsPermanent says so (the typed errors of this
-// module's publisher, and context.Canceled: someone gave up), or when it is
-// a *core.PublishError that is not Temporary. Every other error is
-// transient, context.DeadlineExceeded included: when the deadline was the
+// module's publisher, and context.Canceled: someone gave up). Every other
+// error is transient, context.DeadlineExceeded included: when the deadline was the
 // caller's, the messages' contexts have ended and Retry stops for that
 // reason; when it was one attempt's own (a Timeout stacked under Retry, the
 // publisher's PublishTimeout), another attempt may succeed.
