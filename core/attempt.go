@@ -19,12 +19,12 @@ const maxReturns = 3
 // flag.
 //
 // Every message ends the attempt in exactly one of three ways: confirmed,
-// to be sent again (retry), or failed. settle is the only way there, and it
-// does nothing for a delivery already settled, so a message can be counted
+// to be sent again (retry), or failed. decide is the only way there, and it
+// does nothing for a handoff already decided, so a message can be counted
 // once only, whichever of the lane's report, the caller's giving up or the
 // session's death comes first.
 type attempt struct {
-	deliveries     []delivery // in call order
+	handoffs       []handoff // in call order
 	results        chan outcome
 	maxNackRetries int
 
@@ -33,8 +33,8 @@ type attempt struct {
 	// so that the re-sends go out in call order.
 	cut atomic.Bool
 
-	handed int // deliveries[:handed] were handed to the lane, or settled before
-	open   int // deliveries not settled yet
+	handed int // handoffs[:handed] were handed to the lane, or settled before
+	open   int // handoffs not settled yet
 
 	confirmed int
 	nacks     int         // messages nacked: back off before the next attempt
@@ -50,30 +50,30 @@ type failure struct {
 
 func newAttempt(msgs []*outgoing, maxNackRetries int) *attempt {
 	a := &attempt{
-		deliveries:     make([]delivery, len(msgs)),
+		handoffs:       make([]handoff, len(msgs)),
 		results:        make(chan outcome, len(msgs)),
 		maxNackRetries: maxNackRetries,
 		open:           len(msgs),
 	}
 	for i, m := range msgs {
-		a.deliveries[i].msg, a.deliveries[i].att, a.deliveries[i].solo = m, a, m.solo
+		a.handoffs[i].msg, a.handoffs[i].att, a.handoffs[i].solo = m, a, m.solo
 		m.slot = i
 	}
 	return a
 }
 
-// run hands the deliveries, in order, to a lane's intake, and settles their
+// run hands the handoffs, in order, to a lane's intake, and settles their
 // outcomes until every one is settled. It gives up on a message when its
 // Context() ends (watch says which did) and on all of them when ctx ends;
 // when dead is closed (the session's lanes have all exited, each having
 // reported what it claimed) the rest are to be sent again.
-func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead <-chan struct{}, watch *contextWatch) {
+func (a *attempt) run(ctx context.Context, intake chan<- *handoff, dead <-chan struct{}, watch *contextWatch) {
 	for a.open > 0 {
 		next := a.nextToHand()
 		if a.open == 0 {
 			break
 		}
-		var handTo chan<- *delivery
+		var handTo chan<- *handoff
 		if next != nil {
 			// Room in the lane's queue, the usual case: no need to watch
 			// every other channel for it.
@@ -89,11 +89,11 @@ func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead <-chan 
 		case handTo <- next:
 			a.handed++
 		case o := <-a.results:
-			a.settle(o.d, o.kind, o.err)
+			a.decide(o.d, o.kind, o.err)
 		case <-watch.woken():
 			watch.takeEnded(func(m *outgoing) {
-				if m.slot < len(a.deliveries) && a.deliveries[m.slot].msg == m {
-					a.giveUpOn(&a.deliveries[m.slot], messageContextEnded(m))
+				if m.slot < len(a.handoffs) && a.handoffs[m.slot].msg == m {
+					a.giveUpOn(&a.handoffs[m.slot], messageContextEnded(m))
 				}
 			})
 		case <-ctx.Done():
@@ -105,20 +105,20 @@ func (a *attempt) run(ctx context.Context, intake chan<- *delivery, dead <-chan 
 	slices.SortFunc(a.retry, func(x, y *outgoing) int { return x.index - y.index })
 }
 
-// nextToHand returns the next delivery to hand to the lane, settling on the
+// nextToHand returns the next handoff to hand to the lane, settling on the
 // way those whose Context() ended (never handed over) and, once the attempt
 // is cut, the rest (sent again by the next attempt, in order).
-func (a *attempt) nextToHand() *delivery {
-	for ; a.handed < len(a.deliveries); a.handed++ {
-		d := &a.deliveries[a.handed]
+func (a *attempt) nextToHand() *handoff {
+	for ; a.handed < len(a.handoffs); a.handed++ {
+		d := &a.handoffs[a.handed]
 		switch {
-		case d.settled:
+		case d.decided:
 		case d.msg.ctx.Err() != nil:
 			d.abandon()
-			a.settle(d, outcomeFailed, messageContextEnded(d.msg))
+			a.decide(d, outcomeFailed, messageContextEnded(d.msg))
 		case a.cut.Load():
 			d.abandon()
-			a.settle(d, outcomeLost, errHeldBack)
+			a.decide(d, outcomeLost, errHeldBack)
 		default:
 			return d
 		}
@@ -128,8 +128,8 @@ func (a *attempt) nextToHand() *delivery {
 
 // giveUp stops waiting for every message not settled yet.
 func (a *attempt) giveUp(err error) {
-	for i := range a.deliveries {
-		a.giveUpOn(&a.deliveries[i], err)
+	for i := range a.handoffs {
+		a.giveUpOn(&a.handoffs[i], err)
 	}
 }
 
@@ -137,12 +137,12 @@ func (a *attempt) giveUp(err error) {
 // abandoned, so no lane will send it; one a lane claimed already is no
 // longer waited for (its outcome is ignored): it is reported unconfirmed,
 // which it may or may not be.
-func (a *attempt) giveUpOn(d *delivery, err error) {
-	if d.settled {
+func (a *attempt) giveUpOn(d *handoff, err error) {
+	if d.decided {
 		return
 	}
 	d.abandon()
-	a.settle(d, outcomeFailed, err)
+	a.decide(d, outcomeFailed, err)
 }
 
 // afterSessionDeath settles what the lanes reported before they exited, and
@@ -152,25 +152,25 @@ func (a *attempt) afterSessionDeath() {
 	for drained := false; !drained; {
 		select {
 		case o := <-a.results:
-			a.settle(o.d, o.kind, o.err)
+			a.decide(o.d, o.kind, o.err)
 		default:
 			drained = true
 		}
 	}
-	for i := range a.deliveries {
-		if d := &a.deliveries[i]; !d.settled {
+	for i := range a.handoffs {
+		if d := &a.handoffs[i]; !d.decided {
 			d.abandon()
-			a.settle(d, outcomeLost, errConnectionLost)
+			a.decide(d, outcomeLost, errConnectionLost)
 		}
 	}
 }
 
-// settle decides d's outcome, once.
-func (a *attempt) settle(d *delivery, kind outcomeKind, err error) {
-	if d.settled {
+// decide decides d's outcome, once.
+func (a *attempt) decide(d *handoff, kind outcomeKind, err error) {
+	if d.decided {
 		return
 	}
-	d.settled = true
+	d.decided = true
 	a.open--
 	m := d.msg
 	switch kind {

@@ -16,7 +16,7 @@ import (
 // delay, following the lane's rules (a cut attempt's later messages are held
 // back). It records what it acked.
 type scriptedLane struct {
-	intake chan *delivery
+	intake chan *handoff
 	dead   chan struct{}
 	decide func(*rand.Rand, *outgoing) outcomeKind
 
@@ -27,7 +27,7 @@ type scriptedLane struct {
 
 func newScriptedLane(decide func(*rand.Rand, *outgoing) outcomeKind) *scriptedLane {
 	return &scriptedLane{
-		intake:  make(chan *delivery, 16),
+		intake:  make(chan *handoff, 16),
 		dead:    make(chan struct{}),
 		decide:  decide,
 		acked:   make(map[string]bool),
@@ -35,11 +35,11 @@ func newScriptedLane(decide func(*rand.Rand, *outgoing) outcomeKind) *scriptedLa
 	}
 }
 
-// run serves until stop is closed, then reports every delivery it still
+// run serves until stop is closed, then reports every handoff it still
 // holds as lost and closes dead, as a session's lanes do when it ends.
 func (l *scriptedLane) run(seed uint64, stop <-chan struct{}) {
 	rng := rand.New(rand.NewPCG(seed, seed))
-	var held []*delivery
+	var held []*handoff
 	defer func() {
 		for _, d := range held {
 			d.report(outcomeLost, errConnectionLost)

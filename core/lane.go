@@ -22,24 +22,24 @@ var (
 const channelReopenBackoff = 50 * time.Millisecond
 
 // lane is one confirm-mode channel and the one goroutine that owns it: it
-// claims deliveries from its queue, writes them, and matches the broker's
+// claims handoffs from its queue, writes them, and matches the broker's
 // confirms to them by delivery tag, with up to MaxInFlight unconfirmed at
 // once. Nothing else touches the channel, so no lock is held around the
 // network. When the channel dies, the lane reports every unconfirmed
-// delivery to its caller (to be re-sent, or failed when the broker's reason
+// handoff to its caller (to be re-sent, or failed when the broker's reason
 // names it) and, while the connection lives, opens another.
 //
-// A delivery marked solo (in flight when the broker closed a channel
+// A handoff marked solo (in flight when the broker closed a channel
 // without saying which message was at fault) is sent alone: the lane waits
 // until nothing else is in flight, sends it, and sends nothing more until
 // it is settled. If the channel dies then, it was the culprit.
 type lane struct {
 	sess    *session
 	id      int
-	queue   chan *delivery // deliveries waiting to be claimed
+	queue   chan *handoff // handoffs waiting to be claimed
 	logger  watermill.LoggerAdapter
 	pending inFlight
-	held    *delivery // a claimed solo delivery, waiting for pending to empty
+	held    *handoff // a claimed solo handoff, waiting for pending to empty
 	// returned holds mandatory messages the broker returned, by message ID,
 	// until their ack arrives (a return always precedes its ack). A return
 	// carries no delivery tag, only the message: so that it is pinned on
@@ -64,7 +64,7 @@ func newLane(sess *session, id int) *lane {
 	return &lane{
 		sess:     sess,
 		id:       id,
-		queue:    make(chan *delivery, sess.cfg.MaxInFlight),
+		queue:    make(chan *handoff, sess.cfg.MaxInFlight),
 		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
 		returned: make(map[string]amqp091.Return),
 
@@ -132,7 +132,7 @@ func (l *lane) open() *amqp091.Channel {
 	}
 }
 
-// canTake reports whether the lane may claim another delivery now.
+// canTake reports whether the lane may claim another handoff now.
 func (l *lane) canTake(window int) bool {
 	if l.replace || l.held != nil || l.pending.len() >= window {
 		return false
@@ -162,7 +162,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			l.resumedAt = time.Now()
 		}
 		wasBlocked = blocked
-		var intake <-chan *delivery
+		var intake <-chan *handoff
 		if !blocked && l.canTake(window) {
 			intake = l.queue
 		}
@@ -202,7 +202,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			}
 			l.returned[r.MessageId] = r
 		case <-oldestDone:
-			if !l.settle(ch, returns) {
+			if !l.readConfirms(ch, returns) {
 				// Resolved by the channel's end, not by the broker: its
 				// close notification is on its way, and says why.
 				var cause error = errConnectionLost
@@ -211,12 +211,12 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 					cause = closeCause(e, ok)
 				case <-l.sess.stopping:
 				}
-				l.settleAfterClose(returns)
+				l.readConfirmsAfterClose(returns)
 				return cause
 			}
 			if l.pending.len() == 0 && l.replace {
 				l.closeChannel(ch)
-				l.settleAfterClose(returns)
+				l.readConfirmsAfterClose(returns)
 				return errReplaced
 			}
 			if l.pending.len() == 0 && l.held != nil {
@@ -225,7 +225,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.send(ch, d)
 			}
 		case e, ok := <-closed:
-			l.settleAfterClose(returns)
+			l.readConfirmsAfterClose(returns)
 			return closeCause(e, ok)
 		case <-watchdog.C:
 			if blocked, _ := l.sess.flowNow(); blocked {
@@ -243,7 +243,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				l.closeChannel(ch)
-				l.settleAfterClose(returns)
+				l.readConfirmsAfterClose(returns)
 				return errConfirmTimeout
 			}
 		}
@@ -274,7 +274,7 @@ func closeCause(e *amqp091.Error, ok bool) error {
 // message of its call must be sent again first, or it must go alone (a
 // suspect), or a mandatory message with its ID is in flight: then it is held
 // until the channel is empty.
-func (l *lane) take(ch *amqp091.Channel, d *delivery) {
+func (l *lane) take(ch *amqp091.Channel, d *handoff) {
 	if !d.claim() {
 		return // its caller gave up on it
 	}
@@ -287,7 +287,7 @@ func (l *lane) take(ch *amqp091.Channel, d *delivery) {
 
 // forgetMandatoryID forgets d's message ID once d left the channel
 // (confirmed, nacked or lost).
-func (l *lane) forgetMandatoryID(d *delivery) {
+func (l *lane) forgetMandatoryID(d *handoff) {
 	if !d.msg.mandatory {
 		return
 	}
@@ -299,7 +299,7 @@ func (l *lane) forgetMandatoryID(d *delivery) {
 	}
 }
 
-func (l *lane) send(ch *amqp091.Channel, d *delivery) {
+func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 	m := d.msg
 	if d.att.cut.Load() {
 		d.report(outcomeLost, errHeldBack)

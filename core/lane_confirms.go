@@ -6,15 +6,15 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// A lane's confirms: the broker's answers, matched to the deliveries in
+// A lane's confirms: the broker's answers, matched to the handoffs in
 // flight in delivery-tag order, and reported to their callers.
 
-// settle reports the oldest messages whose confirmation has arrived, in
+// readConfirms reports the oldest messages whose confirmation has arrived, in
 // order, and stops at the first still waiting. It returns false when it
 // meets a confirmation resolved negatively because the channel ended
 // (amqp091-go resolves every outstanding one so when a channel closes): that
 // is no nack, and stays pending for failPending.
-func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
+func (l *lane) readConfirms(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
 		if !l.sess.confirmsBelievable() {
 			return true // a pulse is out: the lane waits for it
@@ -33,12 +33,12 @@ func (l *lane) settle(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
 	return true
 }
 
-// settleAfterClose reports, once the channel is closed, the messages the
+// readConfirmsAfterClose reports, once the channel is closed, the messages the
 // broker confirmed before it closed, unless a pulse is out or went
 // unanswered (pulse.go); the others stay pending for failPending.
 // amqp091-go resolves every outstanding confirmation as it closes a
 // channel, so the wait is short; it ends with the session anyway.
-func (l *lane) settleAfterClose(returns <-chan amqp091.Return) {
+func (l *lane) readConfirmsAfterClose(returns <-chan amqp091.Return) {
 	var unconfirmed inFlight
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
@@ -73,7 +73,7 @@ func (l *lane) collectReturns(returns <-chan amqp091.Return) {
 }
 
 // report tells d's caller how the broker answered.
-func (l *lane) report(d *delivery, acked bool, returns <-chan amqp091.Return) {
+func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	l.forgetMandatoryID(d)
 	m := d.msg
 	if m.mandatory {

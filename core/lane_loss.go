@@ -8,7 +8,7 @@ import (
 // A lane's loss of its channel: what it held goes back to its callers, to be
 // sent again or failed when the broker's reason names it.
 
-// failPending reports every delivery the lane holds once its channel is
+// failPending reports every handoff the lane holds once its channel is
 // gone (cause, nil when the session ends): lost, to be sent again, unless
 // the broker's reason names it as the fault. A reason that names no message
 // but is permanent (e.g. a property the broker refuses) makes every message

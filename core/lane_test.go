@@ -9,14 +9,14 @@ import (
 )
 
 // laneWithPending is a lane of a session without a connection, holding one
-// delivery in flight per message, as after a channel's death.
+// handoff in flight per message, as after a channel's death.
 func laneWithPending(msgs []*outgoing) (*lane, *attempt) {
 	sess := &session{cfg: &settings{Config[Wiring]{MaxInFlight: 8}}, logger: watermill.NopLogger{}, stopping: make(chan struct{})}
 	sess.topology = newTopologyCache(sess)
 	l := newLane(sess, 0)
 	a := newAttempt(msgs, 0)
-	for i := range a.deliveries {
-		d := &a.deliveries[i]
+	for i := range a.handoffs {
+		d := &a.handoffs[i]
 		d.claim()
 		l.pending.push(d)
 	}
@@ -25,7 +25,7 @@ func laneWithPending(msgs []*outgoing) (*lane, *attempt) {
 
 func outcomes(a *attempt) map[string]outcome {
 	got := make(map[string]outcome)
-	for range a.deliveries {
+	for range a.handoffs {
 		o := <-a.results
 		got[o.d.msg.uuid] = o
 	}
@@ -69,7 +69,7 @@ func TestFailPendingBlamesOnlyTheCulprit(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			msgs := mk(c.solo)
 			if c.solo {
-				// A solo delivery is alone on its channel: one at a time.
+				// A solo handoff is alone on its channel: one at a time.
 				for i, m := range msgs {
 					l, a := laneWithPending([]*outgoing{m})
 					l.failPending(c.cause, c.channelOnly)
@@ -99,7 +99,7 @@ func TestFailPendingBlamesOnlyTheCulprit(t *testing.T) {
 	}
 }
 
-// A solo delivery held back while others are in flight goes back as lost
+// A solo handoff held back while others are in flight goes back as lost
 // when the channel dies before its turn.
 func TestFailPendingReturnsTheHeldSoloDelivery(t *testing.T) {
 	msgs := newOutgoing(2)
@@ -110,7 +110,7 @@ func TestFailPendingReturnsTheHeldSoloDelivery(t *testing.T) {
 	l.held = held
 	l.failPending(&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED", Server: true}, false)
 	if l.held != nil {
-		t.Fatal("the held delivery is still held")
+		t.Fatal("the held handoff is still held")
 	}
 	first, second := <-a.results, <-a.results
 	if first.kind != outcomeLost || second.kind != outcomeLost || second.d != held {

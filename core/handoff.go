@@ -26,40 +26,40 @@ type outgoing struct {
 	publishing  amqp091.Publishing
 	headerFrame int // the size of its header frame (frame.go)
 
-	slot    int  // its delivery's index in the current attempt
+	slot    int  // its handoff's index in the current attempt
 	nacks   int  // broker nacks so far
 	returns int  // returns from its own queue so far
 	solo    bool // in flight when the broker closed a channel without naming the culprit
 }
 
-// Delivery states. A lane claims a queued delivery before writing it; the
+// Handoff states. A lane claims a queued handoff before writing it; the
 // caller abandons a queued one it no longer waits for. Whoever wins the CAS
 // owns it, so a message is never written after its caller gave up on it.
 const (
-	deliveryQueued int32 = iota
-	deliveryTaken
-	deliveryAbandoned
+	handoffQueued int32 = iota
+	handoffTaken
+	handoffAbandoned
 )
 
-// delivery is one attempt to send an outgoing message. The lane that claims
-// it reports exactly one outcome to its attempt, whose results channel is
-// buffered for every delivery of the attempt, so a lane never blocks on a
-// caller.
-type delivery struct {
+// handoff is an outgoing message handed to a lane, for one attempt to send
+// it. The lane that claims it reports exactly one outcome to its attempt,
+// whose results channel is buffered for every handoff of the attempt, so a
+// lane never blocks on a caller.
+type handoff struct {
 	msg   *outgoing
 	att   *attempt
 	solo  bool // msg.solo at hand-over: the lane sends it alone
 	state atomic.Int32
 
-	settled bool // owned by the attempt: its outcome is decided
+	decided bool // owned by the attempt: its outcome is decided
 
 	// Owned by the lane once claimed.
 	dc     *amqp091.DeferredConfirmation
 	sentAt time.Time
 }
 
-func (d *delivery) claim() bool   { return d.state.CompareAndSwap(deliveryQueued, deliveryTaken) }
-func (d *delivery) abandon() bool { return d.state.CompareAndSwap(deliveryQueued, deliveryAbandoned) }
+func (d *handoff) claim() bool   { return d.state.CompareAndSwap(handoffQueued, handoffTaken) }
+func (d *handoff) abandon() bool { return d.state.CompareAndSwap(handoffQueued, handoffAbandoned) }
 
 type outcomeKind int
 
@@ -73,7 +73,7 @@ const (
 )
 
 type outcome struct {
-	d    *delivery
+	d    *handoff
 	kind outcomeKind
 	err  error
 }
@@ -81,7 +81,7 @@ type outcome struct {
 // report gives d's attempt its outcome. Any outcome that means the message
 // must be sent again cuts the attempt: the lane then writes none of its
 // later messages, which go back with it, so that the call keeps its order.
-func (d *delivery) report(kind outcomeKind, err error) {
+func (d *handoff) report(kind outcomeKind, err error) {
 	switch kind {
 	case outcomeNacked, outcomeLost, outcomeSuspect, outcomeReturned:
 		d.att.cut.Store(true)
@@ -89,25 +89,25 @@ func (d *delivery) report(kind outcomeKind, err error) {
 	d.att.results <- outcome{d: d, kind: kind, err: err}
 }
 
-// inFlight holds a lane's unconfirmed deliveries in delivery-tag order: the
-// order they were sent in, which a lane settles them in.
+// inFlight holds a lane's unconfirmed handoffs in delivery-tag order: the
+// order they were sent in, which a lane reports them in.
 type inFlight struct {
-	items []*delivery
+	items []*handoff
 	head  int
 }
 
 func (f *inFlight) len() int { return len(f.items) - f.head }
 
-func (f *inFlight) push(d *delivery) { f.items = append(f.items, d) }
+func (f *inFlight) push(d *handoff) { f.items = append(f.items, d) }
 
-func (f *inFlight) oldest() *delivery {
+func (f *inFlight) oldest() *handoff {
 	if f.len() == 0 {
 		return nil
 	}
 	return f.items[f.head]
 }
 
-func (f *inFlight) pop() *delivery {
+func (f *inFlight) pop() *handoff {
 	d := f.items[f.head]
 	f.items[f.head] = nil
 	f.head++
