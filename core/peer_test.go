@@ -18,6 +18,11 @@ import (
 type scriptedPeer struct {
 	t *testing.T
 
+	// confirm answers the n-th message published on a confirm-mode
+	// channel (n counts from 1, per channel): true acks it, false nacks
+	// it. Nil acks everything. Set before the first dial.
+	confirm func(n uint64) bool
+
 	mu    sync.Mutex
 	links []*peerLink
 	dials chan *peerLink // each new link, once its connection is open
@@ -62,7 +67,7 @@ func (p *scriptedPeer) dial(network, addr string) (net.Conn, error) {
 // AMQP class and method ids (AMQP 0-9-1, section 1.x of the spec).
 const (
 	classConnection, classChannel, classBasic, classConfirm = 10, 20, 60, 85
-	frameMethod, frameEnd                                   = 1, 0xCE
+	frameMethod, frameHeader, frameBody, frameEnd           = 1, 2, 3, 0xCE
 )
 
 func (p *scriptedPeer) serve(l *peerLink) {
@@ -73,13 +78,27 @@ func (p *scriptedPeer) serve(l *peerLink) {
 	}
 	// connection.start: version 0-9, no server properties, PLAIN, en_US.
 	l.send(0, classConnection, 10, []byte{0, 9}, table(), longstr("PLAIN"), longstr("en_US"))
+	published := map[uint16]uint64{} // per confirm-mode channel
+	bodyLeft := map[uint16]uint64{}  // of the message being published
 	for {
 		kind, channel, payload, err := readFrame(r)
-		if err != nil || kind != frameMethod || len(payload) < 4 {
-			if err != nil {
-				return
+		if err != nil {
+			return
+		}
+		switch kind {
+		case frameHeader: // body size at 4..12
+			if bodyLeft[channel] = binary.BigEndian.Uint64(payload[4:]); bodyLeft[channel] == 0 {
+				p.answer(l, channel, published)
 			}
-			continue // heartbeats, and content we do not script
+			continue
+		case frameBody:
+			if bodyLeft[channel] -= uint64(len(payload)); bodyLeft[channel] == 0 {
+				p.answer(l, channel, published)
+			}
+			continue
+		}
+		if kind != frameMethod || len(payload) < 4 {
+			continue // heartbeats
 		}
 		class, method := binary.BigEndian.Uint16(payload), binary.BigEndian.Uint16(payload[2:])
 		switch {
@@ -103,6 +122,18 @@ func (p *scriptedPeer) serve(l *peerLink) {
 			l.send(channel, classConfirm, 11)
 		}
 	}
+}
+
+// answer confirms the message just published on channel: basic.ack or
+// basic.nack, each for its own delivery tag.
+func (p *scriptedPeer) answer(l *peerLink, channel uint16, published map[uint16]uint64) {
+	published[channel]++
+	n := published[channel]
+	if p.confirm == nil || p.confirm(n) {
+		l.send(channel, classBasic, 80, u64(n), []byte{0}) // ack, not multiple
+		return
+	}
+	l.send(channel, classBasic, 120, u64(n), []byte{0}) // nack, not multiple
 }
 
 // blocked sends connection.blocked, as a broker under an alarm does.
@@ -144,6 +175,7 @@ func readFrame(r *bufio.Reader) (kind byte, channel uint16, payload []byte, err 
 }
 
 func u16(v uint16) []byte      { return binary.BigEndian.AppendUint16(nil, v) }
+func u64(v uint64) []byte      { return binary.BigEndian.AppendUint64(nil, v) }
 func u32(v uint32) []byte      { return binary.BigEndian.AppendUint32(nil, v) }
 func shortstr(s string) []byte { return append([]byte{byte(len(s))}, s...) }
 func longstr(s string) []byte  { return append(u32(uint32(len(s))), s...) }

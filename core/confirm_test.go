@@ -1,0 +1,72 @@
+package core
+
+import (
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// A lane's confirms, against a scripted peer: Publish returns nil once every
+// message is acked; a nacked message is sent again and then confirmed; with
+// MaxNackRetries -1 it fails alone, named, with ErrNacked, and the others of
+// the call are confirmed.
+func TestConfirmsThroughAScriptedPeer(t *testing.T) {
+	for name, tc := range map[string]struct {
+		nack           map[uint64]bool // the n-th message sent on a channel is nacked
+		maxNackRetries int
+		failed         []int // indexes of the messages that must fail
+		nacked, resent int
+	}{
+		"all acked":            {},
+		"one nacked, re-sent":  {nack: map[uint64]bool{3: true}, nacked: 1, resent: 1},
+		"one nacked, no retry": {nack: map[uint64]bool{3: true}, maxNackRetries: -1, failed: []int{2}, nacked: 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			peer := newScriptedPeer(t)
+			peer.confirm = func(n uint64) bool { return !tc.nack[n] }
+			var mu sync.Mutex
+			counts := map[EventKind]int{}
+			w := peerWiring(peer)
+			w.BuildTopology = func(*amqp091.Channel, string, string, string, watermill.LoggerAdapter) error { return nil }
+			pub, err := NewPublisher(Config[Wiring]{
+				Channels:       1,
+				MaxNackRetries: tc.maxNackRetries,
+				OnEvent: func(e Event) {
+					mu.Lock()
+					counts[e.Kind] += e.Messages
+					mu.Unlock()
+				},
+			}, w, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+
+			msgs := make([]*message.Message, 5)
+			for i := range msgs {
+				msgs[i] = message.NewMessage(watermill.NewUUID(), []byte("payload"))
+			}
+			err = pub.Publish("orders", msgs...)
+			if len(tc.failed) == 0 {
+				if err != nil {
+					t.Fatalf("Publish: %v", err)
+				}
+			} else {
+				var pe *PublishError
+				if !errors.As(err, &pe) || !errors.Is(err, ErrNacked) || len(pe.Unconfirmed) != len(tc.failed) || pe.Unconfirmed[0] != msgs[tc.failed[0]].UUID {
+					t.Fatalf("Publish: %v, want ErrNacked naming message %v only", err, tc.failed)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if counts[MessagesConfirmed] != len(msgs)-len(tc.failed) || counts[MessagesNacked] != tc.nacked || counts[MessagesResent] != tc.resent {
+				t.Fatalf("events: confirmed %d, nacked %d, re-sent %d; want %d, %d, %d", counts[MessagesConfirmed],
+					counts[MessagesNacked], counts[MessagesResent], len(msgs)-len(tc.failed), tc.nacked, tc.resent)
+			}
+		})
+	}
+}
