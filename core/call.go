@@ -44,7 +44,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 			failed = failAll(failed, remaining, deadlineErr(ctx, err))
 			break
 		}
-		if err := sess.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
+		if err := sess.pub.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
 			if errors.Is(err, errConnectionLost) || isTransientReply(err) {
 				notDeclared = err
 				pause(ctx, sess.stopping, retryPause)
@@ -57,14 +57,14 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 			break
 		}
 		notDeclared = nil
-		lane := sess.pickLane()
+		lane := sess.pub.pickLane()
 		a := newAttempt(remaining, p.cfg.MaxNackRetries)
 		a.run(ctx, lane.queue, sess.dead, watch)
 		failed = append(failed, a.failed...)
 		remaining = a.retry
 		p.reportAttempt(a)
 		if a.returns > 0 {
-			sess.topology.forget(topic)
+			sess.pub.topology.forget(topic)
 		}
 		switch {
 		case len(remaining) == 0:

@@ -21,7 +21,7 @@ func (l *lane) failPending(cause error, channelOnly bool) {
 	}
 	b := blameFor(cause)
 	if b.exchange != "" {
-		l.sess.topology.suspectExchange(b.exchange)
+		l.sess.pub.topology.suspectExchange(b.exchange)
 	}
 	unattributed := b.culprit == nil && isPermanentBroker(cause)
 	innocent := cause

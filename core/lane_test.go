@@ -12,7 +12,7 @@ import (
 // handoff in flight per message, as after a channel's death.
 func laneWithPending(msgs []*outgoing) (*lane, *attempt) {
 	sess := &session{cfg: &settings{Config[Wiring]{MaxInFlight: 8}}, logger: watermill.NopLogger{}, stopping: make(chan struct{})}
-	sess.topology = newTopologyCache(sess)
+	sess.pub = &publishing{topology: newTopologyCache(sess)}
 	l := newLane(sess, 0)
 	a := newAttempt(msgs, 0)
 	for i := range a.handoffs {
@@ -92,7 +92,7 @@ func TestFailPendingBlamesOnlyTheCulprit(t *testing.T) {
 			if !a.cut.Load() {
 				t.Fatal("a message lost on the channel must cut its attempt")
 			}
-			if c.name == "a missing exchange is declared again" && !l.sess.topology.suspect["gone"] {
+			if c.name == "a missing exchange is declared again" && !l.sess.pub.topology.suspect["gone"] {
 				t.Fatal("the missing exchange is not suspected")
 			}
 		})

@@ -66,7 +66,7 @@ func NewPublisher[A any](config Config[A], w Wiring, logger watermill.LoggerAdap
 	}
 	p.declareTopic = p.declare
 	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
-	sup, err := startSupervisor(p.cfg, logger, p.notifier, (*session).startLanes)
+	sup, err := startSupervisor(p.cfg, logger, p.notifier, startPublishing)
 	if err != nil {
 		p.notifier.stop()
 		return nil, err

@@ -13,7 +13,8 @@ import (
 const sessionCloseGrace = 2 * time.Second
 
 // session is one live AMQP connection and everything that lives and dies
-// with it: a publisher's lanes and its cache of declared topology. The
+// with it: on a publisher's connection, its publishing part (lanes and the
+// cache of declared topology); on a subscriber's, only the connection. The
 // supervisor creates and ends it; nothing of a session is reused on the next
 // connection.
 type session struct {
@@ -24,9 +25,7 @@ type session struct {
 	cfg    *settings
 	logger watermill.LoggerAdapter
 
-	lanes    []*lane
-	nextLane atomic.Uint32
-	topology *topologyCache
+	pub *publishing // nil on a subscriber's connection
 
 	stopping chan struct{} // closed by end: lanes and declarers quit
 	dead     chan struct{} // closed by end once they all have
@@ -57,32 +56,8 @@ func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapt
 		stopping: make(chan struct{}),
 		dead:     make(chan struct{}),
 	}
-	sess.topology = newTopologyCache(sess)
 	sess.flow.Store(&flowState{changed: make(chan struct{})})
 	return sess
-}
-
-// startLanes starts the publishing lanes: Config.Channels of them, fewer if
-// the broker's channel_max says so (two channels stay: for declarations,
-// and for pulses).
-func (sess *session) startLanes() {
-	n := sess.cfg.Channels
-	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 2 && n > channelMax-2 {
-		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 2, "configured": n})
-		n = channelMax - 2
-	}
-	sess.lanes = make([]*lane, n)
-	sess.wg.Add(len(sess.lanes))
-	for i := range sess.lanes {
-		sess.lanes[i] = newLane(sess, i)
-		go sess.lanes[i].run()
-	}
-}
-
-// pickLane spreads callers over the lanes. A call's messages all go to one
-// lane, so they reach the broker in the order they were given.
-func (sess *session) pickLane() *lane {
-	return sess.lanes[int(sess.nextLane.Add(1))%len(sess.lanes)]
 }
 
 // end stops the lanes and declarers, closes the connection, and waits for
@@ -92,7 +67,9 @@ func (sess *session) pickLane() *lane {
 // frees a lane stuck writing to a peer that stopped reading, whatever
 // amqp091-go's locks are doing.
 func (sess *session) end(grace time.Duration) {
-	sess.topology.end()
+	if sess.pub != nil {
+		sess.pub.topology.end()
+	}
 	close(sess.stopping)
 	sess.wg.Add(1)
 	go func() {

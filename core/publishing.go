@@ -1,0 +1,40 @@
+package core
+
+import (
+	"sync/atomic"
+
+	"github.com/ThreeDotsLabs/watermill"
+)
+
+// publishing is what a Publisher keeps on each of its connections: the
+// lanes, and the cache of the topology declared on it. It lives and dies
+// with its session; a Subscriber's sessions have none.
+type publishing struct {
+	lanes    []*lane
+	nextLane atomic.Uint32
+	topology *topologyCache
+}
+
+// startPublishing starts sess's publishing part: Config.Channels lanes,
+// fewer if the broker's channel_max says so (two channels stay: for
+// declarations, and for pulses).
+func startPublishing(sess *session) {
+	n := sess.cfg.Channels
+	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 2 && n > channelMax-2 {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 2, "configured": n})
+		n = channelMax - 2
+	}
+	pub := &publishing{lanes: make([]*lane, n), topology: newTopologyCache(sess)}
+	sess.pub = pub
+	sess.wg.Add(len(pub.lanes))
+	for i := range pub.lanes {
+		pub.lanes[i] = newLane(sess, i)
+		go pub.lanes[i].run()
+	}
+}
+
+// pickLane spreads callers over the lanes. A call's messages all go to one
+// lane, so they reach the broker in the order they were given.
+func (pub *publishing) pickLane() *lane {
+	return pub.lanes[int(pub.nextLane.Add(1))%len(pub.lanes)]
+}
