@@ -4,12 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"syscall"
-
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // Sentinel errors. Every error returned by this package matches one of them
@@ -116,76 +111,3 @@ func (e *PublishError) Error() string {
 }
 
 func (e *PublishError) Unwrap() error { return e.Err }
-
-// classifyBroker maps an AMQP error to this package's sentinels, keeping the
-// original *amqp091.Error reachable through errors.As.
-func classifyBroker(err error) error {
-	var ae *amqp091.Error
-	if !errors.As(err, &ae) {
-		return err
-	}
-	// amqp091-go reports its own socket errors as *Error too (a reset link
-	// is a 501 FRAME_ERROR with Server false): only the broker's replies, and
-	// the library's credential sentinels, say anything about our input.
-	if !ae.Server && ae.Code != amqp091.AccessRefused {
-		return err
-	}
-	switch ae.Code {
-	case amqp091.AccessRefused:
-		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
-	case amqp091.NotFound:
-		if strings.Contains(ae.Reason, "down or inaccessible") {
-			// "home node 'n' of durable queue 'q' in vhost '/' is down or
-			// inaccessible": a cluster node is away; it comes back.
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	case amqp091.PreconditionFailed:
-		if strings.Contains(ae.Reason, "message size") {
-			return fmt.Errorf("%w: %w", ErrMessageTooLarge, err)
-		}
-		return fmt.Errorf("%w: %w", ErrPreconditionFailed, err)
-	case amqp091.NotAllowed:
-		switch {
-		case strings.Contains(ae.Reason, "limit"):
-			// "connection limit (n) is reached", "cannot be queried": wait.
-			return err
-		case strings.Contains(ae.Reason, "not found"):
-			// "NOT_ALLOWED - vhost x not found" on connection.open.
-			return fmt.Errorf("%w: %w", ErrNotFound, err)
-		}
-		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
-	case amqp091.FrameError, amqp091.SyntaxError, amqp091.CommandInvalid:
-		return fmt.Errorf("%w: %w", ErrInvalidName, err)
-	}
-	return err
-}
-
-// isConnectionFault reports whether err says the connection or the channel
-// under an operation broke (a network error, or amqp091-go's own error for
-// a closed connection or channel), as opposed to a reply of the broker's or
-// a fault of the caller's: an operation that failed so is worth doing again
-// on the next connection.
-func isConnectionFault(err error) bool {
-	var ae *amqp091.Error
-	if errors.As(err, &ae) {
-		return !ae.Server && !isPermanentBroker(ae)
-	}
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, errConnectionLost)
-}
-
-// isTransientReply reports whether err is a reply of the broker's that says
-// to try again later, e.g. that a cluster node hosting the queue is away.
-func isTransientReply(err error) bool {
-	var ae *amqp091.Error
-	return errors.As(err, &ae) && ae.Server && !isPermanentBroker(err)
-}
-
-// isPermanentBroker reports whether an AMQP error closing a channel or a
-// connection is one that reconnecting will not fix.
-func isPermanentBroker(err error) bool {
-	return IsPermanent(classifyBroker(err))
-}
