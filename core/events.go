@@ -79,6 +79,11 @@ const (
 	// ConsumerReattached: a subscription consumes again after losing its
 	// channel or connection.
 	ConsumerReattached
+	// ConsumerLost: the broker closed a subscription's channel or
+	// cancelled its consumer (its queue deleted), or its connection died;
+	// Err says why. What was not acked goes back to the
+	// queue, and the subscription attaches again (ConsumerReattached).
+	ConsumerLost
 )
 
 func (k EventKind) String() string {
@@ -111,6 +116,8 @@ func (k EventKind) String() string {
 		return "message_nacked"
 	case ConsumerReattached:
 		return "consumer_reattached"
+	case ConsumerLost:
+		return "consumer_lost"
 	}
 	return "unknown"
 }

@@ -12,6 +12,10 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
+// errConsumerCancelled is why a consumer whose channel lives on was lost:
+// the broker cancelled it (basic.cancel: its queue was deleted).
+var errConsumerCancelled = errors.New("consumer cancelled by the broker")
+
 // newUnreadableBackoff paces the nacks of messages the Marshaler cannot
 // read: 100 ms, doubling, up to 5 s.
 func newUnreadableBackoff() *backoff.ExponentialBackOff {
@@ -40,6 +44,7 @@ type consumer struct {
 	deliveries <-chan amqp091.Delivery
 	dead       chan struct{} // closed once the channel is closed, for any reason
 	why        *amqp091.Error
+	cancelled  bool   // its deliveries ended: the broker cancelled it, or its channel died
 	lastTag    uint64 // of the last delivery read
 }
 
@@ -63,6 +68,10 @@ func (sub *subscription) run() {
 		stopping := sub.consume(c)
 		_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close) // unacked deliveries go back to the queue
 		<-c.dead
+		if c.cancelled && c.why == nil && !stopping {
+			// Its channel lived on: reported here, not on its closing.
+			sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: errConsumerCancelled})
+		}
 		if stopping {
 			sub.logger.Info("Stopped consuming", nil)
 			return
@@ -145,6 +154,7 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 		for e := range closed {
 			c.why = e
 			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+			sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: e})
 		}
 		close(c.dead)
 	}()
@@ -200,6 +210,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			if !ok {
 				// The channel died, or the broker cancelled the consumer
 				// (queue deleted): never hand out the zero Delivery.
+				c.cancelled = true
 				return sub.ctx.Err() != nil
 			}
 			if d.DeliveryTag != c.lastTag+1 {

@@ -48,6 +48,7 @@ const (
 	MessageAcked       = core.MessageAcked
 	MessageNacked      = core.MessageNacked
 	ConsumerReattached = core.ConsumerReattached
+	ConsumerLost       = core.ConsumerLost
 )
 
 var (

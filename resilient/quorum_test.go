@@ -31,7 +31,7 @@ func TestQuorumQueueRedeliveryReachesTheHandler(t *testing.T) {
 	cfg := quorumConfig()
 	cfg.Consume.Qos = amqp.QosConfig{PrefetchCount: 10, Global: true}
 	pub := newPublisher(t, resilient.Config{AMQP: cfg})
-	sub, states := newSubscriber(t, resilient.Config{AMQP: cfg}, nil)
+	sub, states := newSubscriber(t, resilient.Config{AMQP: cfg})
 	states.Await("connected")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

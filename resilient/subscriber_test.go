@@ -19,7 +19,7 @@ import (
 
 // newSubscriber returns a subscriber on cfg (a durable queue config when
 // empty), closed when the test ends, and a recorder of its states.
-func newSubscriber(t *testing.T, cfg resilient.Config, logger watermill.LoggerAdapter) (*resilient.Subscriber, *brokertest.States) {
+func newSubscriber(t *testing.T, cfg resilient.Config) (*resilient.Subscriber, *brokertest.States) {
 	t.Helper()
 	if cfg.AMQP.Connection.AmqpURI == "" {
 		cfg.AMQP = amqp.NewDurableQueueConfig(brokertest.URI())
@@ -29,10 +29,7 @@ func newSubscriber(t *testing.T, cfg resilient.Config, logger watermill.LoggerAd
 		t.Logf("subscriber state %s -> %s %v", c.From, c.To, c.Err)
 		record(c.To.String())
 	}
-	if logger == nil {
-		logger = watermill.NewStdLogger(false, false)
-	}
-	sub, err := resilient.NewSubscriber(cfg, logger)
+	sub, err := resilient.NewSubscriber(cfg, watermill.NewStdLogger(false, false))
 	if err != nil {
 		t.Fatalf("NewSubscriber: %v", err)
 	}
@@ -89,7 +86,7 @@ func consumeAll(msgs <-chan *message.Message, r *received, hold func(*message.Me
 // consumeUnderFaults publishes from many goroutines into a queue that a
 // Subscriber consumes, runs fault, then checks by UUID that the handler
 // got every confirmed message, and no phantom.
-func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger watermill.LoggerAdapter, hold func(*message.Message), fault func(*brokertest.Load, *brokertest.States, *received)) {
+func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), hold func(*message.Message), fault func(*brokertest.Load, *brokertest.States, *received)) {
 	t.Helper()
 	queue := brokertest.Name("sub-fault")
 	brokertest.DeleteQueues(t, queue)
@@ -99,7 +96,7 @@ func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), logger water
 	if tune != nil {
 		tune(&cfg)
 	}
-	sub, states := newSubscriber(t, cfg, logger)
+	sub, states := newSubscriber(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, queue)
@@ -129,7 +126,7 @@ func firstAfter(t *testing.T, r *received, since time.Time) time.Duration {
 
 func TestSubscriberForcedConnectionCloses(t *testing.T) {
 	brokertest.Need(t)
-	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
+	consumeUnderFaults(t, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
 		for i := 0; i < 3; i++ {
 			load.WaitProgress(200)
 			brokertest.CloseAllConnections(t)
@@ -142,7 +139,7 @@ func TestSubscriberForcedConnectionCloses(t *testing.T) {
 
 func TestSubscriberBrokerRestart(t *testing.T) {
 	brokertest.Need(t)
-	consumeUnderFaults(t, nil, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
+	consumeUnderFaults(t, nil, nil, func(load *brokertest.Load, states *brokertest.States, r *received) {
 		brokertest.StopApp(t)
 		states.Await("reconnecting")
 		brokertest.StartApp(t) // returns once the broker accepts work
@@ -153,32 +150,22 @@ func TestSubscriberBrokerRestart(t *testing.T) {
 	})
 }
 
-// signalLogger closes fired the first time a line containing want is logged.
-type signalLogger struct {
-	watermill.LoggerAdapter
-	want  string
-	once  *sync.Once
-	fired chan struct{}
-}
-
-func (l signalLogger) Info(msg string, fields watermill.LogFields) {
-	if strings.Contains(msg, l.want) {
-		l.once.Do(func() { close(l.fired) })
-	}
-	l.LoggerAdapter.Info(msg, fields)
-}
-
-func (l signalLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return signalLogger{LoggerAdapter: l.LoggerAdapter.With(fields), want: l.want, once: l.once, fired: l.fired}
-}
-
 // The broker closes the channel (PRECONDITION_FAILED, consumer_timeout)
 // while the handler holds a message: the subscriber consumes again on a new
 // channel, does not send the held message's ack there (its delivery tag
 // belongs to the dead channel), and the broker delivers it again.
 func TestSubscriberChannelClosedInFlight(t *testing.T) {
 	brokertest.Need(t)
-	interrupted := signalLogger{LoggerAdapter: watermill.NewStdLogger(false, false), want: "Channel closed", once: &sync.Once{}, fired: make(chan struct{})}
+	// The broker closing the channel is a ConsumerLost event.
+	interrupted := make(chan struct{})
+	var lost sync.Once
+	onLost := func(cfg *resilient.Config) {
+		cfg.OnEvent = func(e resilient.Event) {
+			if e.Kind == resilient.ConsumerLost {
+				lost.Do(func() { close(interrupted) })
+			}
+		}
+	}
 	// The broker checks consumer_timeout on each channel tick (60 s by
 	// default); both are read by channels opened from now on.
 	restoreTick := setBrokerEnv(t, "channel_tick_interval", "500")
@@ -198,14 +185,14 @@ func TestSubscriberChannelClosedInFlight(t *testing.T) {
 		holdOnce.Do(func() {
 			heldID.Store(msg.UUID)
 			t.Logf("handler holds %s until the broker closes the channel", msg.UUID)
-			<-interrupted.fired
+			<-interrupted
 		})
 	}
 	var r0 *received
-	consumeUnderFaults(t, nil, interrupted, hold, func(load *brokertest.Load, states *brokertest.States, r *received) {
+	consumeUnderFaults(t, onLost, hold, func(load *brokertest.Load, states *brokertest.States, r *received) {
 		r0 = r
 		close(armed)
-		<-interrupted.fired
+		<-interrupted
 		closed := time.Now()
 		r.AwaitCount(t, held(), 2)
 		t.Logf("recovered: the held message delivered again %s after the broker closed the channel; first message after the close handed out %s after it",
@@ -247,7 +234,7 @@ func TestSubscriberNack(t *testing.T) {
 			brokertest.DeleteQueues(t, queue)
 			cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 			cfg.AMQP.Consume.NoRequeueOnNack = noRequeue
-			sub, _ := newSubscriber(t, cfg, nil)
+			sub, _ := newSubscriber(t, cfg)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			msgs, err := sub.Subscribe(ctx, queue)
@@ -307,7 +294,7 @@ func TestSubscriberCloseReturnsUnacked(t *testing.T) {
 	brokertest.Need(t)
 	queue := brokertest.Name("sub-close")
 	brokertest.DeleteQueues(t, queue)
-	sub, _ := newSubscriber(t, resilient.Config{}, nil)
+	sub, _ := newSubscriber(t, resilient.Config{})
 	msgs, err := sub.Subscribe(context.Background(), queue)
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +340,7 @@ func TestSubscribePreconditionFailed(t *testing.T) {
 	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil { // not durable
 		t.Fatal(err)
 	}
-	sub, _ := newSubscriber(t, resilient.Config{}, nil)
+	sub, _ := newSubscriber(t, resilient.Config{})
 	if _, err := sub.Subscribe(context.Background(), queue); !errors.Is(err, resilient.ErrPreconditionFailed) || !resilient.IsPermanent(err) {
 		t.Fatalf("Subscribe: %v, want ErrPreconditionFailed", err)
 	}
@@ -367,40 +354,6 @@ func TestSubscribePreconditionFailed(t *testing.T) {
 	}
 }
 
-// eventLogger sends each Info message to events (dropping when full).
-type eventLogger struct {
-	watermill.LoggerAdapter
-	events chan string
-}
-
-func (l eventLogger) Info(msg string, fields watermill.LogFields) {
-	select {
-	case l.events <- msg:
-	default:
-	}
-	l.LoggerAdapter.Info(msg, fields)
-}
-
-func (l eventLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return eventLogger{LoggerAdapter: l.LoggerAdapter.With(fields), events: l.events}
-}
-
-func (l eventLogger) await(t *testing.T, msg string) {
-	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
-	for {
-		select {
-		case got := <-l.events:
-			if got == msg {
-				return
-			}
-		case <-deadline.C:
-			t.Fatalf("never logged %q", msg)
-		}
-	}
-}
-
 // An operator deletes the queue under the consumer: the broker cancels the
 // consumer (basic.cancel, the channel stays open). The subscriber declares
 // the queue again and consumes from it.
@@ -408,15 +361,14 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	brokertest.Need(t)
 	queue := brokertest.Name("sub-deleted")
 	brokertest.DeleteQueues(t, queue)
-	logger := eventLogger{LoggerAdapter: watermill.NewStdLogger(false, false), events: make(chan string, 64)}
-	sub, _ := newSubscriber(t, resilient.Config{}, logger)
+	consumers, onEvent := newEventQueue(resilient.ConsumerLost, resilient.ConsumerReattached)
+	sub, _ := newSubscriber(t, resilient.Config{OnEvent: onEvent})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, queue)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger.await(t, "Consuming")
 	pub := newPublisher(t, resilient.Config{})
 	r := newReceived()
 	done := consumeAll(msgs, r, nil)
@@ -435,8 +387,10 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	logger.await(t, "Consuming interrupted, resuming")
-	logger.await(t, "Consuming") // the queue exists again
+	if lost := consumers.await(t, resilient.ConsumerLost); lost.Err == nil || !strings.Contains(lost.Err.Error(), "cancelled") {
+		t.Fatalf("consumer lost with %v, want it cancelled by the broker", lost.Err)
+	}
+	consumers.await(t, resilient.ConsumerReattached) // the queue exists again
 	after, afterIDs := newMessages(5)
 	if err := pub.Publish(queue, after...); err != nil {
 		t.Fatal(err)
@@ -472,7 +426,7 @@ func TestSubscriberShortLivedConsumersBackOff(t *testing.T) {
 			reattached.Add(1)
 		}
 	}
-	sub, _ := newSubscriber(t, cfg, watermill.NopLogger{})
+	sub, _ := newSubscriber(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := sub.Subscribe(ctx, queue); err != nil {
