@@ -22,6 +22,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -31,27 +32,15 @@ func TestMain(m *testing.M) {
 
 const goroutines = 16
 
-// faultPublisher returns a publisher on uri whose state changes are recorded.
+// faultPublisher is pubsubtest.Publisher on uri, with the fault tests'
+// PublishTimeout (a minute), tuned by tune.
 func faultPublisher(t *testing.T, uri string, tune func(*resilient.Config)) (*resilient.Publisher, *brokertest.States) {
 	t.Helper()
-	states, record := brokertest.NewStates(t)
-	cfg := resilient.Config{
-		AMQP:           amqp.NewDurableQueueConfig(uri),
-		PublishTimeout: time.Minute,
-		OnStateChange: func(c resilient.StateChange) {
-			t.Logf("state %s -> %s %v", c.From, c.To, c.Err)
-			record(c.To.String())
-		},
-	}
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), PublishTimeout: time.Minute}
 	if tune != nil {
 		tune(&cfg)
 	}
-	pub, err := resilient.NewPublisher(cfg, watermill.NewStdLogger(false, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	states.Await("connected")
-	return pub, states
+	return pubsubtest.Publisher(t, cfg)
 }
 
 // fault is one fault test's publisher, the queue it fills, and the load

@@ -22,6 +22,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -36,29 +37,18 @@ func report(t *testing.T, what string, arrived *brokertest.Arrivals, ids []strin
 	return r.Duplicates
 }
 
+// stackPublisher is the publisher of the stacks: a minute's PublishTimeout
+// rides through a broker restart.
 func stackPublisher(t *testing.T) *resilient.Publisher {
-	t.Helper()
-	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), PublishTimeout: time.Minute}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closePublisher(t, pub) })
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{PublishTimeout: time.Minute})
 	return pub
 }
 
-// stackSubscriber returns a subscriber whose reconnections are recorded.
+// stackSubscriber is the subscriber of the stacks, prefetching 64.
 func stackSubscriber(t *testing.T) (*resilient.Subscriber, *brokertest.States) {
-	t.Helper()
-	states, record := brokertest.NewStates(t)
-	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
-	cfg.AMQP.Consume.Qos.PrefetchCount = 64
-	cfg.OnStateChange = func(c resilient.StateChange) { record(c.To.String()) }
-	sub, err := resilient.NewSubscriber(cfg, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Close() })
-	return sub, states
+	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+	cfg.Consume.Qos.PrefetchCount = 64
+	return pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg})
 }
 
 // runRouter runs r until the test ends.

@@ -10,7 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/metrics"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 // Through a broker restart the series, scraped as Prometheus would, tell
@@ -31,7 +33,7 @@ func TestMetricsThroughBrokerRestart(t *testing.T) {
 	client, url := srv.Client(), srv.URL+"/metrics"
 
 	arrivals := brokertest.NewArrivals()
-	pub := newPublisher(t, m.Publisher("pub"))
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{PublishTimeout: 2 * time.Minute, OnEvent: m.Publisher("pub")})
 	consume(t, queue, m.Subscriber("sub"), arrivals)
 	t.Cleanup(func() { // runs before the queue is deleted and the clients closed
 		if t.Failed() {

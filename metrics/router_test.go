@@ -11,7 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/metrics"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 // Our series and watermill's own router metrics share one registry, one
@@ -34,7 +36,7 @@ func TestBesideWatermillRouterMetrics(t *testing.T) {
 	wmetrics.NewPrometheusMetricsBuilder(reg, "app", "rmq").AddPrometheusRouterMetrics(router)
 
 	arrivals := brokertest.NewArrivals()
-	feeder := newPublisher(t, m.Publisher("feeder"))
+	feeder, _ := pubsubtest.Publisher(t, resilient.Config{PublishTimeout: 2 * time.Minute, OnEvent: m.Publisher("feeder")})
 	consume(t, out, m.Subscriber("out"), arrivals)
 	// A second set on the same registry, and a name made twice: both reuse
 	// what is registered.
@@ -42,8 +44,8 @@ func TestBesideWatermillRouterMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second NewPrometheus beside the router metrics: %v", err)
 	}
-	handlerPub := newPublisher(t, again.Publisher("forward"))
-	handlerSub := newSubscriber(t, m.Subscriber("forward"))
+	handlerPub, _ := pubsubtest.Publisher(t, resilient.Config{PublishTimeout: 2 * time.Minute, OnEvent: again.Publisher("forward")})
+	handlerSub, _ := pubsubtest.Subscriber(t, resilient.Config{OnEvent: m.Subscriber("forward")})
 	m.Publisher("forward")
 
 	router.AddHandler("forward", in, handlerSub, out, handlerPub, func(msg *message.Message) ([]*message.Message, error) {

@@ -13,6 +13,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -79,7 +80,7 @@ func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.Marshaler = failingMarshaler{}
 	var reconnects atomic.Int32
-	pub := newPublisher(t, resilient.Config{AMQP: cfg, MaxMessageSize: 1024, OnStateChange: func(c resilient.StateChange) {
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, MaxMessageSize: 1024, OnStateChange: func(c resilient.StateChange) {
 		if c.To == resilient.StateReconnecting {
 			reconnects.Add(1)
 		}

@@ -13,6 +13,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -29,7 +30,7 @@ func TestPreconditionFailedOnDeclare(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pub := newPublisher(t, resilient.Config{})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 	healthy := newHealthyTopic(t)
 	healthy.publish(pub)
 	msgs, ids := newMessages(3)
@@ -105,7 +106,7 @@ func TestMandatoryUnroutable(t *testing.T) {
 	cfg.Publish.GenerateRoutingKey = func(topic string) string { return topic }
 	cfg.Exchange.GenerateName = func(string) string { return exchange }
 	cfg.Publish.Mandatory = true
-	pub := newPublisher(t, resilient.Config{AMQP: cfg})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg})
 
 	// The publisher declares the exchange on first use; then bind one queue.
 	first, firstIDs := newMessages(1)
@@ -154,7 +155,7 @@ func TestNackedMessagesAreRetriedThenReported(t *testing.T) {
 	brokertest.DeleteQueues(t, queue)
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.Queue.Arguments = amqp091.Table{"x-max-length": int32(2), "x-overflow": "reject-publish"}
-	pub := newPublisher(t, resilient.Config{AMQP: cfg, MaxNackRetries: 2})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, MaxNackRetries: 2})
 
 	msgs, ids := newMessages(5)
 	err := pub.Publish(queue, msgs...)
@@ -173,7 +174,7 @@ func TestBrokerMaxMessageSize(t *testing.T) {
 	brokertest.Ctl(t, "eval", "application:set_env(rabbit, max_message_size, 4096).")
 	t.Cleanup(func() { brokertest.Ctl(t, "eval", "application:set_env(rabbit, max_message_size, 134217728).") })
 
-	pub := newPublisher(t, resilient.Config{}) // channels opened after the change see it
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{}) // channels opened after the change see it
 	healthy := newHealthyTopic(t)
 	big := brokertest.Name("big")
 	brokertest.DeleteQueues(t, big)
@@ -201,7 +202,7 @@ func TestHeadersLargerThanAFrame(t *testing.T) {
 	queue := brokertest.Name("big-headers")
 	brokertest.DeleteQueues(t, queue)
 	var lost atomic.Int64
-	pub := newPublisher(t, resilient.Config{OnEvent: func(e resilient.Event) {
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{OnEvent: func(e resilient.Event) {
 		if e.Kind == resilient.ConnectionLost {
 			lost.Add(1)
 		}
@@ -245,7 +246,7 @@ func TestAccessRefusedOnTheDefaultExchange(t *testing.T) {
 	uri := limitedUser(t, ".*", "^nothing$", ".*")
 	queue := brokertest.Name("no-write")
 	brokertest.DeleteQueues(t, queue)
-	pub := newPublisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), PublishTimeout: 10 * time.Second})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), PublishTimeout: 10 * time.Second})
 	msgs, ids := newMessages(3)
 	start := time.Now()
 	err := pub.Publish(queue, msgs...)
@@ -285,7 +286,7 @@ func TestTopicPermissionBlamesTheKeyOnly(t *testing.T) {
 	cfg.Exchange.Type = "topic"
 	cfg.Exchange.GenerateName = func(string) string { return exchange }
 	cfg.Publish.GenerateRoutingKey = func(topic string) string { return topic }
-	pub := newPublisher(t, resilient.Config{AMQP: cfg, Channels: 1})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, Channels: 1})
 
 	var confirmed brokertest.IDs
 	for round := 0; round < 20; round++ {

@@ -8,30 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
-
-func newPublisher(t *testing.T, cfg resilient.Config) *resilient.Publisher {
-	t.Helper()
-	if cfg.AMQP.Connection.AmqpURI == "" {
-		cfg.AMQP = amqp.NewDurableQueueConfig(brokertest.URI())
-	}
-	pub, err := resilient.NewPublisher(cfg, watermill.NewStdLogger(false, false))
-	if err != nil {
-		t.Fatalf("NewPublisher: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := pub.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return pub
-}
 
 var newMessages = brokertest.Messages
 
@@ -81,7 +64,7 @@ func TestPublishConcurrently(t *testing.T) {
 	brokertest.Need(t)
 	queue := brokertest.Name("concurrent")
 	brokertest.DeleteQueues(t, queue)
-	pub := newPublisher(t, resilient.Config{})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 	const goroutines, perGoroutine = 32, 100
 	var sent brokertest.IDs
 	var wg sync.WaitGroup

@@ -9,6 +9,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -30,9 +31,8 @@ func TestQuorumQueueRedeliveryReachesTheHandler(t *testing.T) {
 	brokertest.DeleteQueues(t, queue)
 	cfg := quorumConfig()
 	cfg.Consume.Qos = amqp.QosConfig{PrefetchCount: 10, Global: true}
-	pub := newPublisher(t, resilient.Config{AMQP: cfg})
-	sub, states := newSubscriber(t, resilient.Config{AMQP: cfg})
-	states.Await("connected")
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg})
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, queue)

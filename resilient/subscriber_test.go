@@ -9,37 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
-
-// newSubscriber returns a subscriber on cfg (a durable queue config when
-// empty), closed when the test ends, and a recorder of its states.
-func newSubscriber(t *testing.T, cfg resilient.Config) (*resilient.Subscriber, *brokertest.States) {
-	t.Helper()
-	if cfg.AMQP.Connection.AmqpURI == "" {
-		cfg.AMQP = amqp.NewDurableQueueConfig(brokertest.URI())
-	}
-	states, record := brokertest.NewStates(t)
-	cfg.OnStateChange = func(c resilient.StateChange) {
-		t.Logf("subscriber state %s -> %s %v", c.From, c.To, c.Err)
-		record(c.To.String())
-	}
-	sub, err := resilient.NewSubscriber(cfg, watermill.NewStdLogger(false, false))
-	if err != nil {
-		t.Fatalf("NewSubscriber: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := sub.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return sub, states
-}
 
 // received counts what a subscription handed out, by UUID.
 type received struct {
@@ -90,13 +66,13 @@ func consumeUnderFaults(t *testing.T, tune func(*resilient.Config), hold func(*m
 	t.Helper()
 	queue := brokertest.Name("sub-fault")
 	brokertest.DeleteQueues(t, queue)
-	pub := newPublisher(t, resilient.Config{})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 	cfg.AMQP.Consume.Qos.PrefetchCount = 64
 	if tune != nil {
 		tune(&cfg)
 	}
-	sub, states := newSubscriber(t, cfg)
+	sub, states := pubsubtest.Subscriber(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, queue)
@@ -234,14 +210,14 @@ func TestSubscriberNack(t *testing.T) {
 			brokertest.DeleteQueues(t, queue)
 			cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 			cfg.AMQP.Consume.NoRequeueOnNack = noRequeue
-			sub, _ := newSubscriber(t, cfg)
+			sub, _ := pubsubtest.Subscriber(t, cfg)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			msgs, err := sub.Subscribe(ctx, queue)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pub := newPublisher(t, resilient.Config{})
+			pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 			in, ids := newMessages(2)
 			if err := pub.Publish(queue, in...); err != nil {
 				t.Fatal(err)
@@ -294,12 +270,12 @@ func TestSubscriberCloseReturnsUnacked(t *testing.T) {
 	brokertest.Need(t)
 	queue := brokertest.Name("sub-close")
 	brokertest.DeleteQueues(t, queue)
-	sub, _ := newSubscriber(t, resilient.Config{})
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{})
 	msgs, err := sub.Subscribe(context.Background(), queue)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := newPublisher(t, resilient.Config{})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 	in, ids := newMessages(5)
 	if err := pub.Publish(queue, in...); err != nil {
 		t.Fatal(err)
@@ -340,7 +316,7 @@ func TestSubscribePreconditionFailed(t *testing.T) {
 	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil { // not durable
 		t.Fatal(err)
 	}
-	sub, _ := newSubscriber(t, resilient.Config{})
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{})
 	if _, err := sub.Subscribe(context.Background(), queue); !errors.Is(err, resilient.ErrPreconditionFailed) || !resilient.IsPermanent(err) {
 		t.Fatalf("Subscribe: %v, want ErrPreconditionFailed", err)
 	}
@@ -362,14 +338,14 @@ func TestSubscriberQueueDeleted(t *testing.T) {
 	queue := brokertest.Name("sub-deleted")
 	brokertest.DeleteQueues(t, queue)
 	consumers, onEvent := newEventQueue(resilient.ConsumerLost, resilient.ConsumerReattached)
-	sub, _ := newSubscriber(t, resilient.Config{OnEvent: onEvent})
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{OnEvent: onEvent})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, queue)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := newPublisher(t, resilient.Config{})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
 	r := newReceived()
 	done := consumeAll(msgs, r, nil)
 	before, beforeIDs := newMessages(5)
@@ -426,7 +402,7 @@ func TestSubscriberShortLivedConsumersBackOff(t *testing.T) {
 			reattached.Add(1)
 		}
 	}
-	sub, _ := newSubscriber(t, cfg)
+	sub, _ := pubsubtest.Subscriber(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := sub.Subscribe(ctx, queue); err != nil {

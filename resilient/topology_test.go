@@ -9,6 +9,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -32,7 +33,7 @@ func TestTopologyDeclaredOncePerConnection(t *testing.T) {
 	builder := &countingBuilder{}
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.TopologyBuilder = builder
-	pub := newPublisher(t, resilient.Config{AMQP: cfg})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg})
 
 	var sent brokertest.IDs
 	publish := func(n int) {
@@ -76,7 +77,7 @@ func TestFailoverURIs(t *testing.T) {
 	queue := brokertest.Name("failover")
 	brokertest.DeleteQueues(t, queue)
 	cfg := amqp.NewDurableQueueConfig("amqp://guest:guest@127.0.0.1:1/")
-	pub := newPublisher(t, resilient.Config{AMQP: cfg, FailoverURIs: []string{brokertest.URI()}})
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, FailoverURIs: []string{brokertest.URI()}})
 	msgs, ids := newMessages(10)
 	if err := pub.Publish(queue, msgs...); err != nil {
 		t.Fatal(err)
