@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -17,8 +18,10 @@ import (
 const frameOverhead = 8
 
 // headerFrameSize is the size of the header frame amqp091-go writes for
-// pub, overhead included.
-func headerFrameSize(pub amqp091.Publishing) int {
+// pub, overhead included. The walk that sizes the headers also checks
+// their names, at every depth: one longer than a shortstr cannot be
+// encoded (amqp091-go would fail the whole connection on it).
+func headerFrameSize(pub amqp091.Publishing) (int, error) {
 	n := frameOverhead + 14 // class, weight, body size, property flags
 	for _, s := range [...]string{
 		pub.ContentType, pub.ContentEncoding, pub.CorrelationId, pub.ReplyTo,
@@ -29,7 +32,11 @@ func headerFrameSize(pub amqp091.Publishing) int {
 		}
 	}
 	if len(pub.Headers) > 0 {
-		n += 4 + tableSize(pub.Headers)
+		size, err := tableSize(pub.Headers)
+		if err != nil {
+			return 0, err
+		}
+		n += 4 + size
 	}
 	if pub.DeliveryMode != 0 {
 		n++
@@ -40,45 +47,57 @@ func headerFrameSize(pub amqp091.Publishing) int {
 	if !pub.Timestamp.IsZero() {
 		n += 8
 	}
-	return n
+	return n, nil
 }
 
 // tableSize is the size of t encoded as an AMQP field table, without its
 // own length.
-func tableSize(t amqp091.Table) int {
+func tableSize(t amqp091.Table) (int, error) {
 	n := 0
 	for k, v := range t {
-		n += 1 + len(k) + fieldSize(v)
+		if len(k) > maxShortString {
+			return 0, fmt.Errorf("header name of %d bytes, AMQP allows %d", len(k), maxShortString)
+		}
+		size, err := fieldSize(v)
+		if err != nil {
+			return 0, err
+		}
+		n += 1 + len(k) + size
 	}
-	return n
+	return n, nil
 }
 
 // fieldSize is the size of v encoded as a field value, its type octet
 // included (amqp091-go's writeField).
-func fieldSize(v any) int {
+func fieldSize(v any) (int, error) {
 	switch v := v.(type) {
 	case bool, byte, int8:
-		return 2
+		return 2, nil
 	case int16, uint16:
-		return 3
+		return 3, nil
 	case int, int32, uint32, float32:
-		return 5
+		return 5, nil
 	case int64, float64, time.Time:
-		return 9
+		return 9, nil
 	case amqp091.Decimal:
-		return 6
+		return 6, nil
 	case string:
-		return 5 + len(v)
+		return 5 + len(v), nil
 	case []byte:
-		return 5 + len(v)
+		return 5 + len(v), nil
 	case []any:
 		n := 5
 		for _, e := range v {
-			n += fieldSize(e)
+			size, err := fieldSize(e)
+			if err != nil {
+				return 0, err
+			}
+			n += size
 		}
-		return n
+		return n, nil
 	case amqp091.Table:
-		return 5 + tableSize(v)
+		size, err := tableSize(v)
+		return 5 + size, err
 	}
-	return 1 // nil
+	return 1, nil // nil
 }

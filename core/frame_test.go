@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,8 +86,28 @@ func TestHeaderFrameSizeMatchesTheWire(t *testing.T) {
 		t.Fatalf("%d header frames written, want %d", len(got), len(pubs))
 	}
 	for i, pub := range pubs {
-		if want := headerFrameSize(pub); got[i] != want {
-			t.Errorf("publishing %d: %d bytes on the wire, headerFrameSize says %d", i, got[i], want)
+		if want, err := headerFrameSize(pub); err != nil || got[i] != want {
+			t.Errorf("publishing %d: %d bytes on the wire, headerFrameSize says %d (%v)", i, got[i], want, err)
 		}
+	}
+}
+
+// A header name too long for a shortstr fails the message at any depth,
+// inside a table in a list too, on the walk that sizes the header frame.
+func TestHeaderNamesCheckedAtEveryDepth(t *testing.T) {
+	long := strings.Repeat("k", maxShortString+1)
+	for name, headers := range map[string]amqp091.Table{
+		"top level":          {long: "v"},
+		"nested table":       {"a": amqp091.Table{long: int32(1)}},
+		"table inside array": {"a": []any{"x", amqp091.Table{long: true}}},
+	} {
+		if _, err := validProperties(amqp091.Publishing{Headers: headers}); err == nil {
+			t.Errorf("%s: a %d-byte header name was accepted", name, len(long))
+		}
+	}
+	ok := amqp091.Publishing{Headers: amqp091.Table{"a": []any{amqp091.Table{"b": "c"}}}}
+	size, err := validProperties(ok)
+	if want, _ := headerFrameSize(ok); err != nil || size != want {
+		t.Fatalf("valid headers: %d, %v; want %d", size, err, want)
 	}
 }

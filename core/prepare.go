@@ -52,7 +52,8 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		if pub.MessageId == "" {
 			pub.MessageId = msg.UUID
 		}
-		if err := validProperties(pub); err != nil {
+		headerFrame, err := validProperties(pub)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
 			continue
 		}
@@ -73,7 +74,7 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			mandatory:   p.cfg.AMQP.Mandatory || ownQueue,
 			ownQueue:    ownQueue,
 			publishing:  pub,
-			headerFrame: headerFrameSize(pub),
+			headerFrame: headerFrame,
 		}
 		batch = append(batch, &store[i])
 	}
@@ -113,8 +114,8 @@ func validName(kind, name string, emptyOK bool) error {
 
 // validProperties rejects what amqp091-go cannot encode, before it is sent:
 // an encoding failure would otherwise close the whole connection, again after
-// every reconnect.
-func validProperties(pub amqp091.Publishing) error {
+// every reconnect. It returns the size of the message's header frame.
+func validProperties(pub amqp091.Publishing) (headerFrame int, err error) {
 	// An array, not a map: this runs for every message.
 	for _, f := range [...]struct{ name, value string }{
 		{"content type", pub.ContentType}, {"content encoding", pub.ContentEncoding},
@@ -122,27 +123,13 @@ func validProperties(pub amqp091.Publishing) error {
 		{"message id", pub.MessageId}, {"type", pub.Type}, {"user id", pub.UserId}, {"app id", pub.AppId},
 	} {
 		if len(f.value) > maxShortString {
-			return fmt.Errorf("%s of %d bytes, AMQP allows %d", f.name, len(f.value), maxShortString)
+			return 0, fmt.Errorf("%s of %d bytes, AMQP allows %d", f.name, len(f.value), maxShortString)
 		}
 	}
-	if err := pub.Headers.Validate(); err != nil {
-		return fmt.Errorf("headers: %w", err)
+	if err := pub.Headers.Validate(); err != nil { // the value types amqp091-go writes
+		return 0, fmt.Errorf("headers: %w", err)
 	}
-	return validTableKeys(pub.Headers)
-}
-
-func validTableKeys(t amqp091.Table) error {
-	for k, v := range t {
-		if len(k) > maxShortString {
-			return fmt.Errorf("header name of %d bytes, AMQP allows %d", len(k), maxShortString)
-		}
-		if nested, ok := v.(amqp091.Table); ok {
-			if err := validTableKeys(nested); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return headerFrameSize(pub) // and the names, on the same walk as the size
 }
 
 // loginUser is the user every URI logs in as (with PLAIN or AMQPLAIN
