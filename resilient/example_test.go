@@ -50,7 +50,7 @@ func ExampleConfig() {
 		CloseTimeout:         10 * time.Second, // default 10 s
 		MaxNackRetries:       0,                // default 0: re-send nacked messages within their bounds
 		MaxMessageSize:       128 << 20,        // default 128 MiB
-		Reconnect: resilient.ReconnectConfig{
+		Reconnect: resilient.Backoff{
 			InitialWait: 100 * time.Millisecond, // default 100 ms
 			MaxWait:     3 * time.Second,        // default 3 s
 			Multiplier:  2,                      // default 2
