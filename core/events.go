@@ -76,8 +76,9 @@ const (
 	// MessageNacked: the subscriber nacked a message (the handler nacked it,
 	// or it could not be unmarshaled).
 	MessageNacked
-	// ConsumerReattached: a subscription consumes again after losing its
-	// channel or connection.
+	// ConsumerReattached: a subscription consumes again on a new channel:
+	// after a loss (ConsumerLost), or of its own accord (no delivery for
+	// five heartbeats, or a gap in delivery tags: see Subscriber).
 	ConsumerReattached
 	// ConsumerLost: the broker closed a subscription's channel or
 	// cancelled its consumer (its queue deleted), or its connection died;

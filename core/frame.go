@@ -98,6 +98,8 @@ func fieldSize(v any) (int, error) {
 	case amqp091.Table:
 		size, err := tableSize(v)
 		return 5 + size, err
+	case nil:
+		return 1, nil
 	}
-	return 1, nil // nil
+	return 0, fmt.Errorf("header value of type %T, which AMQP cannot carry", v)
 }

@@ -22,6 +22,9 @@ type scriptedPeer struct {
 	// channel (n counts from 1, per channel): true acks it, false nacks
 	// it. Nil acks everything. Set before the first dial.
 	confirm func(n uint64) bool
+	// onMethod, when set, may answer a method itself (true: handled).
+	// Set before the first dial.
+	onMethod func(l *peerLink, channel, class, method uint16) bool
 
 	mu    sync.Mutex
 	links []*peerLink
@@ -101,6 +104,9 @@ func (p *scriptedPeer) serve(l *peerLink) {
 			continue // heartbeats
 		}
 		class, method := binary.BigEndian.Uint16(payload), binary.BigEndian.Uint16(payload[2:])
+		if p.onMethod != nil && p.onMethod(l, channel, class, method) {
+			continue
+		}
 		switch {
 		case class == classConnection && method == 11: // start-ok: tune
 			l.send(0, classConnection, 30, u16(2047), u32(131072), u16(0))
@@ -141,6 +147,12 @@ func (l *peerLink) blocked(reason string) { l.send(0, classConnection, 60, short
 
 // unblocked sends connection.unblocked.
 func (l *peerLink) unblocked() { l.send(0, classConnection, 61) }
+
+// closeChannel sends channel.close, as a broker refusing what was asked
+// on it does.
+func (l *peerLink) closeChannel(channel, code uint16, text string, class, method uint16) {
+	l.send(channel, classChannel, 40, u16(code), shortstr(text), u16(class), u16(method))
+}
 
 // closeConnection sends connection.close, as an operator's
 // close_connection does (320 CONNECTION_FORCED).

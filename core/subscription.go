@@ -12,10 +12,6 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// errConsumerCancelled is why a consumer whose channel lives on was lost:
-// the broker cancelled it (basic.cancel: its queue was deleted).
-var errConsumerCancelled = errors.New("consumer cancelled by the broker")
-
 // newUnreadableBackoff paces the nacks of messages the Marshaler cannot
 // read: 100 ms, doubling, up to 5 s.
 func newUnreadableBackoff() *backoff.ExponentialBackOff {
@@ -35,17 +31,6 @@ type subscription struct {
 	out                    chan *message.Message
 	logger                 watermill.LoggerAdapter
 	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
-}
-
-// consumer is one AMQP channel consuming the queue, and how it may end.
-type consumer struct {
-	sess       *session
-	ch         *amqp091.Channel
-	deliveries <-chan amqp091.Delivery
-	dead       chan struct{} // closed once the channel is closed, for any reason
-	why        *amqp091.Error
-	cancelled  bool   // its deliveries ended: the broker cancelled it, or its channel died
-	lastTag    uint64 // of the last delivery read
 }
 
 func (sub *subscription) run() {
@@ -70,7 +55,7 @@ func (sub *subscription) run() {
 		<-c.dead
 		if c.cancelled && c.why == nil && !stopping {
 			// Its channel lived on: reported here, not on its closing.
-			sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: errConsumerCancelled})
+			sub.reportLost(errConsumerCancelled)
 		}
 		if stopping {
 			sub.logger.Info("Stopped consuming", nil)
@@ -138,46 +123,6 @@ func (sub *subscription) open(sess *session) (c *consumer, err error) {
 	})
 	if err != nil {
 		return nil, sess.channelErr(err)
-	}
-	return c, nil
-}
-
-func (sub *subscription) start(sess *session) (*consumer, error) {
-	cfg := sub.s.cfg.AMQP
-	ch, err := sess.conn.Channel()
-	if err != nil {
-		return nil, err
-	}
-	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
-	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
-	go func() { // ends when amqp091-go closes the notification channel
-		for e := range closed {
-			c.why = e
-			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
-			sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: e})
-		}
-		close(c.dead)
-	}()
-	fail := func(err error) (*consumer, error) {
-		_ = ch.Close()
-		<-c.dead
-		return nil, err
-	}
-	if err := cfg.BuildTopology(ch, sub.topic, sub.queue, sub.exchange, sub.logger); err != nil {
-		return fail(err)
-	}
-	if q := cfg.Consume; q.PrefetchCount != 0 || q.PrefetchSize != 0 {
-		// Per consumer, whatever Qos.Global says: this channel has one
-		// consumer, so it is the same limit, and quorum queues refuse a
-		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
-		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
-			return fail(err)
-		}
-	}
-	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
-		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
-	if err != nil {
-		return fail(err)
 	}
 	return c, nil
 }

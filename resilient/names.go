@@ -3,7 +3,8 @@ package resilient
 import "github.com/resilientmq/watermill-rabbitmq/core"
 
 // The core's types and values under the names this package has always
-// given them, so that code written against it keeps compiling. They are
+// given them, so that code written against it keeps compiling (but for
+// the Default* constants and PublishError.Temporary, removed). They are
 // documented in package core.
 
 type (

@@ -73,6 +73,12 @@ func wire(c amqp.Config) core.Wiring {
 	if builder == nil {
 		builder = &amqp.DefaultTopologyBuilder{}
 	}
+	if c.QueueBind.GenerateRoutingKey == nil {
+		// v2's DefaultTopologyBuilder binds with it whenever there is an
+		// exchange; nil would panic on a goroutine. v3's door binds with
+		// "" then, and so does this one.
+		c.QueueBind.GenerateRoutingKey = func(string) string { return "" }
+	}
 	w.DeclareExchange = func(ch *amqp091.Channel, exchange string) error {
 		return builder.ExchangeDeclare(ch, exchange, c)
 	}

@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // The door reads every field the core uses from watermill-amqp v2's Config.
@@ -48,3 +50,31 @@ func TestValidateNamesAMQPFields(t *testing.T) {
 		}
 	}
 }
+
+// A config without QueueBind.GenerateRoutingKey binds with "", as the v3
+// door does, rather than panic in v2's DefaultTopologyBuilder on a
+// goroutine of the subscriber's.
+func TestWireBindsWithoutARoutingKeyGenerator(t *testing.T) {
+	c := amqp.NewDurablePubSubConfig("amqp://example/", amqp.GenerateQueueNameTopicNameWithSuffix("s"))
+	c.QueueBind.GenerateRoutingKey = nil
+	builder := &bindingRecorder{}
+	c.TopologyBuilder = builder
+	if err := wire(c).BuildTopology(nil, "t", "t_s", "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	if builder.routingKey != "" || !builder.called {
+		t.Fatalf("bound with %q (called %v), want \"\"", builder.routingKey, builder.called)
+	}
+}
+
+type bindingRecorder struct {
+	called     bool
+	routingKey string
+}
+
+func (r *bindingRecorder) BuildTopology(_ *amqp091.Channel, queue, _ string, config amqp.Config, _ watermill.LoggerAdapter) error {
+	r.called, r.routingKey = true, config.QueueBind.GenerateRoutingKey(queue)
+	return nil
+}
+
+func (r *bindingRecorder) ExchangeDeclare(*amqp091.Channel, string, amqp.Config) error { return nil }

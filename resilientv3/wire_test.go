@@ -73,3 +73,17 @@ func (r *paramsRecorder) BuildTopology(_ *amqp091.Channel, params amqp.BuildTopo
 }
 
 func (r *paramsRecorder) ExchangeDeclare(*amqp091.Channel, string, amqp.Config) error { return nil }
+
+// Without QueueBind.GenerateRoutingKey the binding's key is "".
+func TestWireBindsWithoutARoutingKeyGenerator(t *testing.T) {
+	c := amqp.NewDurablePubSubConfig("amqp://example/", amqp.GenerateQueueNameTopicNameWithSuffix("s"))
+	c.QueueBind.GenerateRoutingKey = nil
+	builder := &paramsRecorder{}
+	c.TopologyBuilder = builder
+	if err := wire(c).BuildTopology(nil, "t", "t_s", "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	if want := (amqp.BuildTopologyParams{Topic: "t", QueueName: "t_s", ExchangeName: "t"}); builder.params != want {
+		t.Fatalf("params %+v, want %+v", builder.params, want)
+	}
+}

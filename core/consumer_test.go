@@ -1,0 +1,81 @@
+package core
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// An attach the broker refuses (its queue declared with other arguments:
+// 406 on queue.declare, which closes the channel) is a failed attach, not a
+// lost consumer: the subscription tries again, and reports no ConsumerLost
+// for a consumer that never started.
+func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
+	const classQueue = 50
+	peer := newScriptedPeer(t)
+	peer.onMethod = func(l *peerLink, channel, class, method uint16) bool {
+		if class == classQueue && method == 10 { // queue.declare
+			l.closeChannel(channel, 406, "PRECONDITION_FAILED - inequivalent arg 'durable'", classQueue, 10)
+			return true
+		}
+		return false
+	}
+	attempts := make(chan struct{}, 64)
+	var mu sync.Mutex
+	var lost, declarations int
+	w := peerWiring(peer)
+	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
+		mu.Lock()
+		declarations++
+		first := declarations == 1
+		mu.Unlock()
+		if first {
+			return nil // Subscribe's own declaration: the queue was fine then
+		}
+		select {
+		case attempts <- struct{}{}:
+		default:
+		}
+		_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
+		return err
+	}
+	sub, err := NewSubscriber(Config[Wiring]{
+		Reconnect: Backoff{InitialWait: 10 * time.Millisecond, MaxWait: 10 * time.Millisecond},
+		OnEvent: func(e Event) {
+			if e.Kind == ConsumerLost {
+				mu.Lock()
+				lost++
+				mu.Unlock()
+			}
+		},
+	}, w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.next(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // three attaches, each refused
+		select {
+		case <-attempts:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the subscription stopped trying to attach")
+		}
+	}
+	cancel()
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if lost != 0 {
+		t.Fatalf("ConsumerLost reported %d times for a consumer that never started", lost)
+	}
+}
