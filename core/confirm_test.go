@@ -16,7 +16,7 @@ import (
 // the call are confirmed.
 func TestConfirmsThroughAScriptedPeer(t *testing.T) {
 	for name, tc := range map[string]struct {
-		nack           map[uint64]bool // the n-th message sent on a channel is nacked
+		nack           map[uint64]bool // the n-th message sent is nacked
 		maxNackRetries int
 		failed         []int // indexes of the messages that must fail
 		nacked, resent int
@@ -28,6 +28,7 @@ func TestConfirmsThroughAScriptedPeer(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			peer := newScriptedPeer(t)
 			peer.confirm = func(n uint64) bool { return !tc.nack[n] }
+			peer.holdAnswers = 5 // the whole call is written before any answer
 			var mu sync.Mutex
 			counts := map[EventKind]int{}
 			w := peerWiring(peer)

@@ -56,6 +56,7 @@ func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = sub.Close() }) // on failure too: it would redial the peer
 	peer.next(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

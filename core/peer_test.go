@@ -18,10 +18,15 @@ import (
 type scriptedPeer struct {
 	t *testing.T
 
-	// confirm answers the n-th message published on a confirm-mode
-	// channel (n counts from 1, per channel): true acks it, false nacks
-	// it. Nil acks everything. Set before the first dial.
+	// confirm answers the n-th message published on a link (n counts
+	// from 1, over all its channels): true acks it, false nacks it. Nil
+	// acks everything. Set before the first dial.
 	confirm func(n uint64) bool
+	// holdAnswers holds the confirms of a link's first holdAnswers
+	// messages until they have all arrived, then sends them in order, so
+	// that a test knows what the client wrote before any answer: a nack
+	// then finds no later message of its call unwritten.
+	holdAnswers int
 	// onMethod, when set, may answer a method itself (true: handled).
 	// Set before the first dial.
 	onMethod func(l *peerLink, channel, class, method uint16) bool
@@ -81,8 +86,8 @@ func (p *scriptedPeer) serve(l *peerLink) {
 	}
 	// connection.start: version 0-9, no server properties, PLAIN, en_US.
 	l.send(0, classConnection, 10, []byte{0, 9}, table(), longstr("PLAIN"), longstr("en_US"))
-	published := map[uint16]uint64{} // per confirm-mode channel
-	bodyLeft := map[uint16]uint64{}  // of the message being published
+	a := &answerer{peer: p, link: l, tags: map[uint16]uint64{}}
+	bodyLeft := map[uint16]uint64{} // of the message being published
 	for {
 		kind, channel, payload, err := readFrame(r)
 		if err != nil {
@@ -91,12 +96,12 @@ func (p *scriptedPeer) serve(l *peerLink) {
 		switch kind {
 		case frameHeader: // body size at 4..12
 			if bodyLeft[channel] = binary.BigEndian.Uint64(payload[4:]); bodyLeft[channel] == 0 {
-				p.answer(l, channel, published)
+				a.published(channel)
 			}
 			continue
 		case frameBody:
 			if bodyLeft[channel] -= uint64(len(payload)); bodyLeft[channel] == 0 {
-				p.answer(l, channel, published)
+				a.published(channel)
 			}
 			continue
 		}
@@ -130,16 +135,36 @@ func (p *scriptedPeer) serve(l *peerLink) {
 	}
 }
 
-// answer confirms the message just published on channel: basic.ack or
-// basic.nack, each for its own delivery tag.
-func (p *scriptedPeer) answer(l *peerLink, channel uint16, published map[uint16]uint64) {
-	published[channel]++
-	n := published[channel]
-	if p.confirm == nil || p.confirm(n) {
-		l.send(channel, classBasic, 80, u64(n), []byte{0}) // ack, not multiple
+// answerer confirms what a link publishes: basic.ack or basic.nack, each
+// for its own delivery tag, held back as holdAnswers says.
+type answerer struct {
+	peer *scriptedPeer
+	link *peerLink
+	tags map[uint16]uint64 // the last delivery tag, per channel
+	n    uint64            // messages published on the link
+	held []func()
+}
+
+func (a *answerer) published(channel uint16) {
+	a.tags[channel]++
+	a.n++
+	tag, n := a.tags[channel], a.n
+	answer := func() {
+		if a.peer.confirm == nil || a.peer.confirm(n) {
+			a.link.send(channel, classBasic, 80, u64(tag), []byte{0}) // ack, not multiple
+			return
+		}
+		a.link.send(channel, classBasic, 120, u64(tag), []byte{0}) // nack, not multiple
+	}
+	if int(n) < a.peer.holdAnswers {
+		a.held = append(a.held, answer)
 		return
 	}
-	l.send(channel, classBasic, 120, u64(n), []byte{0}) // nack, not multiple
+	for _, f := range a.held {
+		f()
+	}
+	a.held = nil
+	answer()
 }
 
 // blocked sends connection.blocked, as a broker under an alarm does.

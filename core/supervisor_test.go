@@ -24,6 +24,7 @@ func TestSupervisorStateMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = sub.Close() }) // on failure too: it would redial the peer
 	first := peer.next(t)
 	expectChange(t, changes, StateConnecting, StateConnected, "")
 	if !sub.IsConnected() {

@@ -54,7 +54,7 @@
 // Label values: outcome is "confirmed" or "failed"; state one of
 // "connecting", "connected", "blocked", "reconnecting", "closed" (a name
 // starts at "connecting", unless a component already runs under it); class
-// and cause one of the names resilient.ErrorClass documents ("not_confirmed",
+// and cause one of the names core.ErrorClass documents ("not_confirmed",
 // "nacked", "unroutable", "access_refused", "not_found",
 // "precondition_failed", "message_too_large", "invalid_name", "nil_message",
 // "marshal", "config", "tls", "closed", "heartbeat", "network", "broker",

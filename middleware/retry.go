@@ -46,7 +46,8 @@ type RetryConfig struct {
 	// InitialInterval is the wait after the first failed attempt.
 	// Default 100ms.
 	InitialInterval time.Duration
-	// MaxInterval caps the wait between two attempts. Default 5s.
+	// MaxInterval caps the wait between two attempts. Default 5s, or
+	// InitialInterval when that is longer.
 	MaxInterval time.Duration
 	// Multiplier grows the wait after each failed attempt. Default 2.
 	Multiplier float64
@@ -87,7 +88,9 @@ func (c *RetryConfig) setDefaults() {
 		c.InitialInterval = defaultRetryInitialInterval
 	}
 	if c.MaxInterval == 0 {
-		c.MaxInterval = defaultRetryMaxInterval
+		// Never below InitialInterval: a longer first wait alone is valid,
+		// as for the publisher's own backoff.
+		c.MaxInterval = max(defaultRetryMaxInterval, c.InitialInterval)
 	}
 	if c.Multiplier == 0 {
 		c.Multiplier = defaultRetryMultiplier

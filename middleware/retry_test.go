@@ -332,8 +332,9 @@ func TestRetryValidate(t *testing.T) {
 			t.Errorf("%s: Validate accepted %+v", name, cfg)
 		}
 	}
-	// The zero value is valid, as documented, and so is NoJitter.
-	for _, cfg := range []middleware.RetryConfig{{}, {RandomizationFactor: middleware.NoJitter}} {
+	// The zero value is valid, as documented, and so are NoJitter and a
+	// first wait longer than the default cap (the cap follows it).
+	for _, cfg := range []middleware.RetryConfig{{}, {RandomizationFactor: middleware.NoJitter}, {InitialInterval: 10 * time.Second}} {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("Validate(%+v): %v", cfg, err)
 		}

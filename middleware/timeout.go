@@ -15,8 +15,8 @@ import (
 // afresh.
 //
 // It bounds only a publisher that honours the messages' contexts.
-// resilient.Publisher does, in every wait, and returns a
-// *resilient.PublishError wrapping context.DeadlineExceeded; watermill-amqp's
+// core.Publisher (package resilient's, resilientv3's) does, in every wait,
+// and returns a *core.PublishError wrapping context.DeadlineExceeded; watermill-amqp's
 // amqp.Publisher honours it while writing a message but not while waiting
 // for its confirm.
 //

@@ -1,6 +1,8 @@
 package resilient
 
 import (
+	"crypto/tls"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,24 @@ func TestWire(t *testing.T) {
 	c.Publish.Mandatory, c.Publish.ChannelPoolSize = true, 7
 	c.Queue.AutoDelete = true
 	c.Consume.Qos.PrefetchCount, c.Consume.Exclusive, c.Consume.NoRequeueOnNack = 9, true, true
+	c.Consume.Qos.PrefetchSize, c.Consume.NoLocal, c.Consume.NoWait, c.Consume.Consumer = 1024, true, true, "tag"
+	c.Consume.Arguments = amqp091.Table{"x-priority": int32(5)}
+	c.Publish.Immediate, c.Publish.Transactional = true, true
+	c.Connection.TLSConfig = &tls.Config{ServerName: "broker"}
+	c.Connection.AmqpConfig = &amqp091.Config{Vhost: "v"}
 	w := wire(c)
+	// Every field of the Wiring, and of its Consume, is set from c: a field
+	// the door forgets stays zero.
+	for _, v := range []reflect.Value{reflect.ValueOf(w), reflect.ValueOf(w.Consume)} {
+		for i := range v.NumField() {
+			if v.Field(i).IsZero() {
+				t.Errorf("%s.%s not read from the Config", v.Type().Name(), v.Type().Field(i).Name)
+			}
+		}
+	}
+	if w.TLSConfig.ServerName != "broker" || w.AMQPConfig.Vhost != "v" || w.Consume.Arguments["x-priority"] != int32(5) {
+		t.Fatalf("connection or arguments: %+v", w)
+	}
 	if w.URI != c.Connection.AmqpURI || w.ExchangeName("t") != "t" || w.QueueName("t") != "t_s" || w.RoutingKey("t") != "" {
 		t.Fatalf("names: %+v", w)
 	}

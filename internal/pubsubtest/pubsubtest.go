@@ -16,9 +16,9 @@ import (
 )
 
 // Publisher starts a publisher with cfg and, unless cfg.RetryOnFailedConnect,
-// waits until it is connected. The test's end closes it, ignoring the
-// result: a test that checks what Close returns calls it first (Close is
-// idempotent).
+// waits until it is connected. The test's end closes it and fails the test
+// if Close reports messages left unconfirmed; unless the test closed it
+// itself, to check what Close returns.
 func Publisher(t testing.TB, cfg resilient.Config) (*resilient.Publisher, *brokertest.States) {
 	t.Helper()
 	states := prepare(t, &cfg, "publisher")
@@ -26,7 +26,14 @@ func Publisher(t testing.TB, cfg resilient.Config) (*resilient.Publisher, *broke
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
-	t.Cleanup(func() { _ = pub.Close() })
+	t.Cleanup(func() {
+		if pub.Status() == resilient.StateClosed {
+			return // closed by the test, which checked the result
+		}
+		if err := pub.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 	if !cfg.RetryOnFailedConnect {
 		states.Await("connected")
 	}
@@ -41,7 +48,11 @@ func Subscriber(t testing.TB, cfg resilient.Config) (*resilient.Subscriber, *bro
 	if err != nil {
 		t.Fatalf("NewSubscriber: %v", err)
 	}
-	t.Cleanup(func() { _ = sub.Close() })
+	t.Cleanup(func() {
+		if err := sub.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 	if !cfg.RetryOnFailedConnect {
 		states.Await("connected")
 	}
