@@ -16,11 +16,10 @@ import (
 // rides through connection loss by reconnecting and re-sending.
 // It is safe for concurrent use.
 type Publisher struct {
-	cfg      *settings
-	logger   watermill.LoggerAdapter
-	sup      *supervisor
-	notifier *notifier
-	login    string // the user every URI logs in as, "" if unknown or not one
+	supervised // the connection, and Status, Health, IsConnected, WaitConnected
+	cfg        *settings
+	logger     watermill.LoggerAdapter
+	login      string // the user every URI logs in as, "" if unknown or not one
 
 	mu     sync.RWMutex // guards closed against calls.Add
 	closed bool
@@ -60,35 +59,17 @@ func NewPublisher[A any](config Config[A], w Wiring, logger watermill.LoggerAdap
 	p := &Publisher{
 		cfg:          cfg,
 		logger:       logger,
-		notifier:     newNotifier(cfg.OnStateChange, logger),
 		login:        loginUser(cfg),
 		timeoutCause: fmt.Errorf("%w (%s)", errPublishTimeout, cfg.PublishTimeout),
 	}
 	p.declareTopic = p.declare
 	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
-	sup, err := startSupervisor(p.cfg, logger, p.notifier, startPublishing)
+	connection, err := startSupervised(cfg, logger, startPublishing)
 	if err != nil {
-		p.notifier.stop()
 		return nil, err
 	}
-	p.sup = sup
+	p.supervised = connection
 	return p, nil
-}
-
-// Status returns the state of the connection.
-func (p *Publisher) Status() State { return p.sup.status() }
-
-// Health returns the state of the connection, since when, and why.
-func (p *Publisher) Health() Health { return p.sup.health() }
-
-// IsConnected reports whether a connection is up (blocked counts as up).
-func (p *Publisher) IsConnected() bool { return p.sup.connected() }
-
-// WaitConnected blocks until a connection is up, ctx ends, or the publisher
-// is closed (ErrClosed).
-func (p *Publisher) WaitConnected(ctx context.Context) error {
-	_, err := p.sup.await(ctx)
-	return err
 }
 
 // Publish sends messages to topic and returns nil only once the broker has

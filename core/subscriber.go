@@ -24,10 +24,9 @@ import (
 // same: deduplicate on it, e.g. with watermill's middleware.Deduplicator).
 // It is safe for concurrent use.
 type Subscriber struct {
-	cfg      *settings
-	logger   watermill.LoggerAdapter
-	sup      *supervisor
-	notifier *notifier
+	supervised // the connection, and Status, Health, IsConnected, WaitConnected
+	cfg        *settings
+	logger     watermill.LoggerAdapter
 
 	mu     sync.Mutex // guards closed against subs.Add
 	closed bool
@@ -65,33 +64,15 @@ func NewSubscriber[A any](config Config[A], w Wiring, logger watermill.LoggerAda
 	if err := cfg.validate(false); err != nil {
 		return nil, err
 	}
-	n := newNotifier(cfg.OnStateChange, logger)
-	s := &Subscriber{cfg: cfg, logger: logger, notifier: n}
+	s := &Subscriber{cfg: cfg, logger: logger}
 	s.closeCtx, s.cancel = context.WithCancel(context.Background())
-	sup, err := startSupervisor(s.cfg, logger, n, nil)
+	connection, err := startSupervised(cfg, logger, nil)
 	if err != nil {
 		s.cancel()
-		n.stop()
 		return nil, err
 	}
-	s.sup = sup
+	s.supervised = connection
 	return s, nil
-}
-
-// Status returns the state of the connection.
-func (s *Subscriber) Status() State { return s.sup.status() }
-
-// Health returns the state of the connection, since when, and why.
-func (s *Subscriber) Health() Health { return s.sup.health() }
-
-// IsConnected reports whether a connection is up (blocked counts as up).
-func (s *Subscriber) IsConnected() bool { return s.sup.connected() }
-
-// WaitConnected blocks until a connection is up, ctx ends, or the
-// subscriber is closed (ErrClosed).
-func (s *Subscriber) WaitConnected(ctx context.Context) error {
-	_, err := s.sup.await(ctx)
-	return err
 }
 
 // Subscribe consumes topic: its queue is AMQP.Queue.GenerateName(topic),
