@@ -3,10 +3,10 @@ package conformance_test
 import (
 	"testing"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/resilientmq/watermill-rabbitmq/core"
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/resilientv3"
 )
@@ -31,20 +31,13 @@ func v3Door() door {
 }
 
 func v3Pair(t *testing.T, pubCfg, subCfg amqp.Config) (message.Publisher, message.Subscriber) {
-	logger := watermill.NopLogger{}
-	pub, err := resilientv3.NewPublisher(resilientv3.Config{AMQP: pubCfg}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := resilientv3.NewSubscriber(resilientv3.Config{AMQP: subCfg}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = sub.Close()
-		_ = pub.Close()
-	})
-	return pub, sub
+	return ours(t,
+		func() (*core.Publisher, error) {
+			return resilientv3.NewPublisher(resilientv3.Config{AMQP: pubCfg}, nil)
+		},
+		func() (*core.Subscriber, error) {
+			return resilientv3.NewSubscriber(resilientv3.Config{AMQP: subCfg}, nil)
+		})
 }
 
 func TestConformanceResilientV3DurableQueue(t *testing.T)  { durableQueueSuite(t, v3Door()) }
