@@ -33,26 +33,43 @@ func (a *Arrivals) Add(id string) {
 	a.changed = make(chan struct{})
 }
 
-// await waits until done says so (under the lock); a minute without it
-// fails the test with what failure says.
-func (a *Arrivals) await(t testing.TB, done func() bool, failure func() string) {
+// StallBound is how long a wait for arrivals may go without progress before
+// it fails: a drain that is slow (a backlog built up under faults, a loaded
+// machine, a slower broker) goes on for as long as it moves; one that stops
+// moving is a stall, and fails.
+const StallBound = time.Minute
+
+// await waits until done says so (under the lock). left (also under the
+// lock) measures what is still awaited: each time it shrinks, the wait
+// starts again; StallBound without it shrinking fails the test with what
+// failure says.
+func (a *Arrivals) await(t testing.TB, done func() bool, left func() int, failure func() string) {
 	t.Helper()
-	deadline := time.NewTimer(time.Minute)
-	defer deadline.Stop()
+	start := time.Now()
+	stall := time.NewTimer(StallBound)
+	defer stall.Stop()
+	a.mu.Lock()
+	best := left()
+	a.mu.Unlock()
 	for {
 		a.mu.Lock()
-		ok, changed := done(), a.changed
+		ok, changed, now := done(), a.changed, left()
 		a.mu.Unlock()
 		if ok {
 			return
 		}
+		if now < best {
+			best = now
+			stall.Reset(StallBound)
+		}
 		select {
 		case <-changed:
-		case <-deadline.C:
+		case <-stall.C:
 			a.mu.Lock()
 			msg := failure()
 			a.mu.Unlock()
-			t.Fatal(msg)
+			t.Fatalf("%s (no progress for %s, %s after the wait began: a stall, not a slow drain)",
+				msg, StallBound, time.Since(start).Round(time.Second))
 		}
 	}
 }
@@ -69,7 +86,7 @@ func (a *Arrivals) AwaitAll(t testing.TB, ids []string) {
 		}
 		return n
 	}
-	a.await(t, func() bool { return missing() == 0 }, func() string {
+	a.await(t, func() bool { return missing() == 0 }, missing, func() string {
 		return fmt.Sprintf("stalled: %d of %d never arrived", missing(), len(ids))
 	})
 }
@@ -77,7 +94,7 @@ func (a *Arrivals) AwaitAll(t testing.TB, ids []string) {
 // AwaitCount waits until id arrived n times.
 func (a *Arrivals) AwaitCount(t testing.TB, id string, n int) {
 	t.Helper()
-	a.await(t, func() bool { return a.seen[id] >= n }, func() string {
+	a.await(t, func() bool { return a.seen[id] >= n }, func() int { return n - a.seen[id] }, func() string {
 		return fmt.Sprintf("message %s arrived %d times, want %d", id, a.seen[id], n)
 	})
 }
@@ -93,7 +110,7 @@ func (a *Arrivals) FirstAfter(t testing.TB, since time.Time) time.Time {
 			at = a.times[i]
 		}
 		return !at.IsZero()
-	}, func() string { return "nothing arrived in a minute after " + since.Format(time.StampMilli) })
+	}, func() int { return 1 }, func() string { return "nothing arrived after " + since.Format(time.StampMilli) })
 	return at
 }
 

@@ -159,14 +159,16 @@ func Drain(t testing.TB, queue string, want []string) Tally {
 		t.Fatal(err)
 	}
 	seen := make(map[string]int, len(want))
-	timeout := time.NewTimer(time.Minute)
-	defer timeout.Stop()
+	// Bounded by progress: a slow broker is not a failure, a stall is.
+	stall := time.NewTimer(StallBound)
+	defer stall.Stop()
 	for i := 0; i < q.Messages; i++ {
 		select {
 		case d := <-deliveries:
 			seen[d.MessageId]++
-		case <-timeout.C:
-			t.Fatalf("queue %s: consumed %d of %d ready messages in a minute", queue, i, q.Messages)
+			stall.Reset(StallBound)
+		case <-stall.C:
+			t.Fatalf("queue %s: consumed %d of %d ready messages, then none for %s", queue, i, q.Messages, StallBound)
 		}
 	}
 	return tally(want, seen, q.Messages)
