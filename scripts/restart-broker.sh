@@ -5,7 +5,8 @@
 set -euo pipefail
 # watermill's TestReconnect may start a second restart before the first ends:
 # take turns, or rabbitmqctl fails on a node that is mid-start.
-exec 9>"${TMPDIR:-/tmp}/resilient-restart-broker.lock"
+# One lock per broker (two broker lines may run at once, each restarting its own).
+exec 9>"${TMPDIR:-/tmp}/resilient-restart-broker-$(printf '%s' "${RABBITMQCTL:-rabbitmqctl}" | cksum | cut -d' ' -f1).lock"
 flock 9
 read -r -a ctl <<<"${RABBITMQCTL:-rabbitmqctl}"
 # Bounded: a broker that cannot start again fails the test, never hangs it.

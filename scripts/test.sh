@@ -1,25 +1,116 @@
 #!/usr/bin/env bash
-# The test suite, against a real RabbitMQ (found at $AMQP_URI or started).
-set -euo pipefail
+# The test suite, against real RabbitMQ brokers of both lines users run:
+#
+#   ./scripts/test.sh                     RabbitMQ 3.10 and RabbitMQ 4.0, side by side (the default, and CI's)
+#   RABBITMQ_LINE=3.10 ./scripts/test.sh  RabbitMQ 3.10 only: the broker at $AMQP_URI, else docker compose's,
+#                                         else the machine's rabbitmq-server (installed when missing)
+#   RABBITMQ_LINE=4.0 ./scripts/test.sh   RabbitMQ 4.0 only: scripts/rabbitmq4.sh's node on 127.0.0.1:5680
+#                                         (Debian trixie's 4.0.5 in a chroot, installed when missing: root)
+#
+# Each line runs two phases: the whole suite under -race, then, without -race, the tests that restart the
+# broker under watermill-amqp's own code or watermill's TestReconnect harness (see below). Every phase runs
+# and is reported even when an earlier one failed. Passing tests stay quiet: a line per package as it ends,
+# a progress line every minute while one runs, the output of each failed test, and at the very end a
+# summary naming each failed test with its line, phase and package. The whole output of each phase is kept
+# in $TEST_OUT (default: a fresh directory under /tmp, printed at the start).
+#
+# The fault tests restart the broker, drop its connections and raise memory alarms: within a line,
+# packages run one at a time (-p 1), so no test shares its broker with them; the two lines use brokers,
+# clusters and TLS nodes of their own (RabbitMQ 3.10: 5672, cluster 5691..5693, TLS 5701/5702;
+# RabbitMQ 4.0: 5680, cluster 5686..5688, TLS 5706/5707), so they run at the same time.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib-broker.sh
-ensure_broker
-echo "broker control: ${RABBITMQCTL:-none}"
+root=$(pwd)
+out=${TEST_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/watermill-rabbitmq-test.XXXXXX")}
+mkdir -p "$out"
+: >"$out/failed.txt"
+: >"$out/counts.txt"
+echo "test logs: $out"
 
-# The fault tests restart the broker, drop its connections and raise memory
-# alarms: packages run one at a time (-p 1) so no test shares the broker
-# with them. cluster/ and tls/ start RabbitMQ nodes of their own
-# (scripts/cluster.sh: a 3-node cluster on 5691..5693, a TLS node on 5702)
-# and stop them at the end; they skip, saying why, where the machine has no
-# rabbitmq-server to start them with.
-go test -race -p 1 -count=1 -timeout 20m ./...
-# Without -race, the tests that drive watermill-amqp's own code through a
-# broker restart: its ConnectionWrapper races on its connection flag during
-# reconnects, and so does watermill's own TestReconnect harness (see
-# conformance/conformance_reconnect_test.go). The conformance reconnect
-# tests consume with watermill-amqp's subscriber and with ours, through
-# both front doors (watermill-amqp v2 and v3); the middleware's acceptance
-# test publishes with watermill-amqp's stock publisher.
-go test -p 1 -count=1 -timeout 10m \
-  -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
-  ./conformance/ ./middleware/
+case "${RABBITMQ_LINE:-all}" in
+all) lines=(3.10 4.0) ;;
+3.10 | 4.0) lines=("$RABBITMQ_LINE") ;;
+*) echo "RABBITMQ_LINE must be 3.10, 4.0 or all, not '$RABBITMQ_LINE'" >&2; exit 2 ;;
+esac
+
+go build -o "$out/testreport" ./internal/cmd/testreport || exit 1
+
+# phase LINE NAME GO-TEST-ARGS...: one go test run, reported by testreport.
+phase() {
+  local line=$1 name=$2
+  shift 2
+  echo "[$line $name] go test $*"
+  go test -json "$@" 2>&1 |
+    "$out/testreport" -label "$line $name" -log "$out/$line-$name.log" \
+      -summary "$out/failed.txt" -counts "$out/counts.txt"
+}
+
+# broker LINE: find or start the line's broker; exports AMQP_URI and RABBITMQCTL.
+broker() {
+  case "$1" in
+  3.10)
+    # shellcheck source=scripts/lib-broker.sh
+    source scripts/lib-broker.sh
+    ensure_broker
+    ;;
+  4.0)
+    [ "$(id -u)" = 0 ] || { echo "RabbitMQ 4.0 runs from a chroot: run as root, or RABBITMQ_LINE=3.10" >&2; return 1; }
+    local started
+    started=$(bash scripts/rabbitmq4.sh start) || return 1
+    export AMQP_URI RABBITMQCTL
+    AMQP_URI=$(printf '%s\n' "$started" | sed -n 's/^AMQP_URI=//p')
+    RABBITMQCTL=$(printf '%s\n' "$started" | sed -n "s/^RABBITMQCTL='\(.*\)'$/\1/p")
+    [ -n "$AMQP_URI" ] && [ -n "$RABBITMQCTL" ] || { echo "scripts/rabbitmq4.sh printed no URI" >&2; return 1; }
+    ;;
+  esac
+  echo "[$1] broker $(printf '%s' "$AMQP_URI" | sed -E 's#//[^@/]*@#//#'), control: $RABBITMQCTL"
+}
+
+# suite LINE: both phases against the line's broker.
+suite() {
+  local line=$1 status=0
+  export RABBITMQ_LINE=$line
+  if ! broker "$line" >"$out/$line-broker.log" 2>&1; then
+    cat "$out/$line-broker.log"
+    echo "[$line] the broker could not be started" >>"$out/failed.txt"
+    return 1
+  fi
+  cat "$out/$line-broker.log"
+  phase "$line" race -race -p 1 -count=1 -timeout 25m ./... || status=1
+  # Without -race, the tests that drive watermill-amqp's own code through a
+  # broker restart: its ConnectionWrapper races on its connection flag during
+  # reconnects, and so does watermill's own TestReconnect harness (see
+  # conformance/conformance_reconnect_test.go). The conformance reconnect
+  # tests consume with watermill-amqp's subscriber and with ours, through
+  # both front doors (watermill-amqp v2 and v3); the middleware's acceptance
+  # test publishes with watermill-amqp's stock publisher.
+  phase "$line" reconnect -p 1 -count=1 -timeout 10m \
+    -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
+    ./conformance/ ./middleware/ || status=1
+  return $status
+}
+
+started=$SECONDS
+pids=()
+for line in "${lines[@]}"; do
+  suite "$line" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+
+echo
+echo "==== summary ($(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s; logs in $out)"
+for line in "${lines[@]}"; do
+  for name in race reconnect; do
+    [ -f "$out/$line-$name.log" ] && echo "ran: RabbitMQ $line, phase $name ($out/$line-$name.log)"
+  done
+done
+read -r passed failed skipped < <(awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}' "$out/counts.txt")
+extra=$(grep -cv '^$' "$out/failed.txt" || true)
+if [ "$extra" -gt "$failed" ]; then failed=$extra; fi # a broker that never started counts too
+if [ -s "$out/failed.txt" ]; then
+  echo "FAILED:"
+  sed 's/^/  /' "$out/failed.txt"
+fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
