@@ -56,6 +56,8 @@ broker() {
   4.0)
     [ "$(id -u)" = 0 ] || { echo "RabbitMQ 4.0 runs from a chroot: run as root, or RABBITMQ_LINE=3.10" >&2; return 1; }
     local started
+    # A node this run starts, it stops at the end; one that ran already stays.
+    bash scripts/rabbitmq4.sh status >/dev/null 2>&1 || stop_rmq4=1
     started=$(bash scripts/rabbitmq4.sh start) || return 1
     export AMQP_URI RABBITMQCTL
     AMQP_URI=$(printf '%s\n' "$started" | sed -n 's/^AMQP_URI=//p')
@@ -87,6 +89,7 @@ suite() {
   phase "$line" reconnect -p 1 -count=1 -timeout 10m \
     -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
     ./conformance/ ./middleware/ || status=1
+  if [ -n "${stop_rmq4:-}" ]; then bash scripts/rabbitmq4.sh stop >>"$out/$line-broker.log" 2>&1 || true; fi
   return $status
 }
 
