@@ -102,9 +102,14 @@ func Messages(n int) ([]*message.Message, []string) {
 func (l *Load) WaitProgress(n int) {
 	l.t.Helper()
 	target := l.Confirmed.Len() + n
-	deadline := time.NewTimer(2 * time.Minute)
-	defer deadline.Stop()
-	for l.Confirmed.Len() < target {
+	// Bounded by progress: each confirm starts the wait again.
+	stall := time.NewTimer(2 * StallBound)
+	defer stall.Stop()
+	for last := l.Confirmed.Len(); l.Confirmed.Len() < target; {
+		if now := l.Confirmed.Len(); now > last {
+			last = now
+			stall.Reset(2 * StallBound)
+		}
 		l.mu.Lock()
 		progress, failed := l.progress, len(l.errs) > 0
 		l.mu.Unlock()
@@ -114,8 +119,8 @@ func (l *Load) WaitProgress(n int) {
 		}
 		select {
 		case <-progress:
-		case <-deadline.C:
-			l.t.Fatalf("no progress: %d of %d confirmed", l.Confirmed.Len(), target)
+		case <-stall.C:
+			l.t.Fatalf("no progress for %s: %d of %d confirmed", 2*StallBound, l.Confirmed.Len(), target)
 		}
 	}
 }
