@@ -21,8 +21,10 @@ import (
 
 // spoilingMarshaler spoils the messages whose metadata asks for it, the way
 // a buggy marshaler would: "user_id" claims to be another user (the broker
-// names it when it refuses), "delivery_mode" is a mode that does not exist
-// (the broker refuses it without saying which message).
+// names it when it refuses), "cc" gives the CC header (sender-selected
+// distribution) a string where the broker wants an array of them: RabbitMQ
+// 3.10 and 4.x alike refuse it without saying which message ("invalid
+// message: {unacceptable_type_in_header,\"CC\",longstr}").
 type spoilingMarshaler struct{ amqp.DefaultMarshaler }
 
 func (m spoilingMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
@@ -30,8 +32,11 @@ func (m spoilingMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, er
 	switch msg.Metadata.Get("spoil") {
 	case "user_id":
 		pub.UserId = "mallory"
-	case "delivery_mode":
-		pub.DeliveryMode = 7
+	case "cc":
+		if pub.Headers == nil {
+			pub.Headers = amqp091.Table{}
+		}
+		pub.Headers["CC"] = "nobody"
 	}
 	return pub, err
 }
@@ -55,7 +60,7 @@ func TestBystandersOfABadMessage(t *testing.T) {
 	}{
 		{"user_id checked before sending", "user_id", false, resilient.ErrPreconditionFailed},
 		{"user_id named by the broker", "user_id", true, resilient.ErrPreconditionFailed},
-		{"delivery mode, culprit not named", "delivery_mode", false, resilient.ErrPreconditionFailed},
+		{"CC header, culprit not named", "cc", false, resilient.ErrPreconditionFailed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			queue := brokertest.Name("bystanders")

@@ -16,6 +16,8 @@ type blame struct {
 	culprit func(m *outgoing) bool
 	// exchange is the exchange the reason names, if any.
 	exchange string
+	// sizeLimit is the broker's max_message_size the reason names, if any.
+	sizeLimit int
 }
 
 // blameFor reads a channel's close reason.
@@ -53,7 +55,7 @@ func blameFor(cause error) blame {
 			if err != nil {
 				return blame{}
 			}
-			return blame{culprit: func(m *outgoing) bool { return len(m.publishing.Body) > limit }}
+			return blame{culprit: func(m *outgoing) bool { return len(m.publishing.Body) > limit }, sizeLimit: limit}
 		}
 		// "PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'guest'"
 		if name, ok := quotedName(ae.Reason, "user_id property set to '"); ok {

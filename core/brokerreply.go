@@ -28,6 +28,9 @@ func classifyBroker(err error) error {
 	if !ae.Server && ae.Code != amqp091.AccessRefused {
 		return err
 	}
+	if refused := transientQueueRefused(ae); refused != nil {
+		return fmt.Errorf("%w: %w", refused, err)
+	}
 	switch ae.Code {
 	case amqp091.AccessRefused:
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
@@ -86,4 +89,20 @@ func isTransientReply(err error) bool {
 // connection is one that reconnecting will not fix.
 func isPermanentBroker(err error) bool {
 	return IsPermanent(classifyBroker(err))
+}
+
+// transientQueueRefused names the setting to change when the broker refused
+// to declare a transient (non-durable, non-exclusive) queue: deprecated in
+// RabbitMQ 4.0 and refused from 4.3 on, or earlier where the operator set
+// deprecated_features.permit.transient_nonexcl_queues = false. RabbitMQ
+// 4.0 refuses it with a 541 INTERNAL_ERROR that closes the whole
+// connection ("Feature `transient_nonexcl_queues` is deprecated. Its use is
+// not permitted ..."): no retry can help, and each one would cost the
+// connection again.
+func transientQueueRefused(ae *amqp091.Error) error {
+	if !ae.Server || !strings.Contains(ae.Reason, "transient_nonexcl_queues") {
+		return nil
+	}
+	return fmt.Errorf("%w: the broker refuses transient (non-durable, non-exclusive) queues, deprecated since RabbitMQ 4.0 and refused from 4.3: "+
+		"set Queue.Durable (watermill-amqp's durable configs do), or Queue.Exclusive for a queue of one subscriber's own", ErrConfig)
 }

@@ -19,7 +19,7 @@ const (
 	defaultPublishTimeout           = 30 * time.Second
 	defaultConfirmTimeout           = 15 * time.Second
 	defaultCloseTimeout             = 10 * time.Second
-	defaultMaxMessageSize           = 128 << 20 // RabbitMQ's default max_message_size
+	defaultMaxMessageSize           = 512 << 20 // RabbitMQ's hard cap on max_message_size: no broker takes more
 	defaultReconnectWait            = 100 * time.Millisecond
 	defaultReconnectMaxWait         = 3 * time.Second
 	defaultReconnectMultiplier      = 2.0
@@ -111,7 +111,18 @@ type Config[A any] struct {
 	// value caps the re-sends; -1 fails a message at its first nack.
 	MaxNackRetries int
 	// MaxMessageSize rejects larger bodies before sending, with
-	// ErrMessageTooLarge. Default 128 MiB, RabbitMQ's default limit.
+	// ErrMessageTooLarge (the whole Publish call fails, nothing sent, as for
+	// any invalid message). Default 512 MiB: RabbitMQ's hard cap, above
+	// which no broker of either line takes a message, so the default never
+	// refuses what the broker would take. The broker's own limit
+	// (max_message_size: 128 MiB by default on RabbitMQ 3.x, 16 MiB on 4.x,
+	// set by the operator, possibly per node) is not told to clients; each
+	// connection learns it instead: a body larger than any the broker
+	// confirmed on that connection goes alone on its channel, so that a
+	// refusal costs no other message a re-send, and once the broker has
+	// refused one (naming its limit), larger bodies fail at once with
+	// ErrMessageTooLarge, before they are sent, and alone. Set it to the
+	// broker's limit to fail such messages before the first refusal.
 	MaxMessageSize int
 
 	// OnEvent, when set, is told what the publisher or subscriber does

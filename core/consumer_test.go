@@ -2,6 +2,8 @@ package core
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,4 +81,38 @@ func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
 	if lost != 0 {
 		t.Fatalf("ConsumerLost reported %d times for a consumer that never started", lost)
 	}
+}
+
+// A broker that refuses transient (non-durable, non-exclusive) queues
+// (RabbitMQ 4.3, or 4.0 with deprecated_features.permit.transient_nonexcl_queues
+// = false) closes the whole connection over the declaration, with a 541:
+// Subscribe fails with ErrConfig naming Queue.Durable, rather than take it
+// for a lost connection and try again for ever.
+func TestTransientQueueRefused(t *testing.T) {
+	const classQueue = 50
+	const refusal = "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nIts use is not permitted per the configuration (overriding the default, which is permitted):\n    \"deprecated_features.permit.transient_nonexcl_queues = false\"\nIts use will not be permit..."
+	peer := newScriptedPeer(t)
+	peer.onMethod = func(l *peerLink, channel, class, method uint16) bool {
+		if class == classQueue && method == 10 { // queue.declare
+			l.closeConnection(541, refusal)
+			return true
+		}
+		return false
+	}
+	w := peerWiring(peer)
+	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
+		_, err := ch.QueueDeclare(queue, false, false, false, false, nil)
+		return err
+	}
+	sub, err := NewSubscriber(Config[Wiring]{}, w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	peer.next(t)
+	_, err = sub.Subscribe(context.Background(), "q")
+	if !errors.Is(err, ErrConfig) || !IsPermanent(err) || !strings.Contains(err.Error(), "Queue.Durable") {
+		t.Fatalf("Subscribe: %v, want a permanent ErrConfig naming Queue.Durable", err)
+	}
+	t.Log(err)
 }

@@ -149,7 +149,16 @@
 //     its metadata ("x-delivery-count"). Prefetch (Consume.Qos) is applied
 //     per consumer, global or not: each channel has one consumer, and quorum
 //     queues refuse global QoS. A message the Marshaler cannot read is
-//     nacked after a pause that grows to 5 s, rather than at once for ever.
+//     nacked (with requeue, unless NoRequeueOnNack) after a pause that
+//     grows to 5 s, rather than at once for ever. A quorum queue takes a
+//     message back only so many times (its x-delivery-limit; on RabbitMQ
+//     4.x 20 by default; on 4.0 a consumer's channel closing with it
+//     unacked counts too), then drops it, or dead-letters it when the
+//     queue has a dead-letter exchange, telling no one: the subscriber
+//     logs an error and emits DeliveryLimitReached when it sends back a
+//     message past that limit, as far as it can tell (see
+//     DeliveryLimitReached). Give such queues a dead-letter exchange to
+//     keep what they give up on.
 //     Messages are handed out one at a time, the next after the previous
 //     one's Ack or Nack, as watermill's Router expects.
 //   - Faults are absorbed: after a connection loss (reset, restart, forced

@@ -26,7 +26,9 @@ var (
 	// carry (empty topic, longer than 255 bytes, not UTF-8). Permanent.
 	ErrInvalidName = errors.New("resilient: invalid name")
 	// ErrMessageTooLarge: the body exceeds Config.MaxMessageSize or the
-	// broker's max_message_size. Permanent.
+	// broker's max_message_size (refused by the broker, or known from its
+	// refusal of another on the same connection), or the properties and
+	// headers exceed the connection's frame_max. Permanent.
 	ErrMessageTooLarge = errors.New("resilient: message too large")
 	// ErrTLS: the TLS handshake failed on a certificate: the broker's cannot
 	// be verified (unknown authority, wrong host name, expired), or the

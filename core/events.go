@@ -85,6 +85,16 @@ const (
 	// Err says why. What was not acked goes back to the
 	// queue, and the subscription attaches again (ConsumerReattached).
 	ConsumerLost
+	// DeliveryLimitReached: the subscriber sent back to the queue (a nack
+	// with requeue: the handler's, or its own for a message the Marshaler
+	// cannot read) a message that had reached its quorum queue's delivery
+	// limit, or lost its channel holding one: the broker drops it, or
+	// dead-letters it when the queue has a dead-letter exchange. Err says
+	// why (the count, the limit and where it comes from). Only what the
+	// subscriber can know: the queue's x-delivery-limit and
+	// x-dead-letter-exchange arguments in its config, RabbitMQ 4's default
+	// of 20, the delivery's x-delivery-count; not a policy's limit.
+	DeliveryLimitReached
 )
 
 func (k EventKind) String() string {
@@ -119,6 +129,8 @@ func (k EventKind) String() string {
 		return "consumer_reattached"
 	case ConsumerLost:
 		return "consumer_lost"
+	case DeliveryLimitReached:
+		return "delivery_limit_reached"
 	}
 	return "unknown"
 }

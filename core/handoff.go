@@ -48,7 +48,7 @@ const (
 type handoff struct {
 	msg   *outgoing
 	att   *attempt
-	solo  bool // msg.solo at hand-over: the lane sends it alone
+	solo  bool // the lane sends it alone: msg.solo at hand-over, or a body larger than the connection has seen taken (sizelimit.go)
 	state atomic.Int32
 
 	decided bool // owned by the attempt: its outcome is decided

@@ -32,7 +32,9 @@ const channelReopenBackoff = 50 * time.Millisecond
 // A handoff marked solo (in flight when the broker closed a channel
 // without saying which message was at fault) is sent alone: the lane waits
 // until nothing else is in flight, sends it, and sends nothing more until
-// it is settled. If the channel dies then, it was the culprit.
+// it is settled. If the channel dies then, it was the culprit. A body larger
+// than any the broker took on this connection goes alone too, so that a
+// size the broker refuses costs no other message (sizelimit.go).
 type lane struct {
 	sess    *session
 	id      int
@@ -278,11 +280,31 @@ func (l *lane) take(ch *amqp091.Channel, d *handoff) {
 	if !d.claim() {
 		return // its caller gave up on it
 	}
+	if l.refuseOversized(d) {
+		return
+	}
+	// A body larger than any the broker took on this connection goes alone
+	// too: if the broker refuses it, it loses no other message its channel
+	// (sizelimit.go).
+	d.solo = d.solo || l.sess.pub.size.alone(len(d.msg.publishing.Body))
 	if l.pending.len() > 0 && (d.solo || d.msg.mandatory && l.mandatoryIDs[d.msg.publishing.MessageId] > 0) {
 		l.held = d
 		return
 	}
 	l.send(ch, d)
+}
+
+// refuseOversized fails d at once when its body is larger than the limit
+// the broker named when it refused another one on this connection: sent,
+// it would only close the channel again.
+func (l *lane) refuseOversized(d *handoff) bool {
+	n := len(d.msg.publishing.Body)
+	limit, over := l.sess.pub.size.over(n)
+	if over {
+		d.report(outcomeFailed, fmt.Errorf("%w: %s has %d bytes, more than the broker's max_message_size (%d, as it said when it refused a message on this connection); not sent",
+			ErrMessageTooLarge, d.msg.uuid, n, limit))
+	}
+	return over
 }
 
 // forgetMandatoryID forgets d's message ID once d left the channel
@@ -307,6 +329,9 @@ func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 	}
 	if err := m.ctx.Err(); err != nil {
 		d.report(outcomeFailed, messageContextEnded(m))
+		return
+	}
+	if l.refuseOversized(d) {
 		return
 	}
 	if frameMax := l.sess.conn.Config.FrameSize; frameMax > 0 && m.headerFrame > frameMax {

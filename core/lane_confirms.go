@@ -97,6 +97,9 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	default:
 		d.report(outcomeAcked, nil)
 	}
+	if acked {
+		l.sess.pub.size.took(len(m.publishing.Body))
+	}
 	if l.pending.len() == 0 {
 		clear(l.returned)
 	}

@@ -23,6 +23,9 @@ func (l *lane) failPending(cause error, channelOnly bool) {
 	if b.exchange != "" {
 		l.sess.pub.topology.suspectExchange(b.exchange)
 	}
+	if b.sizeLimit > 0 {
+		l.sess.pub.size.refuse(b.sizeLimit) // larger bodies fail before they are sent from now on
+	}
 	unattributed := b.culprit == nil && isPermanentBroker(cause)
 	innocent := cause
 	if b.culprit != nil || unattributed {

@@ -114,7 +114,8 @@ func validName(kind, name string, emptyOK bool) error {
 
 // validProperties rejects what amqp091-go cannot encode, before it is sent:
 // an encoding failure would otherwise close the whole connection, again after
-// every reconnect. It returns the size of the message's header frame.
+// every reconnect; and a delivery mode that does not exist, which the broker
+// lines treat differently. It returns the size of the message's header frame.
 func validProperties(pub amqp091.Publishing) (headerFrame int, err error) {
 	// An array, not a map: this runs for every message.
 	for _, f := range [...]struct{ name, value string }{
@@ -125,6 +126,12 @@ func validProperties(pub amqp091.Publishing) (headerFrame int, err error) {
 		if len(f.value) > maxShortString {
 			return 0, fmt.Errorf("%s of %d bytes, AMQP allows %d", f.name, len(f.value), maxShortString)
 		}
+	}
+	if pub.DeliveryMode > amqp091.Persistent {
+		// RabbitMQ 3.10 refuses it, closing the channel without naming the
+		// message; 4.x takes it and stores the message as transient, which
+		// a Marshaler that meant it persistent would never hear of.
+		return 0, fmt.Errorf("delivery mode %d: AMQP has 1 (transient) and 2 (persistent), 0 meaning the default (transient)", pub.DeliveryMode)
 	}
 	if err := pub.Headers.Validate(); err != nil { // the value types amqp091-go writes
 		return 0, fmt.Errorf("headers: %w", err)

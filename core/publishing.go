@@ -13,6 +13,7 @@ type publishing struct {
 	lanes    []*lane
 	nextLane atomic.Uint32
 	topology *topologyCache
+	size     sizeLimit // the broker's max_message_size, as learned
 }
 
 // startPublishing starts sess's publishing part: Config.Channels lanes,

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,6 +130,12 @@ func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
 func (sess *session) channelErr(err error) error {
 	if why := sess.brokenCause(); why != nil {
 		return why // matches errConnectionLost
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && transientQueueRefused(ae) != nil {
+		// Refused with a connection error: the connection is closed, but
+		// no new one will fare better.
+		return classifyBroker(err)
 	}
 	if sess.conn.IsClosed() || isConnectionFault(err) {
 		return errConnectionLost

@@ -118,6 +118,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		exchange:   exchange,
 		out:        make(chan *message.Message),
 		unreadable: newUnreadableBackoff(),
+		limit:      newDeliveryLimit(s.cfg.AMQP.QueueArguments),
 		logger: s.logger.With(watermill.LogFields{
 			"topic": topic, "amqp_queue_name": queue, "amqp_exchange_name": exchange,
 		}),

@@ -31,6 +31,7 @@ type subscription struct {
 	out                    chan *message.Message
 	logger                 watermill.LoggerAdapter
 	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
+	limit                  deliveryLimit               // its queue's, as far as its config tells
 }
 
 func (sub *subscription) run() {
@@ -207,7 +208,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		case <-c.dead:
 			return false, false
 		}
-		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+		return false, sub.nack(c, d, "its Marshaler cannot read it: "+err.Error())
 	}
 	sub.unreadable.Reset()
 	if msg.UUID == "" {
@@ -242,13 +243,37 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	select {
 	case <-c.dead:
 		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		sub.noteLast(c, d, "its channel closed before the handler's outcome")
 		return false, false
 	default:
 	}
 	if ack {
 		return false, sub.settle(c, d.Ack(false), MessageAcked)
 	}
-	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+	return false, sub.nack(c, d, "the handler nacked it")
+}
+
+// nack nacks d, requeueing it unless Consume.NoRequeueOnNack, for reason.
+func (sub *subscription) nack(c *consumer, d amqp091.Delivery, reason string) (alive bool) {
+	requeue := !sub.s.cfg.AMQP.Consume.NoRequeueOnNack
+	alive = sub.settle(c, d.Nack(false, requeue), MessageNacked)
+	if alive && requeue {
+		sub.noteLast(c, d, reason)
+	}
+	return alive
+}
+
+// noteLast says so, in the log and with DeliveryLimitReached, when d went
+// back to its queue for reason past the queue's delivery limit: the broker
+// drops it or dead-letters it, and tells no one (deliverylimit.go).
+func (sub *subscription) noteLast(c *consumer, d amqp091.Delivery, reason string) {
+	why, last := sub.limit.last(d, brokerMajor(c.sess.conn))
+	if !last {
+		return
+	}
+	err := fmt.Errorf("message %s went back to its queue (%s), which keeps it no longer: %s", d.MessageId, reason, why)
+	sub.logger.Error("Message dropped or dead-lettered by the broker: its delivery limit reached", err, watermill.LogFields{"message_id": d.MessageId})
+	sub.s.cfg.emit(Event{Kind: DeliveryLimitReached, Messages: 1, Err: err})
 }
 
 // settle reports whether an ack or nack (what) was sent; when it was not,

@@ -41,6 +41,9 @@ type Wiring struct {
 	QueueName func(topic string) string
 	// QueueAutoDelete is Queue.AutoDelete.
 	QueueAutoDelete bool
+	// QueueArguments is Queue.Arguments: the subscriber reads a quorum
+	// queue's delivery limit and dead-letter exchange from them.
+	QueueArguments amqp091.Table
 	// RoutingKey is Publish.GenerateRoutingKey.
 	RoutingKey func(topic string) string
 	// Mandatory, Immediate, Transactional and ChannelPoolSize are those of

@@ -17,8 +17,9 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
-// failingMarshaler fails for messages carrying metadata "fail", and adds a
-// header AMQP cannot encode to those carrying "unencodable".
+// failingMarshaler fails for messages carrying metadata "fail", adds a
+// header AMQP cannot encode to those carrying "unencodable", and sets a
+// delivery mode that does not exist on those carrying "delivery_mode".
 type failingMarshaler struct{ amqp.DefaultMarshaler }
 
 func (m failingMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
@@ -28,6 +29,9 @@ func (m failingMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, err
 	pub, err := m.DefaultMarshaler.Marshal(msg)
 	if msg.Metadata.Get("unencodable") != "" {
 		pub.Headers["count"] = uint64(1)
+	}
+	if msg.Metadata.Get("delivery_mode") != "" {
+		pub.DeliveryMode = 7
 	}
 	return pub, err
 }
@@ -127,6 +131,14 @@ func TestBadInputFailsFastAndSendsNothing(t *testing.T) {
 		{"header AMQP cannot encode", bad, func() ([]*message.Message, []string) {
 			msgs, ids := newMessages(2)
 			msgs[1].Metadata.Set("unencodable", "yes")
+			return msgs, ids
+		}, resilient.ErrMarshal},
+		// RabbitMQ 3.10 refuses it (closing the channel, naming no
+		// message); 4.x stores it as transient: refused before sending on
+		// both lines.
+		{"delivery mode 7", bad, func() ([]*message.Message, []string) {
+			msgs, ids := newMessages(3)
+			msgs[1].Metadata.Set("delivery_mode", "7")
 			return msgs, ids
 		}, resilient.ErrMarshal},
 	}

@@ -49,7 +49,7 @@ func ExampleConfig() {
 		ConfirmTimeout:       15 * time.Second, // default 15 s
 		CloseTimeout:         10 * time.Second, // default 10 s
 		MaxNackRetries:       0,                // default 0: re-send nacked messages within their bounds
-		MaxMessageSize:       128 << 20,        // default 128 MiB
+		MaxMessageSize:       512 << 20,        // default 512 MiB
 		Reconnect: resilient.Backoff{
 			InitialWait: 100 * time.Millisecond, // default 100 ms
 			MaxWait:     3 * time.Second,        // default 3 s

@@ -50,6 +50,8 @@ const (
 	MessageNacked      = core.MessageNacked
 	ConsumerReattached = core.ConsumerReattached
 	ConsumerLost       = core.ConsumerLost
+
+	DeliveryLimitReached = core.DeliveryLimitReached
 )
 
 var (

@@ -1,6 +1,9 @@
 package resilient_test
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -83,4 +86,88 @@ func TestFailoverURIs(t *testing.T) {
 		t.Fatal(err)
 	}
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, ids))
+}
+
+// watermill-amqp's non-durable configs declare transient (non-durable,
+// non-exclusive) queues: deprecated in RabbitMQ 4.0, refused from 4.3 on
+// (and earlier with deprecated_features.permit.transient_nonexcl_queues =
+// false), by closing the whole connection. Where the broker takes them they
+// work; where it refuses them, Subscribe, and Publish with a queue config
+// (whose publisher declares the queue), fail at once with ErrConfig naming
+// Queue.Durable; a pub/sub config's publisher declares no queue, and works.
+func TestNonDurableConfigs(t *testing.T) {
+	brokertest.Need(t)
+	refused := brokerRefusesTransientQueues(t)
+	t.Logf("the broker refuses transient queues: %v", refused)
+	for name, cfgFor := range map[string]func(string) amqp.Config{
+		"NewNonDurableQueueConfig": amqp.NewNonDurableQueueConfig,
+		"NewNonDurablePubSubConfig": func(uri string) amqp.Config {
+			return amqp.NewNonDurablePubSubConfig(uri, amqp.GenerateQueueNameTopicNameWithSuffix("sub"))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := cfgFor(brokertest.URI())
+			topic := brokertest.Name("transient")
+			brokertest.DeleteQueues(t, topic, topic+"_sub")
+			pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg})
+			sub, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			msgs, err := sub.Subscribe(ctx, topic)
+			if refused {
+				if !errors.Is(err, resilient.ErrConfig) || !resilient.IsPermanent(err) || !strings.Contains(err.Error(), "Queue.Durable") {
+					t.Fatalf("Subscribe: %v, want a permanent ErrConfig naming Queue.Durable", err)
+				}
+				t.Log(err)
+				out, ids := newMessages(3)
+				err = pub.Publish(topic, out...)
+				if !strings.Contains(name, "PubSub") { // a queue config: the publisher declares the queue too
+					requirePublishError(t, err, resilient.ErrConfig, ids)
+					if !strings.Contains(err.Error(), "Queue.Durable") {
+						t.Fatalf("Publish: %v does not name Queue.Durable", err)
+					}
+				} else if err != nil {
+					t.Fatalf("Publish to a pub/sub exchange, no queue declared: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, ids := newMessages(20)
+			if err := pub.Publish(topic, out...); err != nil {
+				t.Fatal(err)
+			}
+			r := newReceived()
+			for range ids {
+				msg := <-msgs
+				r.add(msg)
+				msg.Ack()
+			}
+			r.tally(t, ids)
+		})
+	}
+}
+
+// brokerRefusesTransientQueues declares a transient non-exclusive queue on
+// a connection of its own, and tells whether the broker refused it.
+func brokerRefusesTransientQueues(t *testing.T) bool {
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := brokertest.Name("transient-probe")
+	_, err = ch.QueueDeclare(probe, false, true, false, false, nil)
+	if err == nil {
+		_, _ = ch.QueueDelete(probe, false, false, false)
+		return false
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && strings.Contains(ae.Reason, "transient_nonexcl_queues") {
+		return true
+	}
+	t.Fatalf("declaring a transient queue: %v", err)
+	return false
 }

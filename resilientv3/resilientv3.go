@@ -50,6 +50,7 @@ func wire(c amqp.Config) core.Wiring {
 		ExchangeName:    c.Exchange.GenerateName,
 		QueueName:       c.Queue.GenerateName,
 		QueueAutoDelete: c.Queue.AutoDelete,
+		QueueArguments:  c.Queue.Arguments,
 		RoutingKey:      c.Publish.GenerateRoutingKey,
 		Mandatory:       c.Publish.Mandatory,
 		Immediate:       c.Publish.Immediate,

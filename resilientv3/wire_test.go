@@ -19,6 +19,7 @@ func TestWire(t *testing.T) {
 		BackoffMultiplier: 3, BackoffRandomizationFactor: 0.1}
 	c.Publish.Mandatory, c.Publish.ChannelPoolSize = true, 7
 	c.Queue.AutoDelete = true
+	c.Queue.Arguments = amqp091.Table{"x-delivery-limit": int32(3)}
 	c.Consume.Qos.PrefetchCount, c.Consume.Exclusive, c.Consume.NoRequeueOnNack = 9, true, true
 	c.Consume.Qos.PrefetchSize, c.Consume.NoLocal, c.Consume.NoWait, c.Consume.Consumer = 1024, true, true, "tag"
 	c.Consume.Arguments = amqp091.Table{"x-priority": int32(5)}
