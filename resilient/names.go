@@ -19,7 +19,7 @@ type (
 	EventKind    = core.EventKind
 
 	// Deprecated: ReconnectConfig is Backoff, whose name does not clash
-	// with middleware.ReconnectConfig.
+	// with decorate.ReconnectConfig.
 	ReconnectConfig = core.Backoff
 )
 
