@@ -88,6 +88,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 
 // reportAttempt emits what an attempt's messages came to.
 func (p *Publisher) reportAttempt(a *attempt) {
+	p.sup.countResent(len(a.retry))
 	if p.cfg.OnEvent == nil {
 		return
 	}

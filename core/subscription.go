@@ -101,7 +101,13 @@ func (sub *subscription) attach() *consumer {
 				return c
 			}
 			if !errors.Is(err, errConnectionLost) {
-				sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+				// A permanent refusal (a missing queue, access refused)
+				// needs a person; anything else the retry absorbs.
+				if IsPermanent(err) {
+					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+				} else {
+					sub.logger.Info("Cannot consume yet, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
+				}
 			}
 		}
 		wait := time.NewTimer(b.NextBackOff())
@@ -164,7 +170,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				// dropped between heartbeats). The broker holds it as
 				// unacked until the channel closes: closing it, and
 				// attaching again, has it delivered again.
-				sub.logger.Error("Deliveries lost in transit: attaching again to have them redelivered", nil,
+				sub.logger.Info("Deliveries lost in transit: attaching again to have them redelivered", // absorbed
 					watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
 				return false
 			}
