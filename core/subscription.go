@@ -213,7 +213,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		case <-c.dead:
 			return false, false
 		}
-		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+		return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked, "")
 	}
 	sub.unreadable.Reset()
 	if msg.UUID == "" {
@@ -251,20 +251,22 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		return false, false
 	default:
 	}
+	handler := message.HandlerNameFromCtx(msg.Context()) // set by a Router before its verdict
 	if ack {
-		return false, sub.settle(c, d.Ack(false), MessageAcked)
+		return false, sub.settle(c, d.Ack(false), MessageAcked, handler)
 	}
-	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked)
+	return false, sub.settle(c, d.Nack(false, !cfg.Consume.NoRequeueOnNack), MessageNacked, handler)
 }
 
-// settle reports whether an ack or nack (what) was sent; when it was not,
-// the channel is closing and the message will be delivered again.
-func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive bool) {
+// settle reports whether an ack or nack (what) was sent, of a message
+// handler consumed; when it was not, the channel is closing and the message
+// will be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind, handler string) (alive bool) {
 	if err != nil {
 		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
 		return false
 	}
-	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
+	sub.s.cfg.emit(Event{Kind: what, Messages: 1, Handler: handler})
 	return true
 }
 
