@@ -92,6 +92,9 @@ func (l *lane) run() {
 		}
 		if cause == errReplaced {
 			l.logger.Debug("Publishing channel nacked: replacing it", nil)
+		} else if l.sess.conn.IsClosed() {
+			// Part of the connection's loss, which the supervisor logs.
+			l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
 		} else {
 			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		}

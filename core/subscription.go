@@ -247,7 +247,8 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	}
 	select {
 	case <-c.dead:
-		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		// One per message in hand: a detail of the fault logged once.
+		sub.logger.Debug("Channel lost before the handler's outcome: the broker delivers the message again", fields)
 		return false, false
 	default:
 	}
@@ -263,7 +264,8 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 // will be delivered again.
 func (sub *subscription) settle(c *consumer, err error, what EventKind, handler string) (alive bool) {
 	if err != nil {
-		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
+		// One per message in hand: a detail of the fault logged once.
+		sub.logger.Debug("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
 		return false
 	}
 	sub.s.cfg.emit(Event{Kind: what, Messages: 1, Handler: handler})
