@@ -17,8 +17,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -120,13 +120,13 @@ func TestCancelledContextsInsideOneCall(t *testing.T) {
 var stacks = map[string]func(message.Publisher) message.Publisher{
 	"publisher": func(p message.Publisher) message.Publisher { return p },
 	"Retry(Timeout(pub))": func(p message.Publisher) message.Publisher {
-		return must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(middleware.Timeout(50 * time.Millisecond)(p))))
+		return must(decorate.Retry(decorate.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(decorate.Timeout(50 * time.Millisecond)(p))))
 	},
 	"Timeout(Retry(pub))": func(p message.Publisher) message.Publisher {
-		return must(middleware.Timeout(300 * time.Millisecond)(must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond})(p))))
+		return must(decorate.Timeout(300 * time.Millisecond)(must(decorate.Retry(decorate.RetryConfig{InitialInterval: 5 * time.Millisecond})(p))))
 	},
 	"Retry(Reconnect(pub))": func(p message.Publisher) message.Publisher {
-		return must(middleware.Retry(middleware.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(middleware.Reconnect(middleware.ReconnectConfig{MaxWait: time.Second})(p))))
+		return must(decorate.Retry(decorate.RetryConfig{InitialInterval: 5 * time.Millisecond, MaxAttempts: 4})(must(decorate.Reconnect(decorate.ReconnectConfig{MaxWait: time.Second})(p))))
 	},
 }
 

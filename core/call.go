@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v5"
 )
 
@@ -29,7 +30,9 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 	start := time.Now()
 	p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
 	defer func() {
-		p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err})
+		if p.cfg.OnEvent != nil {
+			p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err, Handler: handlerOf(batch)})
+		}
 	}()
 	ctx, watch, release := p.callContext(batch)
 	defer release()
@@ -86,8 +89,17 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 	return p.publishError(topic, failed)
 }
 
+// handlerOf names the Router handler whose output batch is, "" if none.
+func handlerOf(batch []*outgoing) string {
+	if len(batch) == 0 || batch[0].ctx == nil {
+		return ""
+	}
+	return message.HandlerNameFromCtx(batch[0].ctx)
+}
+
 // reportAttempt emits what an attempt's messages came to.
 func (p *Publisher) reportAttempt(a *attempt) {
+	p.sup.countResent(len(a.retry))
 	if p.cfg.OnEvent == nil {
 		return
 	}

@@ -40,7 +40,11 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	go func() { // ends when amqp091-go closes the notification channel
 		for e := range closed {
-			sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+			if sess.conn.IsClosed() { // part of the connection's loss, which the supervisor logs
+				sub.logger.Debug("Channel closed with its connection", watermill.LogFields{"reason": e.Error()})
+			} else {
+				sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+			}
 			c.mu.Lock()
 			c.why = e
 			report := c.started && !c.reported

@@ -40,6 +40,12 @@ type Event struct {
 	// Redelivered: the broker delivered the message before
 	// (MessageDelivered).
 	Redelivered bool
+	// Handler is the name of the watermill Router handler the event is
+	// about, "" outside a Router: the handler whose output the call
+	// published (PublishDone), or that consumed the message (MessageAcked,
+	// MessageNacked), read with message.HandlerNameFromCtx from the
+	// (first) message's Context(), as watermill's own metrics do.
+	Handler string
 }
 
 // EventKind says what an Event reports.

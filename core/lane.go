@@ -94,6 +94,9 @@ func (l *lane) run() {
 		}
 		if cause == errReplaced {
 			l.logger.Debug("Publishing channel nacked: replacing it", nil)
+		} else if l.sess.conn.IsClosed() {
+			// Part of the connection's loss, which the supervisor logs.
+			l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
 		} else {
 			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		}
@@ -123,7 +126,7 @@ func (l *lane) open() *amqp091.Channel {
 			return ch
 		}
 		if !l.sess.conn.IsClosed() && !isConnectionFault(err) {
-			l.logger.Error("Cannot open publishing channel, retrying", err, nil)
+			l.logger.Info("Cannot open publishing channel, retrying", watermill.LogFields{"reason": err.Error()}) // absorbed
 		}
 		select {
 		case <-l.sess.stopping:
@@ -242,7 +245,8 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.sess.startPulse() // dark, or busy? See pulse.go.
 			}
 			if owedFor > l.sess.cfg.ConfirmTimeout && !isDone(head.dc.Done()) { // not a confirm a pulse holds
-				l.logger.Error("No confirm in time: closing the channel to re-send", errConfirmTimeout,
+				// Absorbed: the messages are sent again on a new channel.
+				l.logger.Info("No confirm in time: closing the channel to re-send",
 					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
 				l.closeChannel(ch)
 				l.readConfirmsAfterClose(returns)

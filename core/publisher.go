@@ -150,7 +150,9 @@ func (p *Publisher) Close() error {
 		p.mu.Unlock()
 
 		waitBounded(&p.calls, p.cfg.CloseTimeout, func() {
-			p.logger.Info("Close: publishes still in progress after CloseTimeout, giving up on them", nil)
+			// A give-up: those publishes return errors, their messages
+			// unconfirmed.
+			p.logger.Error("Close: publishes still in progress after CloseTimeout, giving up on them", ErrNotConfirmed, nil)
 			p.abort(ErrClosed)
 		})
 		p.abort(ErrClosed)

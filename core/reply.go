@@ -96,7 +96,8 @@ func (sess *session) breakOff(why error) {
 	if !sess.brokenBy.CompareAndSwap(nil, &why) {
 		return // broken off already: the first cause is the one
 	}
-	sess.logger.Error("Connection deemed broken: cutting it to reconnect", why, watermill.LogFields{"uri": sess.uri})
+	// Absorbed: the supervisor reconnects and logs the fault's end.
+	sess.logger.Info("Connection deemed broken: cutting it to reconnect", watermill.LogFields{"uri": sess.uri, "reason": why.Error()})
 	sess.sock.cut()
 }
 

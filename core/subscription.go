@@ -102,7 +102,13 @@ func (sub *subscription) attach() *consumer {
 				return c
 			}
 			if !errors.Is(err, errConnectionLost) {
-				sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+				// A permanent refusal (a missing queue, access refused)
+				// needs a person; anything else the retry absorbs.
+				if IsPermanent(err) {
+					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
+				} else {
+					sub.logger.Info("Cannot consume yet, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
+				}
 			}
 		}
 		wait := time.NewTimer(b.NextBackOff())
@@ -165,7 +171,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				// dropped between heartbeats). The broker holds it as
 				// unacked until the channel closes: closing it, and
 				// attaching again, has it delivered again.
-				sub.logger.Error("Deliveries lost in transit: attaching again to have them redelivered", nil,
+				sub.logger.Info("Deliveries lost in transit: attaching again to have them redelivered", // absorbed
 					watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
 				return false
 			}
@@ -208,7 +214,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		case <-c.dead:
 			return false, false
 		}
-		return false, sub.nack(c, d, "its Marshaler cannot read it: "+err.Error())
+		return false, sub.nack(c, d, "its Marshaler cannot read it: "+err.Error(), "")
 	}
 	sub.unreadable.Reset()
 	if msg.UUID == "" {
@@ -242,21 +248,24 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	}
 	select {
 	case <-c.dead:
-		sub.logger.Info("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		// One per message in hand: a detail of the fault logged once.
+		sub.logger.Debug("Channel lost before the handler's outcome: the broker delivers the message again", fields)
 		sub.noteLast(c, d, "its channel closed before the handler's outcome")
 		return false, false
 	default:
 	}
+	handler := message.HandlerNameFromCtx(msg.Context()) // set by a Router before its verdict
 	if ack {
-		return false, sub.settle(c, d.Ack(false), MessageAcked)
+		return false, sub.settle(c, d.Ack(false), MessageAcked, handler)
 	}
-	return false, sub.nack(c, d, "the handler nacked it")
+	return false, sub.nack(c, d, "the handler nacked it", handler)
 }
 
-// nack nacks d, requeueing it unless Consume.NoRequeueOnNack, for reason.
-func (sub *subscription) nack(c *consumer, d amqp091.Delivery, reason string) (alive bool) {
+// nack nacks d, requeueing it unless Consume.NoRequeueOnNack, for reason;
+// handler is the Router handler's name, where known.
+func (sub *subscription) nack(c *consumer, d amqp091.Delivery, reason, handler string) (alive bool) {
 	requeue := !sub.s.cfg.AMQP.Consume.NoRequeueOnNack
-	alive = sub.settle(c, d.Nack(false, requeue), MessageNacked)
+	alive = sub.settle(c, d.Nack(false, requeue), MessageNacked, handler)
 	if alive && requeue {
 		sub.noteLast(c, d, reason)
 	}
@@ -276,14 +285,16 @@ func (sub *subscription) noteLast(c *consumer, d amqp091.Delivery, reason string
 	sub.s.cfg.emit(Event{Kind: DeliveryLimitReached, Messages: 1, Err: err})
 }
 
-// settle reports whether an ack or nack (what) was sent; when it was not,
-// the channel is closing and the message will be delivered again.
-func (sub *subscription) settle(c *consumer, err error, what EventKind) (alive bool) {
+// settle reports whether an ack or nack (what) was sent, of a message
+// handler consumed; when it was not, the channel is closing and the message
+// will be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind, handler string) (alive bool) {
 	if err != nil {
-		sub.logger.Info("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
+		// One per message in hand: a detail of the fault logged once.
+		sub.logger.Debug("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
 		return false
 	}
-	sub.s.cfg.emit(Event{Kind: what, Messages: 1})
+	sub.s.cfg.emit(Event{Kind: what, Messages: 1, Handler: handler})
 	return true
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -38,6 +39,11 @@ type supervisor struct {
 	handshake       *socket       // of the dial in progress, cut by stop
 	stopped         bool          // stop was called: cut any new handshake
 	closeGrace      time.Duration // how long the last session may take to close
+	// resent counts the messages a publisher sent again (after a loss, a
+	// nack, a return), for the log line that ends a fault; resentMark is
+	// its value when the last connection came up.
+	resent     atomic.Int64
+	resentMark int64
 
 	stopDial  context.CancelFunc // ends the dialer's context
 	stopping  chan struct{}
@@ -81,7 +87,9 @@ func startSupervisor(cfg *settings, logger watermill.LoggerAdapter, n *notifier,
 			cancel()
 			return nil, fmt.Errorf("cannot connect to AMQP: %w", err)
 		}
-		logger.Error("Cannot connect to AMQP yet, retrying in the background", err, nil)
+		// Absorbed: Publish and Subscribe wait for the connection. The
+		// line that ends it is "Reconnected to AMQP".
+		logger.Info("Cannot connect to AMQP yet, retrying in the background", watermill.LogFields{"reason": err.Error()})
 		s.dialErr = err
 	} else {
 		logger.Info("Connected to AMQP", watermill.LogFields{"uri": first.uri})
@@ -165,7 +173,7 @@ func (s *supervisor) redial() *session {
 		}
 		sess, err := s.connect()
 		if err == nil {
-			s.logger.Info("Reconnected to AMQP", watermill.LogFields{"uri": sess.uri, "attempts": attempt})
+			s.logReconnected(sess, attempt)
 			return sess
 		}
 		if errors.Is(err, ErrClosed) {
@@ -178,12 +186,42 @@ func (s *supervisor) redial() *session {
 		} else {
 			s.permanentStreak = 0
 		}
+		streak := s.permanentStreak
 		s.mu.Unlock()
 		wait := b.NextBackOff()
-		s.logger.Error("Cannot reconnect to AMQP, will retry", err, watermill.LogFields{"attempt": attempt, "retry_in": wait.String()})
+		// Each dial of a reconnect is a detail (the fault was logged when
+		// it started, and its end will be); a broker that refuses us
+		// (credentials, vhost) round after round is not a fault we
+		// absorb: callers waiting now fail, and a person must act.
+		if streak == permanentAfter {
+			s.logger.Error("AMQP refuses the connection: waiting publishes fail until it accepts it again", err,
+				watermill.LogFields{"attempt": attempt, "refused_rounds": streak})
+		} else {
+			s.logger.Debug("Cannot reconnect to AMQP, will retry", watermill.LogFields{"attempt": attempt, "retry_in": wait.String(), "reason": err.Error()})
+		}
 		timer.Reset(wait)
 	}
 }
+
+// logReconnected is the line that ends a fault: how long the connection was
+// down, how many dials it took, and how many messages were sent again
+// since the connection before came up (those in flight at the loss, and any
+// the broker nacked or returned before it).
+func (s *supervisor) logReconnected(sess *session, attempts int) {
+	s.mu.Lock()
+	downFor := time.Since(s.lostAt)
+	if s.lostAt.IsZero() { // never connected: down since the start
+		downFor = time.Since(s.since)
+	}
+	resent := s.resent.Load() - s.resentMark
+	s.mu.Unlock()
+	s.logger.Info("Reconnected to AMQP", watermill.LogFields{"uri": sess.uri, "attempts": attempts,
+		"down_for": downFor.Round(time.Millisecond).String(), "resent": resent})
+}
+
+// countResent adds n messages sent again to the count logReconnected
+// reports.
+func (s *supervisor) countResent(n int) { s.resent.Add(int64(n)) }
 
 func (s *supervisor) install(sess *session) {
 	sess.keepPulse()
@@ -195,6 +233,7 @@ func (s *supervisor) install(sess *session) {
 	s.dialErr, s.permanentStreak = nil, 0
 	close(s.ready)
 	lostAt := s.lostAt
+	s.resentMark = s.resent.Load()
 	s.mu.Unlock()
 	if !lostAt.IsZero() {
 		s.cfg.emit(Event{Kind: Reconnected, Duration: time.Since(lostAt)})
@@ -212,7 +251,9 @@ func (s *supervisor) uninstall(sess *session, lost error) {
 	s.mu.Unlock()
 	if lost != nil {
 		s.cfg.emit(Event{Kind: ConnectionLost, Err: lost})
-		s.logger.Error("AMQP connection lost, reconnecting", lost, watermill.LogFields{"uri": sess.uri})
+		// Absorbed: one line when the fault starts, one when it ends
+		// (logReconnected).
+		s.logger.Info("AMQP connection lost, reconnecting", watermill.LogFields{"uri": sess.uri, "reason": lost.Error()})
 		s.setState(StateReconnecting, lost, sess.uri)
 	}
 }

@@ -128,7 +128,11 @@ func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, dec
 	}
 	c.mu.Unlock()
 	if e.err != nil && !errors.Is(e.err, errConnectionLost) {
-		c.sess.logger.Error("Cannot declare topology", e.err, watermill.LogFields{"topic": topic})
+		if IsPermanent(e.err) { // a person must act: names, permissions, arguments
+			c.sess.logger.Error("Cannot declare topology", e.err, watermill.LogFields{"topic": topic})
+		} else { // declared again on the next attempt
+			c.sess.logger.Info("Cannot declare topology yet", watermill.LogFields{"topic": topic, "reason": e.err.Error()})
+		}
 	}
 }
 

@@ -6,13 +6,22 @@
 //	subCfg.OnEvent = m.Subscriber("orders") // series labelled subscriber_name="orders"
 //
 // It follows watermill's components/metrics: names are
-// <namespace>_<subsystem>_<name>, publisher series carry publisher_name and
-// subscriber series subscriber_name, and a collector already registered on
-// the registry (by another NewPrometheus, or by this one) is reused rather
-// than registered twice. None of its names is one of watermill's
-// (publish_time_seconds, subscriber_messages_received_total,
-// handler_execution_time_seconds), so both can share one registry, namespace
-// and subsystem on a watermill Router.
+// <namespace>_<subsystem>_<name>; two series are watermill's own, with its
+// names, help and labels, so that dashboards made for watermill read them:
+// publish_time_seconds{handler_name,publisher_name,success} and
+// subscriber_messages_received_total{handler_name,subscriber_name,acked}
+// (handler_name is the Router handler's, "<no handler>" outside a Router).
+// Every other series is this package's and starts with publisher_ or
+// subscriber_. A collector already registered on the registry (by watermill's
+// PrometheusMetricsBuilder, by another NewPrometheus) is reused rather than
+// registered twice, whichever came first.
+//
+// watermill's router metrics (AddPrometheusRouterMetrics) decorate every
+// publisher and subscriber of a Router and fill the two shared series too,
+// labelled with the component's type name ("Publisher", "Subscriber") where
+// ours carry the name given here: on the same namespace and subsystem a sum
+// over publisher_name counts a publish twice. Give NewPrometheus another
+// subsystem there, or filter on the name.
 //
 // Labels take values only from fixed sets and from the names given to
 // Publisher and Subscriber: never a topic, a UUID, a URI or an error's text.
@@ -28,9 +37,8 @@
 //
 // # Publisher series (label publisher_name)
 //
-//	publish_total                           counter    outcome   Publish calls returned, by outcome: "confirmed" (nil: every message confirmed) or "failed".
-//	publish_duration_seconds                histogram            How long Publish calls took, re-sends and reconnects included (1 ms to 60 s).
-//	publish_in_flight_messages              gauge                Messages in Publish calls in progress.
+//	publish_time_seconds                    histogram  handler_name, success   watermill's: how long Publish calls took, re-sends and reconnects included (1 ms to 60 s); success "true" (every message confirmed) or "false".
+//	publisher_messages_in_flight            gauge                Messages in Publish calls in progress.
 //	publisher_messages_confirmed_total      counter              Messages the broker confirmed (re-sent copies count again).
 //	publisher_messages_nacked_total         counter              Messages the broker nacked (each is re-sent or fails).
 //	publisher_messages_returned_total       counter              Messages the broker returned as unroutable (re-sent after the queue is declared again).
@@ -42,16 +50,16 @@
 //
 // # Subscriber series (label subscriber_name)
 //
+//	subscriber_messages_received_total      counter    handler_name, acked     watermill's: messages the handler acked or nacked, counted once the ack or nack reached the broker; acked "acked" or "nacked" (a message that cannot be unmarshaled is nacked too).
 //	subscriber_messages_delivered_total     counter              Messages handed to the subscriber's reader, redeliveries included.
 //	subscriber_messages_redelivered_total   counter              Of those, the ones the broker had delivered before.
-//	subscriber_messages_acked_total         counter              Messages acked to the broker (the handler acked them).
-//	subscriber_messages_nacked_total        counter              Messages nacked to the broker (the handler nacked them, or they could not be unmarshaled).
 //	subscriber_reattaches_total             counter              Times a subscription consumed again after losing its channel or connection.
 //	subscriber_connection_state             gauge      state     As publisher_connection_state.
 //	subscriber_reconnects_total             counter    cause     As publisher_reconnects_total.
 //	subscriber_reconnect_duration_seconds   histogram            As publisher_reconnect_duration_seconds.
 //
-// Label values: outcome is "confirmed" or "failed"; state one of
+// Label values: success is "true" or "false"; acked "acked" or "nacked";
+// handler_name a Router handler's name or "<no handler>"; state one of
 // "connecting", "connected", "blocked", "reconnecting", "closed" (a name
 // starts at "connecting", unless a component already runs under it); class
 // and cause one of the names core.ErrorClass documents ("not_confirmed",

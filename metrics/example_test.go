@@ -40,7 +40,8 @@ func Example() {
 	}
 	defer sub.Close()
 
-	// e.g. myapp_rabbitmq_publish_total{outcome="confirmed",publisher_name="orders"}
+	// e.g. myapp_rabbitmq_publish_time_seconds_count{handler_name="<no handler>",publisher_name="orders",success="true"},
+	// as watermill's components/metrics names it
 	http.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
 	log.Fatal(http.ListenAndServe("127.0.0.1:9464", nil))
 }

@@ -7,10 +7,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// The labels watermill's components/metrics gives its series, and ours.
 const (
+	labelHandlerName    = "handler_name"
 	labelPublisherName  = "publisher_name"
 	labelSubscriberName = "subscriber_name"
-	labelOutcome        = "outcome"
+	labelSuccess        = "success"
+	labelAcked          = "acked"
+	noHandler           = "<no handler>" // watermill's value outside a Router
 	labelClass          = "class"
 	labelCause          = "cause"
 	labelState          = "state"
@@ -35,22 +39,20 @@ type Prometheus struct {
 }
 
 type publisherVecs struct {
-	calls     *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	inFlight  *prometheus.GaugeVec
-	confirmed *prometheus.CounterVec
-	nacked    *prometheus.CounterVec
-	returned  *prometheus.CounterVec
-	resent    *prometheus.CounterVec
-	failed    *prometheus.CounterVec
-	conn      connectionVecs
+	publishTime *prometheus.HistogramVec // watermill's
+	inFlight    *prometheus.GaugeVec
+	confirmed   *prometheus.CounterVec
+	nacked      *prometheus.CounterVec
+	returned    *prometheus.CounterVec
+	resent      *prometheus.CounterVec
+	failed      *prometheus.CounterVec
+	conn        connectionVecs
 }
 
 type subscriberVecs struct {
+	received    *prometheus.CounterVec // watermill's
 	delivered   *prometheus.CounterVec
 	redelivered *prometheus.CounterVec
-	acked       *prometheus.CounterVec
-	nacked      *prometheus.CounterVec
 	reattaches  *prometheus.CounterVec
 	conn        connectionVecs
 }
@@ -67,9 +69,10 @@ func NewPrometheus(registry prometheus.Registerer, namespace, subsystem string) 
 	r := registrar{reg: registry, namespace: namespace, subsystem: subsystem}
 	p := &Prometheus{
 		pub: publisherVecs{
-			calls:     r.counter("publish_total", "Publish calls returned, by outcome: confirmed (every message confirmed) or failed.", labelPublisherName, labelOutcome),
-			duration:  r.histogram("publish_duration_seconds", "How long Publish calls took, in seconds, re-sends and reconnects included.", PublishBuckets, labelPublisherName),
-			inFlight:  r.gauge("publish_in_flight_messages", "Messages in Publish calls in progress.", labelPublisherName),
+			// Name, help and labels as watermill's components/metrics has them.
+			publishTime: r.histogram("publish_time_seconds", "The time that a publishing attempt (success or not) took in seconds",
+				PublishBuckets, labelHandlerName, labelPublisherName, labelSuccess),
+			inFlight:  r.gauge("publisher_messages_in_flight", "Messages in Publish calls in progress.", labelPublisherName),
 			confirmed: r.counter("publisher_messages_confirmed_total", "Messages the broker confirmed.", labelPublisherName),
 			nacked:    r.counter("publisher_messages_nacked_total", "Messages the broker nacked.", labelPublisherName),
 			returned:  r.counter("publisher_messages_returned_total", "Messages the broker returned as unroutable.", labelPublisherName),
@@ -78,10 +81,11 @@ func NewPrometheus(registry prometheus.Registerer, namespace, subsystem string) 
 			conn:      r.connection("publisher", labelPublisherName),
 		},
 		sub: subscriberVecs{
+			// Name, help and labels as watermill's components/metrics has them.
+			received: r.counter("subscriber_messages_received_total", "The total number of messages received by the subscriber",
+				labelHandlerName, labelSubscriberName, labelAcked),
 			delivered:   r.counter("subscriber_messages_delivered_total", "Messages handed to the subscriber's reader, redeliveries included.", labelSubscriberName),
 			redelivered: r.counter("subscriber_messages_redelivered_total", "Messages handed to the reader that the broker had delivered before.", labelSubscriberName),
-			acked:       r.counter("subscriber_messages_acked_total", "Messages acked to the broker.", labelSubscriberName),
-			nacked:      r.counter("subscriber_messages_nacked_total", "Messages nacked to the broker.", labelSubscriberName),
 			reattaches:  r.counter("subscriber_reattaches_total", "Times a subscription consumed again after losing its channel or connection.", labelSubscriberName),
 			conn:        r.connection("subscriber", labelSubscriberName),
 		},

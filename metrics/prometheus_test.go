@@ -1,9 +1,12 @@
 package metrics_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 
+	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -46,11 +49,11 @@ func TestRegisteringTwiceReuses(t *testing.T) {
 func TestRegisterConflictIsAnError(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "app", Subsystem: "rmq", Name: "publish_total", Help: "someone else's",
+		Namespace: "app", Subsystem: "rmq", Name: "publisher_messages_confirmed_total", Help: "someone else's",
 	}, []string{"topic"}))
 	_, err := metrics.NewPrometheus(reg, "app", "rmq")
-	if err == nil || !strings.Contains(err.Error(), "app_rmq_publish_total") {
-		t.Fatalf("NewPrometheus over a conflicting collector: %v, want an error naming app_rmq_publish_total", err)
+	if err == nil || !strings.Contains(err.Error(), "app_rmq_publisher_messages_confirmed_total") {
+		t.Fatalf("NewPrometheus over a conflicting collector: %v, want an error naming app_rmq_publisher_messages_confirmed_total", err)
 	}
 }
 
@@ -91,4 +94,54 @@ func TestSeriesLint(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d series, lint clean", n)
+}
+
+// nopPubSub is a message.Publisher and message.Subscriber for watermill's
+// metrics builder to decorate.
+type nopPubSub struct{}
+
+func (nopPubSub) Publish(string, ...*message.Message) error { return nil }
+func (nopPubSub) Subscribe(context.Context, string) (<-chan *message.Message, error) {
+	return make(chan *message.Message), nil
+}
+func (nopPubSub) Close() error { return nil }
+
+// publish_time_seconds and subscriber_messages_received_total are
+// watermill's components/metrics series, name, help and labels: whichever
+// registers first, the other takes the same collector (Prometheus refuses a
+// name with other labels or help), so watermill's dashboards read ours.
+func TestWatermillSeriesAreOneCollector(t *testing.T) {
+	for _, watermillFirst := range []bool{true, false} {
+		reg := prometheus.NewRegistry()
+		builder := wmetrics.NewPrometheusMetricsBuilder(reg, "app", "rmq")
+		decorate := func() {
+			if _, err := builder.DecoratePublisher(nopPubSub{}); err != nil {
+				t.Fatalf("watermill's DecoratePublisher: %v", err)
+			}
+			if _, err := builder.DecorateSubscriber(nopPubSub{}); err != nil {
+				t.Fatalf("watermill's DecorateSubscriber: %v", err)
+			}
+		}
+		if watermillFirst {
+			decorate()
+		}
+		m, err := metrics.NewPrometheus(reg, "app", "rmq")
+		if err != nil {
+			t.Fatalf("NewPrometheus (watermill's first: %v): %v", watermillFirst, err)
+		}
+		if !watermillFirst {
+			decorate()
+		}
+		m.Publisher("orders")(resilient.Event{Kind: resilient.PublishDone, Messages: 1, Handler: "h"})
+		m.Subscriber("orders")(resilient.Event{Kind: resilient.MessageNacked, Messages: 1, Handler: "h"})
+		s := gather(t, reg)
+		for _, k := range []string{
+			series("app_rmq_publish_time_seconds_count", "handler_name", "h", "publisher_name", "orders", "success", "true"),
+			series("app_rmq_subscriber_messages_received_total", "acked", "nacked", "handler_name", "h", "subscriber_name", "orders"),
+		} {
+			if s[k] != 1 {
+				t.Errorf("watermill's first: %v: %s = %v, want 1", watermillFirst, k, s[k])
+			}
+		}
+	}
 }

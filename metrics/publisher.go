@@ -8,35 +8,33 @@ import (
 
 // Publisher returns the function to set as the core.Config.OnEvent of a
 // Publisher: it records the publisher's events in the publisher series,
-// labelled publisher_name=name, and sets its connection state to connecting.
+// labelled publisher_name=name (publish_time_seconds also handler_name, of
+// the Router handler whose output a call published, and success), and sets its connection state to connecting.
 func (p *Prometheus) Publisher(name string) func(core.Event) {
 	v := p.pub
 	m := &publisherMetrics{
-		confirmedCalls: v.calls.WithLabelValues(name, "confirmed"),
-		failedCalls:    v.calls.WithLabelValues(name, "failed"),
-		duration:       v.duration.WithLabelValues(name),
-		inFlight:       v.inFlight.WithLabelValues(name),
-		confirmed:      v.confirmed.WithLabelValues(name),
-		nacked:         v.nacked.WithLabelValues(name),
-		returned:       v.returned.WithLabelValues(name),
-		resent:         v.resent.WithLabelValues(name),
-		failed:         v.failed.MustCurryWith(prometheus.Labels{labelPublisherName: name}),
-		conn:           newConnection(v.conn, labelPublisherName, name),
+		publishTime: publishTimes(v.publishTime, name),
+		inFlight:    v.inFlight.WithLabelValues(name),
+		confirmed:   v.confirmed.WithLabelValues(name),
+		nacked:      v.nacked.WithLabelValues(name),
+		returned:    v.returned.WithLabelValues(name),
+		resent:      v.resent.WithLabelValues(name),
+		failed:      v.failed.MustCurryWith(prometheus.Labels{labelPublisherName: name}),
+		conn:        newConnection(v.conn, labelPublisherName, name),
 	}
 	return m.observe
 }
 
 // publisherMetrics are the series of one named publisher, resolved once.
 type publisherMetrics struct {
-	confirmedCalls, failedCalls prometheus.Counter
-	duration                    prometheus.Observer
-	inFlight                    prometheus.Gauge
-	confirmed                   prometheus.Counter
-	nacked                      prometheus.Counter
-	returned                    prometheus.Counter
-	resent                      prometheus.Counter
-	failed                      *prometheus.CounterVec // curried with the name
-	conn                        *connection
+	publishTime *byHandler[prometheus.Observer]
+	inFlight    prometheus.Gauge
+	confirmed   prometheus.Counter
+	nacked      prometheus.Counter
+	returned    prometheus.Counter
+	resent      prometheus.Counter
+	failed      *prometheus.CounterVec // curried with the name
+	conn        *connection
 }
 
 func (m *publisherMetrics) observe(e core.Event) {
@@ -45,12 +43,12 @@ func (m *publisherMetrics) observe(e core.Event) {
 	case core.PublishStarted:
 		m.inFlight.Add(n)
 	case core.PublishDone:
+		times := m.publishTime.get(e.Handler)
 		if e.Err == nil {
-			m.confirmedCalls.Inc()
+			times[0].Observe(e.Duration.Seconds())
 		} else {
-			m.failedCalls.Inc()
+			times[1].Observe(e.Duration.Seconds())
 		}
-		m.duration.Observe(e.Duration.Seconds())
 		m.inFlight.Sub(n) // every call reports PublishStarted first
 	case core.MessagesConfirmed:
 		m.confirmed.Add(n)

@@ -29,7 +29,7 @@ func TestPublisherSeries(t *testing.T) {
 	on(resilient.Event{Kind: resilient.PublishStarted, Messages: 3})
 	on(resilient.Event{Kind: resilient.PublishStarted, Messages: 2})
 	s := gather(t, reg)
-	if got := s[series("app_rmq_publish_in_flight_messages", "publisher_name", "orders")]; got != 5 {
+	if got := s[series("app_rmq_publisher_messages_in_flight", "publisher_name", "orders")]; got != 5 {
 		t.Errorf("in flight during two calls = %v, want 5", got)
 	}
 
@@ -48,23 +48,28 @@ func TestPublisherSeries(t *testing.T) {
 	on(resilient.Event{Kind: resilient.PublishStarted, Messages: 4})
 	on(resilient.Event{Kind: resilient.MessagesFailed, Messages: 4, Err: tooLarge})
 	on(resilient.Event{Kind: resilient.PublishDone, Messages: 4, Err: tooLarge})
+	// The output of a Router handler: watermill's handler_name.
+	on(resilient.Event{Kind: resilient.PublishStarted, Messages: 1})
+	on(resilient.Event{Kind: resilient.PublishDone, Messages: 1, Duration: time.Millisecond, Handler: "enrich"})
 	other(resilient.Event{Kind: resilient.MessagesConfirmed, Messages: 7})
 
 	s = gather(t, reg)
 	want := map[string]float64{
-		series("app_rmq_publish_in_flight_messages", "publisher_name", "orders"):                                    0,
-		series("app_rmq_publish_total", "publisher_name", "orders", "outcome", "confirmed"):                         1,
-		series("app_rmq_publish_total", "publisher_name", "orders", "outcome", "failed"):                            2,
-		series("app_rmq_publish_duration_seconds_count", "publisher_name", "orders"):                                3,
-		series("app_rmq_publish_duration_seconds_sum", "publisher_name", "orders"):                                  2.004,
-		series("app_rmq_publisher_messages_confirmed_total", "publisher_name", "orders"):                            4,
-		series("app_rmq_publisher_messages_nacked_total", "publisher_name", "orders"):                               1,
-		series("app_rmq_publisher_messages_returned_total", "publisher_name", "orders"):                             1,
-		series("app_rmq_publisher_messages_resent_total", "publisher_name", "orders"):                               2,
-		series("app_rmq_publisher_messages_failed_total", "class", "not_confirmed", "publisher_name", "orders"):     1,
-		series("app_rmq_publisher_messages_failed_total", "class", "message_too_large", "publisher_name", "orders"): 4,
-		series("app_rmq_publisher_messages_confirmed_total", "publisher_name", "audit"):                             7,
-		series("app_rmq_publisher_connection_state", "publisher_name", "orders", "state", "connecting"):             1,
+		series("app_rmq_publisher_messages_in_flight", "publisher_name", "orders"): 0,
+		// watermill's publish_time_seconds: its names, its labels, its values.
+		series("app_rmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "orders", "success", "true"):  1,
+		series("app_rmq_publish_time_seconds_sum", "handler_name", "<no handler>", "publisher_name", "orders", "success", "true"):    0.004,
+		series("app_rmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "orders", "success", "false"): 2,
+		series("app_rmq_publish_time_seconds_sum", "handler_name", "<no handler>", "publisher_name", "orders", "success", "false"):   2,
+		series("app_rmq_publish_time_seconds_count", "handler_name", "enrich", "publisher_name", "orders", "success", "true"):        1,
+		series("app_rmq_publisher_messages_confirmed_total", "publisher_name", "orders"):                                             4,
+		series("app_rmq_publisher_messages_nacked_total", "publisher_name", "orders"):                                                1,
+		series("app_rmq_publisher_messages_returned_total", "publisher_name", "orders"):                                              1,
+		series("app_rmq_publisher_messages_resent_total", "publisher_name", "orders"):                                                2,
+		series("app_rmq_publisher_messages_failed_total", "class", "not_confirmed", "publisher_name", "orders"):                      1,
+		series("app_rmq_publisher_messages_failed_total", "class", "message_too_large", "publisher_name", "orders"):                  4,
+		series("app_rmq_publisher_messages_confirmed_total", "publisher_name", "audit"):                                              7,
+		series("app_rmq_publisher_connection_state", "publisher_name", "orders", "state", "connecting"):                              1,
 	}
 	for k, v := range want {
 		if got, ok := s[k]; !ok || got != v {
@@ -88,6 +93,8 @@ func TestPublisherHotPathAllocatesNothing(t *testing.T) {
 		{Kind: resilient.MessagesResent, Messages: 1},
 		{Kind: resilient.MessagesReturned, Messages: 1},
 		{Kind: resilient.PublishDone, Messages: 10, Duration: time.Millisecond},
+		{Kind: resilient.PublishDone, Messages: 10, Duration: time.Millisecond, Handler: "enrich"},
+		{Kind: resilient.PublishDone, Messages: 10, Err: resilient.ErrNacked},
 		{Kind: resilient.StateChanged, State: resilient.StateConnected},
 		{Kind: resilient.Reconnected, Duration: time.Second},
 	}

@@ -89,7 +89,7 @@ func TestMetricsThroughBrokerRestart(t *testing.T) {
 		return (pubState(sm, "reconnecting") == 1 || pubState(sm, "connecting") == 1) &&
 			(subState(sm, "reconnecting") == 1 || subState(sm, "connecting") == 1)
 	})
-	inFlightDown := down[series("test_rabbitmq_publish_in_flight_messages", "publisher_name", "pub")]
+	inFlightDown := down[series("test_rabbitmq_publisher_messages_in_flight", "publisher_name", "pub")]
 	t.Logf("broker stopped in %s; during the outage: publisher reconnecting, subscriber reconnecting, %v messages waiting in Publish calls, reconnects publisher %v subscriber %v",
 		time.Since(stopAt).Round(time.Millisecond), inFlightDown,
 		down.sum(p+"reconnects_total"), down.sum(s+"reconnects_total"))
@@ -113,7 +113,7 @@ func TestMetricsThroughBrokerRestart(t *testing.T) {
 	brokertest.RequireNoneLost(t, tally)
 
 	after := awaitScrape(t, client, url, "the last acks counted", func(sm samples) bool {
-		return sm[series(s+"messages_acked_total", "subscriber_name", "sub")] >= float64(len(ids))
+		return sm[series(s+"messages_received_total", "acked", "acked", "handler_name", "<no handler>", "subscriber_name", "sub")] >= float64(len(ids))
 	})
 	check := func(ok bool, format string, args ...any) {
 		t.Helper()
@@ -123,10 +123,10 @@ func TestMetricsThroughBrokerRestart(t *testing.T) {
 	}
 	check(confirmed(after) >= float64(len(ids)) && confirmed(after) > confirmed(before),
 		"confirmed: %v, want >= %d confirmed by Publish", confirmed(after), len(ids))
-	check(after[series("test_rabbitmq_publish_total", "outcome", "failed", "publisher_name", "pub")] == 0,
-		"publish_total{outcome=failed} = %v, want 0", after[series("test_rabbitmq_publish_total", "outcome", "failed", "publisher_name", "pub")])
-	check(after[series("test_rabbitmq_publish_in_flight_messages", "publisher_name", "pub")] == 0,
-		"in flight after the load = %v, want 0", after[series("test_rabbitmq_publish_in_flight_messages", "publisher_name", "pub")])
+	check(after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "false")] == 0,
+		"publish_time_seconds_count{success=false} = %v, want 0", after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "false")])
+	check(after[series("test_rabbitmq_publisher_messages_in_flight", "publisher_name", "pub")] == 0,
+		"in flight after the load = %v, want 0", after[series("test_rabbitmq_publisher_messages_in_flight", "publisher_name", "pub")])
 	for _, side := range []struct{ prefix, label, name string }{{p, "publisher_name", "pub"}, {s, "subscriber_name", "sub"}} {
 		b, a := before.sum(side.prefix+"reconnects_total"), after.sum(side.prefix+"reconnects_total")
 		check(a-b >= 1, "%sreconnects_total: %v -> %v, want +1 or more", side.prefix, b, a)
@@ -145,14 +145,14 @@ func TestMetricsThroughBrokerRestart(t *testing.T) {
 	t.Logf("confirmed %v -> %v -> %v (Publish confirmed %d; re-sent %v); publish calls %v confirmed, %v failed",
 		confirmed(before), confirmed(flowing), confirmed(after), len(ids),
 		after[series(p+"messages_resent_total", "publisher_name", "pub")],
-		after[series("test_rabbitmq_publish_total", "outcome", "confirmed", "publisher_name", "pub")],
-		after[series("test_rabbitmq_publish_total", "outcome", "failed", "publisher_name", "pub")])
+		after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "true")],
+		after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "false")])
 	t.Logf("delivered %v (redelivered %v), acked %v, re-attaches %v; arrivals: %s",
 		delivered(after), after[series(s+"messages_redelivered_total", "subscriber_name", "sub")],
-		after[series(s+"messages_acked_total", "subscriber_name", "sub")], reattaches(after), tally)
+		after[series(s+"messages_received_total", "acked", "acked", "handler_name", "<no handler>", "subscriber_name", "sub")], reattaches(after), tally)
 	t.Logf("time to recover: publisher %d reconnect(s) %.2fs mean, subscriber %d reconnect(s) %.2fs mean; publish latency mean %.1f ms over %v calls",
 		int(pc), ps/max(pc, 1), int(sc), ss/max(sc, 1),
-		1000*after[series("test_rabbitmq_publish_duration_seconds_sum", "publisher_name", "pub")]/
-			max(after[series("test_rabbitmq_publish_duration_seconds_count", "publisher_name", "pub")], 1),
-		after[series("test_rabbitmq_publish_duration_seconds_count", "publisher_name", "pub")])
+		1000*after[series("test_rabbitmq_publish_time_seconds_sum", "handler_name", "<no handler>", "publisher_name", "pub", "success", "true")]/
+			max(after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "true")], 1),
+		after[series("test_rabbitmq_publish_time_seconds_count", "handler_name", "<no handler>", "publisher_name", "pub", "success", "true")])
 }

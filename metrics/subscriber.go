@@ -8,15 +8,16 @@ import (
 
 // Subscriber returns the function to set as the core.Config.OnEvent of
 // a Subscriber: it records the subscriber's events in the subscriber series,
-// labelled subscriber_name=name, and sets its connection state to
+// labelled subscriber_name=name (subscriber_messages_received_total also
+// handler_name, of the Router handler that consumed the message, and acked:
+// "acked" or "nacked", counted when the ack or nack reached the broker), and sets its connection state to
 // connecting.
 func (p *Prometheus) Subscriber(name string) func(core.Event) {
 	v := p.sub
 	m := &subscriberMetrics{
+		received:    receivedTotals(v.received, name),
 		delivered:   v.delivered.WithLabelValues(name),
 		redelivered: v.redelivered.WithLabelValues(name),
-		acked:       v.acked.WithLabelValues(name),
-		nacked:      v.nacked.WithLabelValues(name),
 		reattaches:  v.reattaches.WithLabelValues(name),
 		conn:        newConnection(v.conn, labelSubscriberName, name),
 	}
@@ -25,8 +26,8 @@ func (p *Prometheus) Subscriber(name string) func(core.Event) {
 
 // subscriberMetrics are the series of one named subscriber, resolved once.
 type subscriberMetrics struct {
+	received               *byHandler[prometheus.Counter]
 	delivered, redelivered prometheus.Counter
-	acked, nacked          prometheus.Counter
 	reattaches             prometheus.Counter
 	conn                   *connection
 }
@@ -39,9 +40,9 @@ func (m *subscriberMetrics) observe(e core.Event) {
 			m.redelivered.Add(float64(e.Messages))
 		}
 	case core.MessageAcked:
-		m.acked.Add(float64(e.Messages))
+		m.received.get(e.Handler)[0].Add(float64(e.Messages))
 	case core.MessageNacked:
-		m.nacked.Add(float64(e.Messages))
+		m.received.get(e.Handler)[1].Add(float64(e.Messages))
 	case core.ConsumerReattached:
 		m.reattaches.Inc()
 	default:

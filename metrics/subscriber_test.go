@@ -17,24 +17,27 @@ func TestSubscriberSeries(t *testing.T) {
 		on(resilient.Event{Kind: resilient.MessageAcked, Messages: 1})
 	}
 	on(resilient.Event{Kind: resilient.MessageNacked, Messages: 1})
+	on(resilient.Event{Kind: resilient.MessageAcked, Messages: 1, Handler: "enrich"}) // consumed by a Router's handler
 	on(resilient.Event{Kind: resilient.ConsumerReattached})
 	on(resilient.Event{Kind: resilient.ConsumerReattached})
 
 	s := gather(t, reg)
 	want := map[string]float64{
-		series("app_rmq_subscriber_messages_delivered_total", "subscriber_name", "orders"):                6,
-		series("app_rmq_subscriber_messages_redelivered_total", "subscriber_name", "orders"):              1,
-		series("app_rmq_subscriber_messages_acked_total", "subscriber_name", "orders"):                    4,
-		series("app_rmq_subscriber_messages_nacked_total", "subscriber_name", "orders"):                   1,
-		series("app_rmq_subscriber_reattaches_total", "subscriber_name", "orders"):                        2,
-		series("app_rmq_subscriber_connection_state", "state", "connecting", "subscriber_name", "orders"): 1,
+		series("app_rmq_subscriber_messages_delivered_total", "subscriber_name", "orders"):   6,
+		series("app_rmq_subscriber_messages_redelivered_total", "subscriber_name", "orders"): 1,
+		// watermill's subscriber_messages_received_total: its names, its labels.
+		series("app_rmq_subscriber_messages_received_total", "acked", "acked", "handler_name", "<no handler>", "subscriber_name", "orders"):  4,
+		series("app_rmq_subscriber_messages_received_total", "acked", "nacked", "handler_name", "<no handler>", "subscriber_name", "orders"): 1,
+		series("app_rmq_subscriber_messages_received_total", "acked", "acked", "handler_name", "enrich", "subscriber_name", "orders"):        1,
+		series("app_rmq_subscriber_reattaches_total", "subscriber_name", "orders"):                                                           2,
+		series("app_rmq_subscriber_connection_state", "state", "connecting", "subscriber_name", "orders"):                                    1,
 	}
 	for k, v := range want {
 		if got, ok := s[k]; !ok || got != v {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
 		}
 	}
-	if s.family("app_rmq_publish_total") || s.family("app_rmq_publisher_connection_state") {
+	if s.family("app_rmq_publish_time_seconds") || s.family("app_rmq_publisher_connection_state") {
 		t.Error("a subscriber made publisher series")
 	}
 }
@@ -46,6 +49,7 @@ func TestSubscriberHotPathAllocatesNothing(t *testing.T) {
 		{Kind: resilient.MessageDelivered, Messages: 1, Redelivered: true},
 		{Kind: resilient.MessageAcked, Messages: 1},
 		{Kind: resilient.MessageNacked, Messages: 1},
+		{Kind: resilient.MessageAcked, Messages: 1, Handler: "enrich"},
 		{Kind: resilient.ConsumerReattached},
 	} {
 		if n := testing.AllocsPerRun(100, func() { on(e) }); n != 0 {

@@ -13,5 +13,10 @@
 // This package only reads watermill-amqp's Config; the Publisher and
 // Subscriber, their guarantees, what happens on each fault, every knob and
 // its default, and the errors are package core's, which documents them.
+// The names a program needs beside Config, NewPublisher and NewSubscriber
+// (Publisher, PublishError, IsPermanent, ErrorClass, the Err* sentinels,
+// State, StateChange, Health, Event and its kinds, Backoff) are here as
+// aliases of core's: import this door alone; core is for reading the manual
+// (go doc github.com/resilientmq/watermill-rabbitmq/core).
 // Package resilientv3 is the same door for watermill-amqp v3.
 package resilient

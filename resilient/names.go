@@ -19,7 +19,7 @@ type (
 	EventKind    = core.EventKind
 
 	// Deprecated: ReconnectConfig is Backoff, whose name does not clash
-	// with middleware.ReconnectConfig.
+	// with decorate.ReconnectConfig.
 	ReconnectConfig = core.Backoff
 )
 
@@ -35,22 +35,21 @@ const (
 )
 
 const (
-	PublishStarted     = core.PublishStarted
-	PublishDone        = core.PublishDone
-	MessagesConfirmed  = core.MessagesConfirmed
-	MessagesNacked     = core.MessagesNacked
-	MessagesReturned   = core.MessagesReturned
-	MessagesResent     = core.MessagesResent
-	MessagesFailed     = core.MessagesFailed
-	StateChanged       = core.StateChanged
-	ConnectionLost     = core.ConnectionLost
-	Reconnected        = core.Reconnected
-	MessageDelivered   = core.MessageDelivered
-	MessageAcked       = core.MessageAcked
-	MessageNacked      = core.MessageNacked
-	ConsumerReattached = core.ConsumerReattached
-	ConsumerLost       = core.ConsumerLost
-
+	PublishStarted       = core.PublishStarted
+	PublishDone          = core.PublishDone
+	MessagesConfirmed    = core.MessagesConfirmed
+	MessagesNacked       = core.MessagesNacked
+	MessagesReturned     = core.MessagesReturned
+	MessagesResent       = core.MessagesResent
+	MessagesFailed       = core.MessagesFailed
+	StateChanged         = core.StateChanged
+	ConnectionLost       = core.ConnectionLost
+	Reconnected          = core.Reconnected
+	MessageDelivered     = core.MessageDelivered
+	MessageAcked         = core.MessageAcked
+	MessageNacked        = core.MessageNacked
+	ConsumerReattached   = core.ConsumerReattached
+	ConsumerLost         = core.ConsumerLost
 	DeliveryLimitReached = core.DeliveryLimitReached
 )
 

@@ -8,9 +8,28 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/core"
 )
 
-// Config configures a Publisher or a Subscriber: AMQP is watermill-amqp
-// v3's own Config, and the other fields are the knobs of core.Config,
-// documented there, each optional.
+// Config configures a Publisher or a Subscriber. It is core.Config with
+// AMQP set to watermill-amqp v3's own Config, so its fields are
+// core.Config's, each optional (zero means its default), each documented
+// with its default in `go doc github.com/resilientmq/watermill-rabbitmq/core.Config`:
+//
+//	AMQP                   amqp.Config: URI, TLS, Marshaler, names, topology
+//	FailoverURIs           other brokers (a cluster's nodes) to dial in turn
+//	FailoverInOrder        keep the URIs' order rather than shuffle them
+//	ConnectionName         the name the broker shows for the connection
+//	Heartbeat              AMQP heartbeat (default 10s)
+//	DialTimeout            bound of one dial (default 10s)
+//	Reconnect              backoff between dials (core.Backoff)
+//	RetryOnFailedConnect   start even if the broker is down, dial in the background
+//	Channels               publishing channels (default 4)
+//	MaxInFlight            unconfirmed messages per channel (default 512)
+//	PublishTimeout         bound of one Publish call (default 30s)
+//	ConfirmTimeout         bound of the broker's confirm or reply (default 15s)
+//	CloseTimeout           how long Close waits for confirms (default 10s)
+//	MaxNackRetries         cap on re-sends after broker nacks (default none)
+//	MaxMessageSize         larger messages fail at once (default 128 MiB)
+//	OnEvent                called on every Event (package metrics uses it)
+//	OnStateChange          called on every StateChange, in order
 //
 // From AMQP a Publisher uses Connection (AmqpURI, TLSConfig, AmqpConfig,
 // Reconnect), Marshaler, Exchange, Queue (to declare the queue of a
@@ -22,21 +41,34 @@ import (
 // Exchange, QueueBind, TopologyBuilder, Consume and Marshaler.
 type Config core.Config[amqp.Config]
 
-// Validate reports every problem of the configuration of a Publisher at
-// once. Errors match ErrConfig and never contain a password.
-func (c Config) Validate() error {
+// ValidatePublisher reports every problem of the configuration for a
+// Publisher at once, as watermill-amqp's Config.ValidatePublisher does;
+// NewPublisher calls it. Errors match ErrConfig and never contain a
+// password.
+func (c Config) ValidatePublisher() error {
 	return core.ValidatePublisher(core.Config[amqp.Config](c), wire(c.AMQP))
 }
 
+// ValidateSubscriber reports every problem of the configuration for a
+// Subscriber at once, as watermill-amqp's Config.ValidateSubscriber does;
+// NewSubscriber calls it. Errors match ErrConfig and never contain a
+// password.
+func (c Config) ValidateSubscriber() error {
+	return core.ValidateSubscriber(core.Config[amqp.Config](c), wire(c.AMQP))
+}
+
+// Validate is ValidatePublisher, under the name it had first.
+func (c Config) Validate() error { return c.ValidatePublisher() }
+
 // NewPublisher validates cfg, connects, and returns a Publisher: see
 // core.NewPublisher.
-func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*core.Publisher, error) {
+func NewPublisher(cfg Config, logger watermill.LoggerAdapter) (*Publisher, error) {
 	return core.NewPublisher(core.Config[amqp.Config](cfg), wire(cfg.AMQP), logger)
 }
 
 // NewSubscriber validates cfg, connects, and returns a Subscriber: see
 // core.NewSubscriber.
-func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*core.Subscriber, error) {
+func NewSubscriber(cfg Config, logger watermill.LoggerAdapter) (*Subscriber, error) {
 	return core.NewSubscriber(core.Config[amqp.Config](cfg), wire(cfg.AMQP), logger)
 }
 

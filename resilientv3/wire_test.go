@@ -2,6 +2,7 @@ package resilientv3
 
 import (
 	"crypto/tls"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -105,5 +106,51 @@ func TestWireBindsWithoutARoutingKeyGenerator(t *testing.T) {
 	}
 	if want := (amqp.BuildTopologyParams{Topic: "t", QueueName: "t_s", ExchangeName: "t"}); builder.params != want {
 		t.Fatalf("params %+v, want %+v", builder.params, want)
+	}
+}
+
+// ValidatePublisher and ValidateSubscriber check what each side needs, as
+// watermill-amqp's methods of the same names do: a subscriber has no use
+// for a routing key generator, a publisher none for a queue name.
+func TestValidatePublisherAndSubscriber(t *testing.T) {
+	valid := Config{AMQP: amqp.NewDurableQueueConfig("amqp://guest:secret@example:5672/")}
+	if err := valid.ValidatePublisher(); err != nil {
+		t.Fatalf("ValidatePublisher: %v", err)
+	}
+	if err := valid.ValidateSubscriber(); err != nil {
+		t.Fatalf("ValidateSubscriber: %v", err)
+	}
+
+	pubOnly := valid
+	pubOnly.AMQP.Queue.GenerateName = nil
+	if err := pubOnly.ValidatePublisher(); err != nil {
+		t.Errorf("ValidatePublisher without a queue name: %v", err)
+	}
+	if err := pubOnly.ValidateSubscriber(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "AMQP.Queue.GenerateName") {
+		t.Errorf("ValidateSubscriber without a queue name: %v, want ErrConfig naming AMQP.Queue.GenerateName", err)
+	}
+
+	subOnly := valid
+	subOnly.AMQP.Publish.GenerateRoutingKey = nil
+	subOnly.AMQP.Publish.Transactional = true
+	if err := subOnly.ValidateSubscriber(); err != nil {
+		t.Errorf("ValidateSubscriber without publishing settings: %v", err)
+	}
+	err := subOnly.ValidatePublisher()
+	for _, want := range []string{"AMQP.Publish.GenerateRoutingKey", "AMQP.Publish.Transactional"} {
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidatePublisher: %v, want ErrConfig naming %s", err, want)
+		}
+	}
+	if err.Error() != subOnly.Validate().Error() {
+		t.Errorf("Validate is not ValidatePublisher: %v", subOnly.Validate())
+	}
+
+	broken := valid
+	broken.AMQP.Connection.AmqpURI = "http://guest:secret@example/"
+	for name, err := range map[string]error{"publisher": broken.ValidatePublisher(), "subscriber": broken.ValidateSubscriber()} {
+		if !errors.Is(err, ErrConfig) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: a bad URI gives %v, want ErrConfig without the password", name, err)
+		}
 	}
 }

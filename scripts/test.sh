@@ -88,7 +88,7 @@ suite() {
   # test publishes with watermill-amqp's stock publisher.
   phase "$line" reconnect -p 1 -count=1 -timeout 10m \
     -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
-    ./conformance/ ./middleware/ || status=1
+    ./conformance/ ./decorate/ || status=1
   if [ -n "${stop_rmq4:-}" ]; then bash scripts/rabbitmq4.sh stop >>"$out/$line-broker.log" 2>&1 || true; fi
   return $status
 }

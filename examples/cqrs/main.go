@@ -21,13 +21,12 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/resilientv3"
 )
 
 // BookRoom is a command: a request that the handler may refuse.
@@ -70,7 +69,7 @@ func (p *bookingsProjection) On(ctx context.Context, e *RoomBooked) error {
 }
 
 func main() {
-	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-cqrs-", "queue and exchange name prefix (a run-unique suffix is appended)")
 	commands := flag.Int("commands", 500, "BookRoom commands to send")
 	senders := flag.Int("senders", 4, "goroutines sending commands")
@@ -87,8 +86,8 @@ func main() {
 	eventTopic := func(name string) string { return run + "-event-" + name }
 
 	// Commands go to a durable queue per command type.
-	commandPub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(*uri)}, logger)
-	examplekit.Check(err, "command publisher")
+	commandPub, err := resilientv3.NewPublisher(resilientv3.Config{AMQP: amqp.NewDurableQueueConfig(*uri)}, logger)
+	check(err, "command publisher")
 	defer commandPub.Close()
 	// Events go to a durable fanout exchange per event type, which the
 	// publisher declares; each event handler binds its own queue to it. An
@@ -96,12 +95,12 @@ func main() {
 	// the broker, so Mandatory makes that a loud ErrUnroutable instead.
 	eventCfg := amqp.NewDurablePubSubConfig(*uri, nil)
 	eventCfg.Publish.Mandatory = true
-	eventPub, err := resilient.NewPublisher(resilient.Config{AMQP: eventCfg}, logger)
-	examplekit.Check(err, "event publisher")
+	eventPub, err := resilientv3.NewPublisher(resilientv3.Config{AMQP: eventCfg}, logger)
+	check(err, "event publisher")
 	defer eventPub.Close()
 
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	examplekit.Check(err, "router")
+	check(err, "router")
 
 	commandBus, err := cqrs.NewCommandBusWithConfig(commandPub, cqrs.CommandBusConfig{
 		GeneratePublishTopic: func(p cqrs.CommandBusGeneratePublishTopicParams) (string, error) {
@@ -110,7 +109,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	examplekit.Check(err, "command bus")
+	check(err, "command bus")
 
 	eventBus, err := cqrs.NewEventBusWithConfig(eventPub, cqrs.EventBusConfig{
 		GeneratePublishTopic: func(p cqrs.GenerateEventPublishTopicParams) (string, error) {
@@ -128,7 +127,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	examplekit.Check(err, "event bus")
+	check(err, "event bus")
 
 	commandProcessor, err := cqrs.NewCommandProcessorWithConfig(router, cqrs.CommandProcessorConfig{
 		GenerateSubscribeTopic: func(p cqrs.CommandProcessorGenerateSubscribeTopicParams) (string, error) {
@@ -140,7 +139,7 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	examplekit.Check(err, "command processor")
+	check(err, "command processor")
 
 	eventProcessor, err := cqrs.NewEventProcessorWithConfig(router, cqrs.EventProcessorConfig{
 		GenerateSubscribeTopic: func(p cqrs.EventProcessorGenerateSubscribeTopicParams) (string, error) {
@@ -153,21 +152,21 @@ func main() {
 		Marshaler: marshaler,
 		Logger:    logger,
 	})
-	examplekit.Check(err, "event processor")
+	check(err, "event processor")
 
 	// The command handler: decide, then record the decision as an event.
 	// If publishing the event fails, the error nacks the command, which is
 	// then redelivered: the event is not lost.
-	examplekit.Check(commandProcessor.AddHandlers(cqrs.NewCommandHandler("BookRoomHandler",
+	check(commandProcessor.AddHandlers(cqrs.NewCommandHandler("BookRoomHandler",
 		func(ctx context.Context, c *BookRoom) error {
 			// (a real handler would check availability and maybe refuse)
 			return eventBus.Publish(ctx, &RoomBooked{BookingID: c.BookingID, RoomID: c.RoomID, Nights: c.Nights})
 		})), "command handler")
 
 	projection := &bookingsProjection{rooms: map[string]string{}, complete: make(chan struct{}), want: *commands}
-	examplekit.Check(eventProcessor.AddHandlers(cqrs.NewEventHandler("BookingsProjection", projection.On)), "event handler")
+	check(eventProcessor.AddHandlers(cqrs.NewEventHandler("BookingsProjection", projection.On)), "event handler")
 
-	go func() { examplekit.Check(router.Run(context.Background()), "router") }()
+	go func() { check(router.Run(context.Background()), "router") }()
 	<-router.Running() // every handler's queue is declared and bound
 
 	// Send the commands; Send returns once the broker confirmed the command.
@@ -206,7 +205,7 @@ func main() {
 	// The router acks a command after its handler returned, so the last
 	// commands may still be unacked here: they stay queued (with -keep) and a
 	// next run would handle them again; their events carry the same UUID.
-	examplekit.Check(router.Close(), "router close")
+	check(router.Close(), "router close")
 
 	projection.mu.Lock()
 	defer projection.mu.Unlock()
@@ -239,7 +238,7 @@ func main() {
 // with the same watermill-amqp config (amqp.NewSubscriber(cfg, logger) would
 // do for a quick try, without those guarantees).
 func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Subscriber, error) {
-	return resilient.NewSubscriber(resilient.Config{AMQP: cfg}, logger)
+	return resilientv3.NewSubscriber(resilientv3.Config{AMQP: cfg}, logger)
 }
 
 // cleanUp deletes this run's queues and exchanges: durable ones outlive the

@@ -10,6 +10,11 @@
 // publishes them again on restart: -crash-every simulates that, and the
 // consumer drops the copies by UUID, which is the event's ID.
 //
+// This is the example on watermill-amqp v2: it imports
+// github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp and package resilient.
+// The others are on v3, with package resilientv3: switching is those two
+// import paths and the package's name, nothing else.
+//
 //	go run ./examples/event-sourced
 //	go run ./examples/event-sourced -restart-every 4s   # restarts RabbitMQ too (rabbitmqctl)
 package main
@@ -32,12 +37,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 func main() {
-	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-es-", "queue name prefix (a run-unique suffix is appended)")
 	accounts := flag.Int("accounts", 5, "bank accounts")
 	commands := flag.Int("commands", 3000, "deposit and withdraw commands, from 4 goroutines")
@@ -59,15 +63,15 @@ func main() {
 	store := NewStore()
 
 	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(*uri), PublishTimeout: 2 * time.Minute}, logger)
-	examplekit.Check(err, "publisher")
+	check(err, "publisher")
 	defer pub.Close()
 
 	// The consumer: a read model of balances, built from the published events.
 	sub, err := newSubscriber(amqp.NewDurableQueueConfig(*uri), logger)
-	examplekit.Check(err, "subscriber")
+	check(err, "subscriber")
 	consumerCtx, stopConsumer := context.WithCancel(context.Background())
 	msgs, err := sub.Subscribe(consumerCtx, topic)
-	examplekit.Check(err, "subscribe")
+	check(err, "subscribe")
 	rm := &readModel{seen: map[string]bool{}, balances: map[string]int64{}, events: map[string]int{}, progress: make(chan struct{}, 1)}
 	go rm.consume(msgs)
 
@@ -75,7 +79,7 @@ func main() {
 	restartCtx, stopRestarts := context.WithCancel(context.Background())
 	if *restartEvery > 0 {
 		restarts.Add(1)
-		go func() { defer restarts.Done(); examplekit.RestartLoop(restartCtx, *restartEvery, stamp) }()
+		go func() { defer restarts.Done(); restartLoop(restartCtx, *restartEvery, stamp) }()
 	}
 
 	// Progress: while the broker is down the service keeps appending (it needs
@@ -153,7 +157,7 @@ wait:
 	stopRestarts()
 	restarts.Wait()
 	stopConsumer()
-	examplekit.Check(sub.Close(), "subscriber close")
+	check(sub.Close(), "subscriber close")
 
 	rm.mu.Lock()
 	defer rm.mu.Unlock()

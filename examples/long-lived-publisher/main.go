@@ -2,6 +2,8 @@
 // while you restart the broker, drop its connections or pull the network,
 // and prints what happens. When it stops (Ctrl-C or -duration), it reads
 // the queue back and checks, by UUID, that every confirmed message is there.
+// It exits 0 when none was lost, Ctrl-C included; 1 on a loss or a failure
+// (a second Ctrl-C aborts at once).
 //
 //	go run ./examples/long-lived-publisher                      # then restart RabbitMQ in another terminal
 //	go run ./examples/long-lived-publisher -restart-every 10s -duration 35s   # restarts it itself (rabbitmqctl)
@@ -21,16 +23,15 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/resilientv3"
 )
 
 func main() {
-	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
 	queue := flag.String("queue", "demo-long-lived", "durable queue to publish to (emptied at start)")
 	workers := flag.Int("workers", 16, "goroutines publishing concurrently")
 	batch := flag.Int("batch", 10, "messages per Publish call")
@@ -49,11 +50,11 @@ func main() {
 	stamp := func() string { return fmt.Sprintf("%6.1fs", time.Since(start).Seconds()) }
 
 	purge(*uri, *queue)
-	pub, err := resilient.NewPublisher(resilient.Config{
+	pub, err := resilientv3.NewPublisher(resilientv3.Config{
 		AMQP:                 amqp.NewDurableQueueConfig(*uri),
 		RetryOnFailedConnect: true,
 		PublishTimeout:       2 * time.Minute, // ride through a long restart
-		OnStateChange: func(c resilient.StateChange) {
+		OnStateChange: func(c resilientv3.StateChange) {
 			reason := ""
 			if c.Err != nil {
 				reason = ": " + c.Err.Error()
@@ -79,7 +80,7 @@ func main() {
 					msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(`{"event":"demo"}`))
 				}
 				err := pub.Publish(*queue, msgs...)
-				var pe *resilient.PublishError
+				var pe *resilientv3.PublishError
 				switch {
 				case err == nil:
 					confirmed.Add(int64(len(msgs)))
@@ -102,7 +103,7 @@ func main() {
 	if *restartEvery > 0 {
 		go func() {
 			defer close(restarts)
-			examplekit.RestartLoop(ctx, *restartEvery, stamp)
+			restartLoop(ctx, *restartEvery, stamp)
 		}()
 	} else {
 		close(restarts)
@@ -115,6 +116,7 @@ loop:
 	for {
 		select {
 		case <-ctx.Done():
+			stop() // a second Ctrl-C aborts the wait and the read-back
 			break loop
 		case <-ticker.C:
 			n := confirmed.Load()
@@ -163,10 +165,22 @@ func verify(uri, queue string, confirmed []string) {
 	if err != nil {
 		log.Fatalf("verify: %v", err)
 	}
+	fmt.Printf("reading the queue back: %d messages\n", q.Messages)
 	seen := make(map[string]int, q.Messages)
-	for i := 0; i < q.Messages; i++ {
-		d := <-deliveries
-		seen[d.MessageId]++
+	progress := time.NewTicker(time.Second)
+	defer progress.Stop()
+	started := time.Now()
+	for i := 0; i < q.Messages; {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				log.Fatalf("verify: the consumer stopped after %d of %d messages", i, q.Messages)
+			}
+			seen[d.MessageId]++
+			i++
+		case <-progress.C:
+			fmt.Printf("  read %8d of %d  (%.0f%%, %.0fs)\n", i, q.Messages, 100*float64(i)/float64(q.Messages), time.Since(started).Seconds())
+		}
 	}
 	lost, dups := 0, 0
 	for _, id := range confirmed {

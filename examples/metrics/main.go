@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -35,13 +35,12 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/health"
-	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
 	"github.com/resilientmq/watermill-rabbitmq/metrics"
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/resilientv3"
 )
 
 func main() {
-	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@localhost:5672/"), "broker URI")
 	addr := flag.String("addr", "127.0.0.1:9464", "address to serve /metrics, /readyz and /livez on")
 	duration := flag.Duration("duration", 20*time.Second, "publish for this long (Ctrl-C stops earlier)")
 	workers := flag.Int("workers", 4, "goroutines publishing concurrently")
@@ -73,7 +72,7 @@ func run(uri, addr string, duration time.Duration, workers, batch, prefetch int,
 		logger.Error("Cannot register metrics", err, nil)
 		return 1
 	}
-	pub, err := resilient.NewPublisher(resilient.Config{
+	pub, err := resilientv3.NewPublisher(resilientv3.Config{
 		AMQP:           amqp.NewDurableQueueConfig(uri),
 		PublishTimeout: 2 * time.Minute, // ride through a broker restart
 		OnEvent:        m.Publisher("example"),
@@ -83,9 +82,9 @@ func run(uri, addr string, duration time.Duration, workers, batch, prefetch int,
 		return 1
 	}
 	defer pub.Close()
-	subCfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), OnEvent: m.Subscriber("example")}
+	subCfg := resilientv3.Config{AMQP: amqp.NewDurableQueueConfig(uri), OnEvent: m.Subscriber("example")}
 	subCfg.AMQP.Consume.Qos.PrefetchCount = prefetch
-	sub, err := resilient.NewSubscriber(subCfg, logger)
+	sub, err := resilientv3.NewSubscriber(subCfg, logger)
 	if err != nil {
 		logger.Error("Cannot start the subscriber", err, nil)
 		return 1
@@ -145,7 +144,7 @@ func run(uri, addr string, duration time.Duration, workers, batch, prefetch int,
 				if err := pub.Publish(queue, msgs...); err != nil {
 					failed.Add(int64(len(msgs)))
 					logger.Error("Publish failed", err, nil)
-					if resilient.IsPermanent(err) {
+					if resilientv3.IsPermanent(err) {
 						return // retrying cannot help
 					}
 					continue
@@ -158,7 +157,7 @@ func run(uri, addr string, duration time.Duration, workers, batch, prefetch int,
 	go func() {
 		defer close(restarts)
 		if restartEvery > 0 {
-			examplekit.RestartLoop(pubCtx, restartEvery, stamp)
+			restartLoop(pubCtx, restartEvery, stamp)
 		}
 	}()
 

@@ -21,13 +21,12 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/examplekit"
-	"github.com/resilientmq/watermill-rabbitmq/resilient"
+	"github.com/resilientmq/watermill-rabbitmq/resilientv3"
 )
 
 // Order is the input; the pipeline fills in UnitPrice and Status.
@@ -47,7 +46,7 @@ var (
 )
 
 func main() {
-	uri := flag.String("uri", examplekit.EnvOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
+	uri := flag.String("uri", envOr("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"), "broker URI")
 	prefix := flag.String("prefix", "example-router-", "queue name prefix (a run-unique suffix is appended)")
 	orders := flag.Int("orders", 1000, "orders to produce")
 	malformed := flag.Int("malformed", 9, "of which deliberately malformed (bad JSON, missing fields, qty 0)")
@@ -67,19 +66,19 @@ func main() {
 
 	// One publisher for everything: the producer, the router's output and the
 	// poison queue. It rides through reconnects; give it time for a restart.
-	pub, err := resilient.NewPublisher(resilient.Config{
+	pub, err := resilientv3.NewPublisher(resilientv3.Config{
 		AMQP:           amqp.NewDurableQueueConfig(*uri),
 		PublishTimeout: 2 * time.Minute,
-		OnStateChange: func(c resilient.StateChange) {
+		OnStateChange: func(c resilientv3.StateChange) {
 			fmt.Printf("%s  publisher %s -> %s\n", stamp(), c.From, c.To)
 		},
 	}, logger)
-	examplekit.Check(err, "publisher")
+	check(err, "publisher")
 	defer pub.Close()                                                   // the router closes it too; Close is idempotent
 	sub, err := newSubscriber(amqp.NewDurableQueueConfig(*uri), logger) // one subscriber, three queues
-	examplekit.Check(err, "subscriber")
+	check(err, "subscriber")
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	examplekit.Check(err, "router")
+	check(err, "router")
 	t := newTally()
 	p := pipeline{flakyEvery: *flakyEvery, tally: t}
 
@@ -89,7 +88,7 @@ func main() {
 	//   Retry:       retries transient errors only, with backoff;
 	//   Recoverer:   turns a panic into an error (poisoned, not retried).
 	poisonMW, err := middleware.PoisonQueue(pub, poison)
-	examplekit.Check(err, "poison queue")
+	check(err, "poison queue")
 	router.AddHandler("enrich", in, sub, out, pub, p.enrich).AddMiddleware(
 		poisonMW,
 		middleware.Retry{
@@ -107,19 +106,19 @@ func main() {
 	// it would be wrong: if publishing the output failed, the router nacks, and
 	// the redelivered input would be dropped as a duplicate: lost.
 	keys, err := middleware.NewMapExpiringKeyRepository(time.Hour)
-	examplekit.Check(err, "deduplicator")
+	check(err, "deduplicator")
 	dedup := &middleware.Deduplicator{KeyFactory: func(m *message.Message) (string, error) { return m.UUID, nil }, Repository: keys}
 	router.AddConsumerHandler("audit", out, sub, t.output).AddMiddleware(t.countDelivery, dedup.Middleware)
 	router.AddConsumerHandler("poison-audit", poison, sub, t.poison)
 
-	go func() { examplekit.Check(router.Run(context.Background()), "router") }()
+	go func() { check(router.Run(context.Background()), "router") }()
 	<-router.Running()
 
 	ctx, stopRestarts := context.WithCancel(context.Background())
 	var restarts sync.WaitGroup
 	if *restartEvery > 0 {
 		restarts.Add(1)
-		go func() { defer restarts.Done(); examplekit.RestartLoop(ctx, *restartEvery, stamp) }()
+		go func() { defer restarts.Done(); restartLoop(ctx, *restartEvery, stamp) }()
 	}
 	produced := make(chan struct{})
 	go func() { defer close(produced); produce(pub, in, *orders, *malformed, *rate, t, stamp) }()
@@ -157,7 +156,7 @@ func main() {
 // with the same watermill-amqp config (amqp.NewSubscriber(cfg, logger) would
 // do for a quick try, without those guarantees).
 func newSubscriber(cfg amqp.Config, logger watermill.LoggerAdapter) (message.Subscriber, error) {
-	return resilient.NewSubscriber(resilient.Config{AMQP: cfg}, logger)
+	return resilientv3.NewSubscriber(resilientv3.Config{AMQP: cfg}, logger)
 }
 
 type pipeline struct {

@@ -1,7 +1,12 @@
-// Package middleware holds watermill message.PublisherDecorators that make a
+// Package decorate holds watermill message.PublisherDecorators that make a
 // publisher ride through faults. Each works on any message.Publisher: this
 // module's core.Publisher (built by package resilient or resilientv3),
 // watermill-amqp's amqp.Publisher, watermill's gochannel, or your own.
+//
+// The package was called middleware; it is decorate so that it cannot be
+// mistaken for watermill's message/router/middleware, which a router app
+// imports in the same file, and whose middleware.Retry retries a handler,
+// not a publish.
 //
 // # Why publisher decorators
 //
@@ -54,10 +59,10 @@
 // then), so decorators stack in any order without hiding the connection
 // state. The recommended order, innermost first:
 //
-//	pub, _ = middleware.Reconnect(middleware.ReconnectConfig{})(pub) // wait for the connection before each attempt
-//	pub, _ = middleware.Retry(middleware.RetryConfig{})(pub)         // retry transient failures
-//	pub, _ = middleware.Timeout(2 * time.Minute)(pub)                // bound the whole call, retries included
-//	pub, _ = middleware.Metrics(observe)(pub)                        // see what callers see
+//	pub, _ = decorate.Reconnect(decorate.ReconnectConfig{})(pub) // wait for the connection before each attempt
+//	pub, _ = decorate.Retry(decorate.RetryConfig{})(pub)         // retry transient failures
+//	pub, _ = decorate.Timeout(2 * time.Minute)(pub)                // bound the whole call, retries included
+//	pub, _ = decorate.Metrics(observe)(pub)                        // see what callers see
 //
 // Reconnect under Retry makes each retry wait for the connection first, the
 // wait costing no attempt (MaxElapsedTime still counts it). Timeout above
@@ -79,4 +84,4 @@
 // a publisher that does not say which messages were confirmed): consumers
 // should drop duplicates by message UUID, e.g. with watermill's
 // Deduplicator middleware.
-package middleware
+package decorate

@@ -1,6 +1,6 @@
 //go:build !race
 
-package middleware_test
+package decorate_test
 
 import (
 	"fmt"
@@ -16,8 +16,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
 )
 
 // This file is built without -race: watermill-amqp's ConnectionWrapper
@@ -151,7 +151,7 @@ func TestStockPublisherThroughBrokerRestart(t *testing.T) {
 	var retries, giveUps, waits atomic.Int64
 	var maxWait atomic.Int64
 	var stockErrs sync.Map // what Retry saw, by kind
-	pub, err := middleware.Reconnect(middleware.ReconnectConfig{
+	pub, err := decorate.Reconnect(decorate.ReconnectConfig{
 		OnWait: func(waited time.Duration, err error) {
 			waits.Add(1)
 			for cur := maxWait.Load(); int64(waited) > cur && !maxWait.CompareAndSwap(cur, int64(waited)); cur = maxWait.Load() {
@@ -161,7 +161,7 @@ func TestStockPublisherThroughBrokerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err = middleware.Retry(middleware.RetryConfig{
+	pub, err = decorate.Retry(decorate.RetryConfig{
 		OnRetry: func(_ int, err error, _ time.Duration) {
 			retries.Add(1)
 			kind := errorKind(err)

@@ -1,4 +1,4 @@
-package middleware
+package decorate
 
 import (
 	"context"
@@ -127,7 +127,7 @@ func (c RetryConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("RandomizationFactor (%g) must be within [0, 1], or NoJitter", c.RandomizationFactor))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("middleware: invalid RetryConfig: %w", errors.Join(errs...))
+		return fmt.Errorf("decorate: invalid RetryConfig: %w", errors.Join(errs...))
 	}
 	return nil
 }
@@ -163,7 +163,7 @@ func (c RetryConfig) Validate() error {
 func Retry(config RetryConfig) message.PublisherDecorator {
 	return func(pub message.Publisher) (message.Publisher, error) {
 		if pub == nil {
-			return nil, errors.New("middleware: Retry: nil publisher")
+			return nil, errors.New("decorate: Retry: nil publisher")
 		}
 		config.setDefaults()
 		if err := config.Validate(); err != nil {
@@ -182,7 +182,7 @@ type retryPublisher struct {
 }
 
 // errRetryClosed ends a wait when the decorated publisher is closed.
-var errRetryClosed = errors.New("middleware: Retry: publisher closed")
+var errRetryClosed = errors.New("decorate: Retry: publisher closed")
 
 func (r *retryPublisher) Publish(topic string, messages ...*message.Message) error {
 	err := r.pub.Publish(topic, messages...)
@@ -302,9 +302,9 @@ func (r *retryPublisher) giveUp(topic string, attempts int, err, why error) erro
 		"topic": topic, "attempts": attempts, "error": err.Error(),
 	})
 	if why != nil && !errors.Is(err, why) {
-		return fmt.Errorf("middleware: Retry: gave up after %d attempt(s) (%w): %w", attempts, why, err)
+		return fmt.Errorf("decorate: Retry: gave up after %d attempt(s) (%w): %w", attempts, why, err)
 	}
-	return fmt.Errorf("middleware: Retry: gave up after %d attempt(s): %w", attempts, err)
+	return fmt.Errorf("decorate: Retry: gave up after %d attempt(s): %w", attempts, err)
 }
 
 // Close ends the waits of publishes in progress (they return their last

@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 )
 
 func TestTimeoutBoundsPublishAndRestoresContexts(t *testing.T) {
 	fake := &fakePublisher{script: []func([]*message.Message) error{blockUntilDone}}
-	pub := decorate(t, middleware.Timeout(10*time.Millisecond), fake)
+	pub := wrap(t, decorate.Timeout(10*time.Millisecond), fake)
 	msgs := newMessages(2)
 	type key struct{}
 	parent := context.WithValue(context.Background(), key{}, "kept")
@@ -45,7 +45,7 @@ func TestTimeoutKeepsValuesAndSoonerDeadlines(t *testing.T) {
 	msgs := newMessages(2)
 	msgs[0].SetContext(parent)
 	msgs[1].SetContext(parent)
-	if err := decorate(t, middleware.Timeout(time.Hour), fake).Publish("t", msgs...); err != nil {
+	if err := wrap(t, decorate.Timeout(time.Hour), fake).Publish("t", msgs...); err != nil {
 		t.Fatal(err)
 	}
 	if !gotDeadline.Equal(soon) || gotValue != "v" || !shared {
@@ -57,8 +57,8 @@ func TestTimeoutUnderRetryBoundsEachAttempt(t *testing.T) {
 	// The first attempt hangs until its deadline; Retry tries again and the
 	// second succeeds: a per-attempt deadline is not the caller's.
 	fake := &fakePublisher{script: []func([]*message.Message) error{blockUntilDone}}
-	pub := decorate(t, middleware.Timeout(10*time.Millisecond), fake)
-	pub = decorate(t, middleware.Retry(fast()), pub)
+	pub := wrap(t, decorate.Timeout(10*time.Millisecond), fake)
+	pub = wrap(t, decorate.Retry(fast()), pub)
 	if err := pub.Publish("t", newMessages(1)...); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
@@ -75,8 +75,8 @@ func TestTimeoutOverRetryBoundsTheCall(t *testing.T) {
 	cfg := fast()
 	cfg.MaxAttempts = -1
 	cfg.OnGiveUp = func(n int, _ error) { gaveUp = n }
-	pub := decorate(t, middleware.Retry(cfg), fake)
-	pub = decorate(t, middleware.Timeout(10*time.Millisecond), pub)
+	pub := wrap(t, decorate.Retry(cfg), fake)
+	pub = wrap(t, decorate.Timeout(10*time.Millisecond), pub)
 	err := pub.Publish("t", newMessages(1)...)
 	if !errors.Is(err, context.DeadlineExceeded) || gaveUp != 1 || len(fake.Calls()) != 1 {
 		t.Fatalf("err %v, gave up after %d, %d attempts; want DeadlineExceeded after 1", err, gaveUp, len(fake.Calls()))
@@ -84,22 +84,22 @@ func TestTimeoutOverRetryBoundsTheCall(t *testing.T) {
 }
 
 func TestTimeoutRejectsNonPositive(t *testing.T) {
-	if _, err := middleware.Timeout(0)(&fakePublisher{}); err == nil {
+	if _, err := decorate.Timeout(0)(&fakePublisher{}); err == nil {
 		t.Fatal("Timeout(0) accepted")
 	}
 }
 
 func TestMetrics(t *testing.T) {
 	fake := &fakePublisher{script: failN(1, errTransient)}
-	var got []middleware.PublishResult
-	pub := decorate(t, middleware.Metrics(func(r middleware.PublishResult) { got = append(got, r) }), fake)
+	var got []decorate.PublishResult
+	pub := wrap(t, decorate.Metrics(func(r decorate.PublishResult) { got = append(got, r) }), fake)
 	_ = pub.Publish("a", newMessages(3)...)
 	_ = pub.Publish("b", newMessages(1)...)
 	if len(got) != 2 || got[0].Topic != "a" || got[0].Messages != 3 || !errors.Is(got[0].Err, errTransient) ||
 		got[1].Topic != "b" || got[1].Messages != 1 || got[1].Err != nil {
 		t.Fatalf("observed %+v", got)
 	}
-	if _, err := middleware.Metrics(nil)(&fakePublisher{}); err == nil {
+	if _, err := decorate.Metrics(nil)(&fakePublisher{}); err == nil {
 		t.Fatal("Metrics(nil) accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/cenkalti/backoff/v5"
 
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -26,7 +26,7 @@ type retryEvents struct {
 	lastErr error
 }
 
-func (e *retryEvents) config(cfg middleware.RetryConfig) middleware.RetryConfig {
+func (e *retryEvents) config(cfg decorate.RetryConfig) decorate.RetryConfig {
 	cfg.OnRetry = func(attempt int, err error, wait time.Duration) {
 		if attempt != len(e.retries)+1 {
 			panic(fmt.Sprintf("OnRetry attempt %d after %d retries", attempt, len(e.retries)))
@@ -39,11 +39,11 @@ func (e *retryEvents) config(cfg middleware.RetryConfig) middleware.RetryConfig 
 }
 
 // fast keeps the unit tests quick: waits of a millisecond.
-func fast() middleware.RetryConfig {
-	return middleware.RetryConfig{InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond}
+func fast() decorate.RetryConfig {
+	return decorate.RetryConfig{InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond}
 }
 
-func decorate(t *testing.T, dec message.PublisherDecorator, pub message.Publisher) message.Publisher {
+func wrap(t *testing.T, dec message.PublisherDecorator, pub message.Publisher) message.Publisher {
 	t.Helper()
 	out, err := dec(pub)
 	if err != nil {
@@ -55,7 +55,7 @@ func decorate(t *testing.T, dec message.PublisherDecorator, pub message.Publishe
 func TestRetryTransientThenSuccess(t *testing.T) {
 	fake := &fakePublisher{script: failN(3, errTransient)}
 	var ev retryEvents
-	pub := decorate(t, middleware.Retry(ev.config(fast())), fake)
+	pub := wrap(t, decorate.Retry(ev.config(fast())), fake)
 
 	if err := pub.Publish("t", newMessages(2)...); err != nil {
 		t.Fatalf("Publish: %v", err)
@@ -74,13 +74,13 @@ func TestRetryTransientThenSuccess(t *testing.T) {
 }
 
 func TestRetryBackoffGrowsWithJitter(t *testing.T) {
-	cfg := middleware.RetryConfig{
+	cfg := decorate.RetryConfig{
 		InitialInterval: time.Millisecond, MaxInterval: 8 * time.Millisecond,
 		Multiplier: 2, RandomizationFactor: 0.5, MaxAttempts: 7,
 	}
 	fake := &fakePublisher{script: failN(100, errTransient)}
 	var ev retryEvents
-	pub := decorate(t, middleware.Retry(ev.config(cfg)), fake)
+	pub := wrap(t, decorate.Retry(ev.config(cfg)), fake)
 	if err := pub.Publish("t", newMessages(1)...); err == nil {
 		t.Fatal("Publish succeeded against a publisher that always fails")
 	}
@@ -112,7 +112,7 @@ func TestRetryPermanentErrorsAreNotRetried(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fake := &fakePublisher{script: failN(5, err)}
 			var ev retryEvents
-			pub := decorate(t, middleware.Retry(ev.config(fast())), fake)
+			pub := wrap(t, decorate.Retry(ev.config(fast())), fake)
 			got := pub.Publish("t", newMessages(1)...)
 			if len(fake.Calls()) != 1 || len(ev.retries) != 0 {
 				t.Fatalf("%d attempts, %d retries for a permanent error; want 1, 0", len(fake.Calls()), len(ev.retries))
@@ -131,7 +131,7 @@ func TestRetryNeverLeaksBackoffPermanentError(t *testing.T) {
 	// Whatever the wrapped publisher returns, Retry's own errors never carry
 	// backoff's wrapper; one the publisher returned is passed through as is.
 	fake := &fakePublisher{script: failN(10, errTransient)}
-	pub := decorate(t, middleware.Retry(middleware.RetryConfig{InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, MaxAttempts: 3}), fake)
+	pub := wrap(t, decorate.Retry(decorate.RetryConfig{InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, MaxAttempts: 3}), fake)
 	err := pub.Publish("t", newMessages(1)...)
 	var pe *backoff.PermanentError
 	if err == nil || errors.As(err, &pe) {
@@ -141,20 +141,20 @@ func TestRetryNeverLeaksBackoffPermanentError(t *testing.T) {
 
 func TestRetryClassify(t *testing.T) {
 	errMine := errors.New("mine: quota exceeded")
-	classify := func(err error) middleware.Decision {
+	classify := func(err error) decorate.Decision {
 		switch {
 		case errors.Is(err, errMine):
-			return middleware.Permanent
+			return decorate.Permanent
 		case errors.Is(err, resilient.ErrUnroutable):
-			return middleware.Transient // a binding is on its way
+			return decorate.Transient // a binding is on its way
 		}
-		return middleware.Undecided
+		return decorate.Undecided
 	}
 	t.Run("permanent", func(t *testing.T) {
 		fake := &fakePublisher{script: failN(3, errMine)}
 		cfg := fast()
 		cfg.Classify = classify
-		err := decorate(t, middleware.Retry(cfg), fake).Publish("t", newMessages(1)...)
+		err := wrap(t, decorate.Retry(cfg), fake).Publish("t", newMessages(1)...)
 		if !errors.Is(err, errMine) || len(fake.Calls()) != 1 {
 			t.Fatalf("err %v after %d attempts; want errMine after 1", err, len(fake.Calls()))
 		}
@@ -163,7 +163,7 @@ func TestRetryClassify(t *testing.T) {
 		fake := &fakePublisher{script: failN(2, resilient.ErrUnroutable)}
 		cfg := fast()
 		cfg.Classify = classify
-		if err := decorate(t, middleware.Retry(cfg), fake).Publish("t", newMessages(1)...); err != nil || len(fake.Calls()) != 3 {
+		if err := wrap(t, decorate.Retry(cfg), fake).Publish("t", newMessages(1)...); err != nil || len(fake.Calls()) != 3 {
 			t.Fatalf("err %v after %d attempts; want success after 3", err, len(fake.Calls()))
 		}
 	})
@@ -171,7 +171,7 @@ func TestRetryClassify(t *testing.T) {
 		fake := &fakePublisher{script: append(failN(1, errTransient), fail(resilient.ErrNotFound))}
 		cfg := fast()
 		cfg.Classify = classify
-		err := decorate(t, middleware.Retry(cfg), fake).Publish("t", newMessages(1)...)
+		err := wrap(t, decorate.Retry(cfg), fake).Publish("t", newMessages(1)...)
 		if !errors.Is(err, resilient.ErrNotFound) || len(fake.Calls()) != 2 {
 			t.Fatalf("err %v after %d attempts; want ErrNotFound after 2", err, len(fake.Calls()))
 		}
@@ -183,7 +183,7 @@ func TestRetryMaxAttempts(t *testing.T) {
 	var ev retryEvents
 	cfg := fast()
 	cfg.MaxAttempts = 4
-	err := decorate(t, middleware.Retry(ev.config(cfg)), fake).Publish("t", newMessages(1)...)
+	err := wrap(t, decorate.Retry(ev.config(cfg)), fake).Publish("t", newMessages(1)...)
 	if !errors.Is(err, errTransient) {
 		t.Fatalf("Publish returned %v", err)
 	}
@@ -195,11 +195,11 @@ func TestRetryMaxAttempts(t *testing.T) {
 func TestRetryMaxElapsedTime(t *testing.T) {
 	fake := &fakePublisher{script: failN(10000, errTransient)}
 	var ev retryEvents
-	cfg := middleware.RetryConfig{
+	cfg := decorate.RetryConfig{
 		InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond,
 		MaxAttempts: -1, MaxElapsedTime: 100 * time.Millisecond,
 	}
-	err := decorate(t, middleware.Retry(ev.config(cfg)), fake).Publish("t", newMessages(1)...)
+	err := wrap(t, decorate.Retry(ev.config(cfg)), fake).Publish("t", newMessages(1)...)
 	if !errors.Is(err, errTransient) || ev.gaveUp == 0 {
 		t.Fatalf("Publish returned %v, OnGiveUp after %d", err, ev.gaveUp)
 	}
@@ -223,14 +223,14 @@ func TestRetryStopsWhenMessageContextEnds(t *testing.T) {
 	msgs := newMessages(3)
 	msgs[1].SetContext(ctx) // one message's context is enough
 	var ev retryEvents
-	cfg := middleware.RetryConfig{InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1}
+	cfg := decorate.RetryConfig{InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1}
 	cfg = ev.config(cfg)
 	onRetry := cfg.OnRetry
 	cfg.OnRetry = func(attempt int, err error, wait time.Duration) {
 		onRetry(attempt, err, wait)
 		cancel() // the caller gives up during the hour-long wait
 	}
-	err := decorate(t, middleware.Retry(cfg), fake).Publish("t", msgs...)
+	err := wrap(t, decorate.Retry(cfg), fake).Publish("t", msgs...)
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, errTransient) {
 		t.Fatalf("Publish returned %v, want the cancellation and the last error", err)
 	}
@@ -243,7 +243,7 @@ func TestRetryDeadlineOfOneAttemptIsRetried(t *testing.T) {
 	// A deadline that is not the caller's (the publisher's own timeout, a
 	// Timeout under Retry) does not stop Retry.
 	fake := &fakePublisher{script: failN(2, fmt.Errorf("confirm: %w", context.DeadlineExceeded))}
-	if err := decorate(t, middleware.Retry(fast()), fake).Publish("t", newMessages(1)...); err != nil {
+	if err := wrap(t, decorate.Retry(fast()), fake).Publish("t", newMessages(1)...); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
 	if len(fake.Calls()) != 3 {
@@ -256,7 +256,7 @@ func TestRetryDeadlineOfOneAttemptIsRetried(t *testing.T) {
 	msgs := newMessages(1)
 	msgs[0].SetContext(ctx)
 	fake = &fakePublisher{script: failN(5, fmt.Errorf("confirm: %w", context.DeadlineExceeded))}
-	err := decorate(t, middleware.Retry(fast()), fake).Publish("t", msgs...)
+	err := wrap(t, decorate.Retry(fast()), fake).Publish("t", msgs...)
 	if !errors.Is(err, context.DeadlineExceeded) || len(fake.Calls()) != 1 {
 		t.Fatalf("err %v after %d attempts, want DeadlineExceeded after 1", err, len(fake.Calls()))
 	}
@@ -272,7 +272,7 @@ func TestRetryResendsOnlyUnconfirmed(t *testing.T) {
 	}}
 	cfg := fast()
 	cfg.MaxAttempts = 3
-	err := decorate(t, middleware.Retry(cfg), fake).Publish("t", msgs...)
+	err := wrap(t, decorate.Retry(cfg), fake).Publish("t", msgs...)
 	want := [][]string{ids, {ids[1], ids[3]}, {ids[3]}}
 	if got := fake.Calls(); !slices.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("attempts sent %v, want %v", got, want)
@@ -287,7 +287,7 @@ func TestRetryResendsAllForOtherPublishers(t *testing.T) {
 	msgs := newMessages(3)
 	ids := []string{msgs[0].UUID, msgs[1].UUID, msgs[2].UUID}
 	fake := &fakePublisher{script: failN(1, errTransient)}
-	if err := decorate(t, middleware.Retry(fast()), fake).Publish("t", msgs...); err != nil {
+	if err := wrap(t, decorate.Retry(fast()), fake).Publish("t", msgs...); err != nil {
 		t.Fatal(err)
 	}
 	if got := fake.Calls(); len(got) != 2 || !slices.Equal(got[1], ids) {
@@ -298,13 +298,13 @@ func TestRetryResendsAllForOtherPublishers(t *testing.T) {
 func TestRetryCloseEndsWait(t *testing.T) {
 	fake := &fakePublisher{script: failN(10, errTransient)}
 	var pub message.Publisher
-	cfg := middleware.RetryConfig{InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1}
+	cfg := decorate.RetryConfig{InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1}
 	cfg.OnRetry = func(int, error, time.Duration) {
 		if err := pub.Close(); err != nil {
 			t.Error(err)
 		}
 	}
-	pub = decorate(t, middleware.Retry(cfg), fake)
+	pub = wrap(t, decorate.Retry(cfg), fake)
 	err := pub.Publish("t", newMessages(1)...)
 	if !errors.Is(err, errTransient) || len(fake.Calls()) != 1 {
 		t.Fatalf("err %v after %d attempts; want errTransient after 1", err, len(fake.Calls()))
@@ -318,14 +318,14 @@ func TestRetryCloseEndsWait(t *testing.T) {
 }
 
 func TestRetryValidate(t *testing.T) {
-	for name, cfg := range map[string]middleware.RetryConfig{
+	for name, cfg := range map[string]decorate.RetryConfig{
 		"multiplier below 1":           {Multiplier: 0.5},
 		"max below initial":            {InitialInterval: time.Second, MaxInterval: time.Millisecond},
 		"negative interval":            {InitialInterval: -time.Second},
 		"randomization factor above 1": {RandomizationFactor: 1.5},
 		"negative, not NoJitter":       {RandomizationFactor: -0.5},
 	} {
-		if _, err := middleware.Retry(cfg)(&fakePublisher{}); err == nil {
+		if _, err := decorate.Retry(cfg)(&fakePublisher{}); err == nil {
 			t.Errorf("%s: Retry accepted %+v", name, cfg)
 		}
 		if cfg.Validate() == nil {
@@ -334,40 +334,40 @@ func TestRetryValidate(t *testing.T) {
 	}
 	// The zero value is valid, as documented, and so are NoJitter and a
 	// first wait longer than the default cap (the cap follows it).
-	for _, cfg := range []middleware.RetryConfig{{}, {RandomizationFactor: middleware.NoJitter}, {InitialInterval: 10 * time.Second}} {
+	for _, cfg := range []decorate.RetryConfig{{}, {RandomizationFactor: decorate.NoJitter}, {InitialInterval: 10 * time.Second}} {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("Validate(%+v): %v", cfg, err)
 		}
-		if _, err := middleware.Retry(cfg)(&fakePublisher{}); err != nil {
+		if _, err := decorate.Retry(cfg)(&fakePublisher{}); err != nil {
 			t.Errorf("Retry(%+v): %v", cfg, err)
 		}
 	}
-	if err := (middleware.ReconnectConfig{}).Validate(); err != nil {
+	if err := (decorate.ReconnectConfig{}).Validate(); err != nil {
 		t.Errorf("zero ReconnectConfig: %v", err)
 	}
-	if (middleware.ReconnectConfig{MaxWait: -time.Second}).Validate() == nil {
+	if (decorate.ReconnectConfig{MaxWait: -time.Second}).Validate() == nil {
 		t.Error("a negative MaxWait was accepted")
 	}
 }
 
 func TestDecoratorsForwardConnectionMethods(t *testing.T) {
 	decorators := map[string]message.PublisherDecorator{
-		"Retry":     middleware.Retry(middleware.RetryConfig{}),
-		"Reconnect": middleware.Reconnect(middleware.ReconnectConfig{}),
-		"Timeout":   middleware.Timeout(time.Second),
-		"Metrics":   middleware.Metrics(func(middleware.PublishResult) {}),
+		"Retry":     decorate.Retry(decorate.RetryConfig{}),
+		"Reconnect": decorate.Reconnect(decorate.ReconnectConfig{}),
+		"Timeout":   decorate.Timeout(time.Second),
+		"Metrics":   decorate.Metrics(func(decorate.PublishResult) {}),
 	}
 	for name, dec := range decorators {
 		t.Run(name, func(t *testing.T) {
-			plain := decorate(t, dec, &fakePublisher{})
-			if _, ok := plain.(middleware.ConnectionReporter); ok {
+			plain := wrap(t, dec, &fakePublisher{})
+			if _, ok := plain.(decorate.ConnectionReporter); ok {
 				t.Error("claims IsConnected over a publisher without it")
 			}
-			if _, ok := plain.(middleware.ConnectionWaiter); ok {
+			if _, ok := plain.(decorate.ConnectionWaiter); ok {
 				t.Error("claims WaitConnected over a publisher without it")
 			}
 			cf := newConnFake(true)
-			rep, ok := decorate(t, dec, cf).(middleware.ConnectionReporter)
+			rep, ok := wrap(t, dec, cf).(decorate.ConnectionReporter)
 			if !ok || !rep.IsConnected() {
 				t.Fatal("IsConnected not forwarded")
 			}
@@ -376,7 +376,7 @@ func TestDecoratorsForwardConnectionMethods(t *testing.T) {
 				t.Fatal("IsConnected not forwarded")
 			}
 			wf := newWaitFake()
-			w, ok := decorate(t, dec, wf).(middleware.ConnectionWaiter)
+			w, ok := wrap(t, dec, wf).(decorate.ConnectionWaiter)
 			if !ok {
 				t.Fatal("WaitConnected not forwarded")
 			}
@@ -391,7 +391,7 @@ func TestDecoratorsForwardConnectionMethods(t *testing.T) {
 func TestRetryOverGoChannel(t *testing.T) {
 	// A stock watermill publisher, to show Retry is not tied to ours.
 	gc := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
-	pub := decorate(t, middleware.Retry(fast()), gc)
+	pub := wrap(t, decorate.Retry(fast()), gc)
 	defer pub.Close()
 	msgs := newMessages(3)
 	if err := pub.Publish("t", msgs...); err != nil {
@@ -412,7 +412,7 @@ func TestRetryOverGoChannel(t *testing.T) {
 		delete(want, got.UUID)
 		got.Ack()
 	}
-	if _, ok := pub.(middleware.ConnectionReporter); ok {
+	if _, ok := pub.(decorate.ConnectionReporter); ok {
 		t.Fatal("gochannel reports no connection; Retry must not claim one")
 	}
 }

@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -27,10 +27,10 @@ func Example() {
 		log.Fatal(err)
 	}
 	for _, decorate := range []message.PublisherDecorator{
-		middleware.Reconnect(middleware.ReconnectConfig{Logger: logger}),
-		middleware.Retry(middleware.RetryConfig{Logger: logger}),
-		middleware.Timeout(2 * time.Minute),
-		middleware.Metrics(func(r middleware.PublishResult) {
+		decorate.Reconnect(decorate.ReconnectConfig{Logger: logger}),
+		decorate.Retry(decorate.RetryConfig{Logger: logger}),
+		decorate.Timeout(2 * time.Minute),
+		decorate.Metrics(func(r decorate.PublishResult) {
 			// e.g. a counter by topic and outcome, a histogram of r.Duration
 		}),
 	} {
@@ -56,14 +56,14 @@ func ExampleReconnect() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	pub, err := middleware.Reconnect(middleware.ReconnectConfig{
+	pub, err := decorate.Reconnect(decorate.ReconnectConfig{
 		MaxWait:      30 * time.Second,       // default 30s
 		PollInterval: 100 * time.Millisecond, // default 100ms; stock has no WaitConnected
 	})(stock)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if pub, err = middleware.Retry(middleware.RetryConfig{})(pub); err != nil {
+	if pub, err = decorate.Retry(decorate.RetryConfig{})(pub); err != nil {
 		log.Fatal(err)
 	}
 	defer pub.Close()
@@ -73,18 +73,18 @@ func ExampleReconnect() {
 // your own.
 func ExampleRetry() {
 	errQuota := errors.New("quota exceeded")
-	retry := middleware.Retry(middleware.RetryConfig{
+	retry := decorate.Retry(decorate.RetryConfig{
 		InitialInterval:     100 * time.Millisecond, // default 100ms
 		MaxInterval:         5 * time.Second,        // default 5s
 		Multiplier:          2,                      // default 2
 		RandomizationFactor: 0.5,                    // default 0.5
 		MaxAttempts:         10,                     // default 10, first attempt included
 		MaxElapsedTime:      time.Minute,            // default 1m
-		Classify: func(err error) middleware.Decision {
+		Classify: func(err error) decorate.Decision {
 			if errors.Is(err, errQuota) {
-				return middleware.Permanent
+				return decorate.Permanent
 			}
-			return middleware.Undecided // resilient.IsPermanent and friends decide
+			return decorate.Undecided // resilient.IsPermanent and friends decide
 		},
 		OnRetry: func(attempt int, err error, wait time.Duration) {
 			log.Printf("attempt %d failed (%v), next in %s", attempt, err, wait)
@@ -106,11 +106,11 @@ func Example_router() {
 	if sub == nil || pub == nil {
 		return
 	}
-	pub, err := middleware.Reconnect(middleware.ReconnectConfig{})(pub)
+	pub, err := decorate.Reconnect(decorate.ReconnectConfig{})(pub)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if pub, err = middleware.Retry(middleware.RetryConfig{})(pub); err != nil {
+	if pub, err = decorate.Retry(decorate.RetryConfig{})(pub); err != nil {
 		log.Fatal(err)
 	}
 	router, err := message.NewRouter(message.RouterConfig{}, logger)

@@ -1,4 +1,4 @@
-package middleware
+package decorate
 
 import (
 	"context"
@@ -32,10 +32,10 @@ import (
 func Timeout(timeout time.Duration) message.PublisherDecorator {
 	return func(pub message.Publisher) (message.Publisher, error) {
 		if pub == nil {
-			return nil, fmt.Errorf("middleware: Timeout: nil publisher")
+			return nil, fmt.Errorf("decorate: Timeout: nil publisher")
 		}
 		if timeout <= 0 {
-			return nil, fmt.Errorf("middleware: Timeout: timeout must be positive, got %s", timeout)
+			return nil, fmt.Errorf("decorate: Timeout: timeout must be positive, got %s", timeout)
 		}
 		return forward(&timeoutPublisher{pub: pub, timeout: timeout}, pub), nil
 	}

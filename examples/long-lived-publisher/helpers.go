@@ -1,39 +1,31 @@
-// Package examplekit is what the example programs share: the default of
-// their flags from the environment, a fatal check, and the loop that
-// restarts the broker while they run.
-package examplekit
+package main
 
 import (
 	"context"
 	"fmt"
-	"log"
 	"os"
 	"os/exec"
 	"strings"
 	"time"
 )
 
-// EnvOr is the environment variable key, or fallback when it is unset.
-func EnvOr(key, fallback string) string {
+// What this program needs beside the libraries, here so that it can be
+// copied on its own.
+
+// envOr is the environment variable key, or fallback when it is unset.
+func envOr(key, fallback string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
 	}
 	return fallback
 }
 
-// Check ends the program when err is not nil, saying what failed.
-func Check(err error, what string) {
-	if err != nil {
-		log.Fatalf("%s: %v", what, err)
-	}
-}
-
-// RestartLoop restarts the broker's application every interval until ctx
+// restartLoop restarts the broker's application every interval until ctx
 // ends, with $RABBITMQCTL (default rabbitmqctl), printing each restart with
 // stamp. It waits the full interval after the broker is back, however long
 // a restart takes: restarts never run back to back.
-func RestartLoop(ctx context.Context, every time.Duration, stamp func() string) {
-	ctl := strings.Fields(EnvOr("RABBITMQCTL", "rabbitmqctl"))
+func restartLoop(ctx context.Context, every time.Duration, stamp func() string) {
+	ctl := strings.Fields(envOr("RABBITMQCTL", "rabbitmqctl"))
 	for {
 		select {
 		case <-ctx.Done():

@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"sync/atomic"
@@ -9,8 +9,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -34,10 +34,10 @@ func TestStackOnResilientPublisherThroughForcedCloses(t *testing.T) {
 	var published, failed atomic.Int64
 	var pub message.Publisher = inner
 	for _, dec := range []message.PublisherDecorator{
-		middleware.Reconnect(middleware.ReconnectConfig{}),
-		middleware.Retry(middleware.RetryConfig{}),
-		middleware.Timeout(2 * time.Minute),
-		middleware.Metrics(func(r middleware.PublishResult) {
+		decorate.Reconnect(decorate.ReconnectConfig{}),
+		decorate.Retry(decorate.RetryConfig{}),
+		decorate.Timeout(2 * time.Minute),
+		decorate.Metrics(func(r decorate.PublishResult) {
 			published.Add(int64(r.Messages))
 			if r.Err != nil {
 				failed.Add(1)
@@ -48,7 +48,7 @@ func TestStackOnResilientPublisherThroughForcedCloses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, ok := pub.(middleware.ConnectionWaiter); !ok {
+	if _, ok := pub.(decorate.ConnectionWaiter); !ok {
 		t.Fatal("the stack hides the publisher's WaitConnected")
 	}
 

@@ -1,4 +1,4 @@
-package middleware
+package decorate
 
 import (
 	"context"
@@ -61,7 +61,7 @@ func (c ReconnectConfig) Validate() error {
 		errs = append(errs, errors.New("PollInterval must be positive"))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("middleware: invalid ReconnectConfig: %w", errors.Join(errs...))
+		return fmt.Errorf("decorate: invalid ReconnectConfig: %w", errors.Join(errs...))
 	}
 	return nil
 }
@@ -69,7 +69,7 @@ func (c ReconnectConfig) Validate() error {
 // ErrNotConnected is wrapped by the error Reconnect returns when a message's
 // Context() ends, or the decorated publisher is closed, while Publish waits
 // for the connection. Nothing was sent.
-var ErrNotConnected = errors.New("middleware: publisher not connected")
+var ErrNotConnected = errors.New("decorate: publisher not connected")
 
 // Reconnect returns a decorator that, before each Publish, waits until the
 // wrapped publisher reports its connection up, so that attempts are not
@@ -96,7 +96,7 @@ var ErrNotConnected = errors.New("middleware: publisher not connected")
 func Reconnect(config ReconnectConfig) message.PublisherDecorator {
 	return func(pub message.Publisher) (message.Publisher, error) {
 		if pub == nil {
-			return nil, errors.New("middleware: Reconnect: nil publisher")
+			return nil, errors.New("decorate: Reconnect: nil publisher")
 		}
 		config.setDefaults()
 		if err := config.Validate(); err != nil {
@@ -122,7 +122,7 @@ type reconnectPublisher struct {
 	stop    context.CancelFunc
 }
 
-var errReconnectClosed = errors.New("middleware: Reconnect: publisher closed")
+var errReconnectClosed = errors.New("decorate: Reconnect: publisher closed")
 
 func (r *reconnectPublisher) Publish(topic string, messages ...*message.Message) error {
 	if err := r.wait(topic, messages); err != nil {
@@ -176,7 +176,7 @@ func (r *reconnectPublisher) wait(topic string, messages []*message.Message) err
 	return err
 }
 
-var errMaxWait = errors.New("middleware: Reconnect: MaxWait passed")
+var errMaxWait = errors.New("decorate: Reconnect: MaxWait passed")
 
 func (r *reconnectPublisher) connected() bool {
 	return r.reporter != nil && r.reporter.IsConnected()

@@ -1,4 +1,4 @@
-package middleware
+package decorate
 
 import (
 	"errors"
@@ -28,10 +28,10 @@ type PublishResult struct {
 func Metrics(observe func(PublishResult)) message.PublisherDecorator {
 	return func(pub message.Publisher) (message.Publisher, error) {
 		if pub == nil {
-			return nil, errors.New("middleware: Metrics: nil publisher")
+			return nil, errors.New("decorate: Metrics: nil publisher")
 		}
 		if observe == nil {
-			return nil, errors.New("middleware: Metrics: nil observe function")
+			return nil, errors.New("decorate: Metrics: nil observe function")
 		}
 		return forward(&metricsPublisher{pub: pub, observe: observe}, pub), nil
 	}

@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
-	"github.com/resilientmq/watermill-rabbitmq/middleware"
+	"github.com/resilientmq/watermill-rabbitmq/decorate"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -37,7 +37,7 @@ func TestReconnectPollsUntilConnected(t *testing.T) {
 	fake := newConnFake(false)
 	fake.script = failWhileDown(fake, 10)
 	var waits []error
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{
 		PollInterval: time.Millisecond,
 		OnWait:       func(_ time.Duration, err error) { waits = append(waits, err) },
 	}), fake)
@@ -61,7 +61,7 @@ func TestReconnectPollsUntilConnected(t *testing.T) {
 
 func TestReconnectUsesWaitConnected(t *testing.T) {
 	fake := newWaitFake()
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{}), fake)
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{}), fake)
 	done := make(chan error, 1)
 	go func() { done <- pub.Publish("t", newMessages(1)...) }()
 	<-fake.waiting
@@ -77,7 +77,7 @@ func TestReconnectUsesWaitConnected(t *testing.T) {
 func TestReconnectConnectedPublishesAtOnce(t *testing.T) {
 	fake := newConnFake(true)
 	var waited atomic.Int32
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{
 		OnWait: func(time.Duration, error) { waited.Add(1) },
 	}), fake)
 	if err := pub.Publish("t", newMessages(1)...); err != nil {
@@ -97,7 +97,7 @@ func TestReconnectMessageContextEndsWait(t *testing.T) {
 		"waiting": newWaitFake(),
 	} {
 		t.Run(name, func(t *testing.T) {
-			pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{MaxWait: time.Hour}), fake)
+			pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{MaxWait: time.Hour}), fake)
 			ctx, cancel := context.WithCancel(context.Background())
 			msgs := newMessages(2)
 			msgs[0].SetContext(ctx)
@@ -111,7 +111,7 @@ func TestReconnectMessageContextEndsWait(t *testing.T) {
 			}
 			cancel()
 			err := <-done
-			if !errors.Is(err, middleware.ErrNotConnected) || !errors.Is(err, context.Canceled) {
+			if !errors.Is(err, decorate.ErrNotConnected) || !errors.Is(err, context.Canceled) {
 				t.Fatalf("Publish returned %v, want ErrNotConnected and context.Canceled", err)
 			}
 			if n := len(fake.Calls()); n != 0 {
@@ -125,7 +125,7 @@ func TestReconnectMaxWaitPublishesAnyway(t *testing.T) {
 	fake := newConnFake(false)
 	fake.script = failWhileDown(fake, 1)
 	var waitErr = errors.New("OnWait not called")
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{
 		MaxWait: 10 * time.Millisecond, PollInterval: time.Millisecond,
 		OnWait: func(_ time.Duration, err error) { waitErr = err },
 	}), fake)
@@ -140,14 +140,14 @@ func TestReconnectMaxWaitPublishesAnyway(t *testing.T) {
 
 func TestReconnectCloseEndsWait(t *testing.T) {
 	fake := newConnFake(false)
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{MaxWait: time.Hour}), fake)
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{MaxWait: time.Hour}), fake)
 	done := make(chan error, 1)
 	go func() { done <- pub.Publish("t", newMessages(1)...) }()
 	<-fake.askedDown
 	if err := pub.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, middleware.ErrNotConnected) || len(fake.Calls()) != 0 {
+	if err := <-done; !errors.Is(err, decorate.ErrNotConnected) || len(fake.Calls()) != 0 {
 		t.Fatalf("err %v after %d publishes; want ErrNotConnected after 0", err, len(fake.Calls()))
 	}
 	if err := pub.Close(); err != nil {
@@ -160,8 +160,8 @@ func TestReconnectWaitErrorIsReturned(t *testing.T) {
 	// the wait with its error, which Retry takes as permanent.
 	fake := &closedWaiter{}
 	var attempts int
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{}), fake)
-	pub = decorate(t, middleware.Retry(middleware.RetryConfig{OnGiveUp: func(n int, _ error) { attempts = n }}), pub)
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{}), fake)
+	pub = wrap(t, decorate.Retry(decorate.RetryConfig{OnGiveUp: func(n int, _ error) { attempts = n }}), pub)
 	err := pub.Publish("t", newMessages(1)...)
 	if !errors.Is(err, resilient.ErrClosed) || attempts != 1 || len(fake.Calls()) != 0 {
 		t.Fatalf("err %v, %d attempts, %d publishes; want ErrClosed, 1, 0", err, attempts, len(fake.Calls()))
@@ -176,7 +176,7 @@ func (*closedWaiter) WaitConnected(context.Context) error { return resilient.Err
 func TestReconnectDoesNotWaitForAClosedPublisher(t *testing.T) {
 	fake := &closedFake{connFake: newConnFake(false)}
 	fake.script = []func([]*message.Message) error{fail(errors.New("pub/sub is closed"))}
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{MaxWait: time.Hour}), fake)
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{MaxWait: time.Hour}), fake)
 	if err := pub.Publish("t", newMessages(1)...); err == nil || len(fake.Calls()) != 1 {
 		t.Fatalf("err %v after %d publishes; want the publisher's error after 1", err, len(fake.Calls()))
 	}
@@ -189,7 +189,7 @@ func (*closedFake) Closed() bool { return true }
 
 func TestReconnectWithoutReporterIsTransparent(t *testing.T) {
 	gc := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{}), gc)
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{}), gc)
 	defer pub.Close()
 	if err := pub.Publish("t", newMessages(1)...); err != nil {
 		t.Fatal(err)
@@ -204,8 +204,8 @@ func TestRetryOverReconnect(t *testing.T) {
 	fake.script = append(failN(1, errNotConnected), failWhileDown(fake, 10)...)
 	fake.up.Store(false)
 	var retries int
-	pub := decorate(t, middleware.Reconnect(middleware.ReconnectConfig{PollInterval: time.Millisecond, MaxWait: time.Hour}), fake)
-	pub = decorate(t, middleware.Retry(middleware.RetryConfig{
+	pub := wrap(t, decorate.Reconnect(decorate.ReconnectConfig{PollInterval: time.Millisecond, MaxWait: time.Hour}), fake)
+	pub = wrap(t, decorate.Retry(decorate.RetryConfig{
 		InitialInterval: time.Millisecond, MaxAttempts: 3,
 		OnRetry: func(int, error, time.Duration) { retries++ },
 	}), pub)

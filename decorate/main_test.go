@@ -1,4 +1,4 @@
-package middleware_test
+package decorate_test
 
 import (
 	"testing"

@@ -1,0 +1,138 @@
+package resilient_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// A fault the library absorbs logs no ERROR (alerts watch ERROR): one INFO
+// line when it starts and one when it ends, with how long the connection
+// was down and how many messages were sent again; on both sides, through a
+// forced close and a broker restart, with nothing lost.
+func TestAbsorbedFaultsLogNoError(t *testing.T) {
+	brokertest.Need(t)
+	for _, fault := range []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"forced close", func(t *testing.T) { brokertest.CloseAllConnections(t) }},
+		{"broker restart", func(t *testing.T) { brokertest.StopApp(t); brokertest.StartApp(t) }},
+	} {
+		t.Run(fault.name, func(t *testing.T) {
+			queue := brokertest.Name("logs")
+			brokertest.DeleteQueues(t, queue)
+			pubLogs, subLogs := watermill.NewCaptureLogger(), watermill.NewCaptureLogger()
+			pubEvents, onPub := newEventQueue(resilient.Reconnected)
+			subEvents, onSub := newEventQueue(resilient.Reconnected, resilient.ConsumerReattached)
+
+			cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), OnEvent: onPub}
+			pub, err := resilient.NewPublisher(cfg, pubLogs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := pub.Close(); err != nil {
+					t.Errorf("publisher Close: %v", err)
+				}
+			}()
+			cfg.OnEvent = onSub
+			cfg.AMQP.Consume.Qos.PrefetchCount = 64
+			sub, err := resilient.NewSubscriber(cfg, subLogs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := sub.Close(); err != nil {
+					t.Errorf("subscriber Close: %v", err)
+				}
+			}()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			msgs, err := sub.Subscribe(ctx, queue)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := newReceived()
+			done := consumeAll(msgs, r, nil)
+
+			load := brokertest.StartLoad(t, pub, 4, queue)
+			load.WaitProgress(200)
+			fault.run(t)
+			pubEvents.await(t, resilient.Reconnected)
+			subEvents.await(t, resilient.Reconnected)
+			subEvents.await(t, resilient.ConsumerReattached)
+			load.WaitProgress(200)
+			load.Stop()
+			ids := load.Confirmed.All()
+			r.AwaitAll(t, ids)
+			cancel()
+			<-done
+			r.tally(t, ids)
+
+			for side, logs := range map[string]*watermill.CaptureLoggerAdapter{"publisher": pubLogs, "subscriber": subLogs} {
+				if errs := logs.Captured()[watermill.ErrorLogLevel]; len(errs) > 0 {
+					t.Errorf("%s logged %d ERROR line(s) for a fault it absorbed, e.g. %q: %v", side, len(errs), errs[0].Msg, errs[0].Err)
+				}
+				requireOneInfo(t, side, logs, "AMQP connection lost, reconnecting", "uri", "reason")
+				requireOneInfo(t, side, logs, "Reconnected to AMQP", "uri", "attempts", "down_for", "resent")
+				// The rest of an absorbed fault is a detail: a few lines,
+				// however many channels and messages were in flight.
+				if n := len(logs.Captured()[watermill.InfoLogLevel]); n > 8 {
+					t.Errorf("%s logged %d INFO lines for one fault, want a few: %v", side, n, infoCounts(logs))
+				}
+			}
+			t.Logf("publisher's end line: %v", lastInfo(pubLogs, "Reconnected to AMQP"))
+			for side, logs := range map[string]*watermill.CaptureLoggerAdapter{"publisher": pubLogs, "subscriber": subLogs} {
+				t.Logf("%s's INFO lines: %v", side, infoCounts(logs))
+			}
+		})
+	}
+}
+
+// requireOneInfo fails unless logs has exactly one INFO line msg, with the
+// fields named.
+func requireOneInfo(t *testing.T, side string, logs *watermill.CaptureLoggerAdapter, msg string, fields ...string) {
+	t.Helper()
+	var found []watermill.CapturedMessage
+	for _, m := range logs.Captured()[watermill.InfoLogLevel] {
+		if m.Msg == msg {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		t.Errorf("%s: %d INFO line(s) %q, want 1", side, len(found), msg)
+		return
+	}
+	for _, f := range fields {
+		if _, ok := found[0].Fields[f]; !ok {
+			t.Errorf("%s: %q has no field %s: %v", side, msg, f, found[0].Fields)
+		}
+	}
+}
+
+// lastInfo returns the fields of the last INFO line msg.
+func lastInfo(logs *watermill.CaptureLoggerAdapter, msg string) watermill.LogFields {
+	var fields watermill.LogFields
+	for _, m := range logs.Captured()[watermill.InfoLogLevel] {
+		if m.Msg == msg {
+			fields = m.Fields
+		}
+	}
+	return fields
+}
+
+// infoCounts counts the INFO lines by message, to show what a fault costs
+// an operator's log.
+func infoCounts(logs *watermill.CaptureLoggerAdapter) map[string]int {
+	counts := map[string]int{}
+	for _, m := range logs.Captured()[watermill.InfoLogLevel] {
+		counts[m.Msg]++
+	}
+	return counts
+}
