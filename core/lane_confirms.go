@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -96,6 +97,10 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 		}
 	default:
 		d.report(outcomeAcked, nil)
+	}
+	if acked {
+		l.heardAt, l.unheard = time.Now(), 0
+		l.sess.confirmed()
 	}
 	if l.pending.len() == 0 {
 		clear(l.returned)
