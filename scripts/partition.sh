@@ -62,10 +62,7 @@ owner_alive() {
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-net_launch() { ip netns exec ${P}ns$1 env $(node_env $1) rabbitmq-server -detached; }
-await() { T=180 rctl $1 -q await_startup >/dev/null 2>&1 || { echo "node $(nodename $1) did not start; see $DIR/n$1/log"; return 1; }; }
-
-up() {
+net_up() {
   set -e
   ip link add ${P}bc type bridge forward_delay 0 stp_state 0
   ip addr add 10.219.0.254/24 dev ${P}bc
