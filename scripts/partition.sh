@@ -85,7 +85,12 @@ net_up() {
 }
 
 launch() { ip netns exec ${P}ns$1 env $(node_env $1) rabbitmq-server -detached; }
-await() { T=180 rctl $1 -q await_startup >/dev/null 2>&1 || { echo "node $(nodename $1) did not start; see $DIR/n$1/log"; return 1; }; }
+# await N: until node N runs (await_startup fails at once while the node is not reachable yet), 180 s at most.
+await() {
+  local until=$(( $(date +%s) + 180 ))
+  while [ "$(date +%s)" -lt $until ]; do T=60 rctl $1 -q await_startup >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "node $(nodename $1) did not start; see $DIR/n$1/log"; return 1
+}
 
 up() {
   local mode=${1:-pause_minority} owner=${2:-$PPID}
