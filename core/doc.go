@@ -38,8 +38,13 @@
 //     duplicates (watermill's Deduplicator middleware does).
 //   - Never hangs: every wait is bounded by the message's Context(),
 //     Config.PublishTimeout and, for Close, Config.CloseTimeout. A channel
-//     that leaves a message unconfirmed for Config.ConfirmTimeout is replaced
-//     and its messages re-sent. While the broker blocks the connection
+//     that leaves a message unconfirmed for Config.ConfirmTimeout, or that
+//     owes confirms and confirms nothing for a quarter of it, is replaced
+//     and its messages re-sent on a fresh channel at once: no one waits
+//     for the old channel's close, which ends in the background. A
+//     connection that confirms nothing for ConfirmTimeout, on fresh
+//     channels too, is left for another URI: its node answers but cannot
+//     confirm (a minority in a network partition). While the broker blocks the connection
 //     (memory or disk alarm) sending pauses, and publishes time out cleanly.
 //     A peer that stops reading (a frozen link) cannot hold a writer: the
 //     heartbeat's read deadline cuts the socket, and so does Close. Every

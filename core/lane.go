@@ -16,6 +16,9 @@ var (
 	errHeldBack = fmt.Errorf("%w: held back behind an earlier message of the call", errConnectionLost)
 	// errReplaced: the lane replaced a channel the broker nacked on.
 	errReplaced = fmt.Errorf("%w: channel replaced after a nack", errConnectionLost)
+	// errStalled: the lane replaced a channel that confirmed nothing for
+	// stallBound while it owed confirms.
+	errStalled = fmt.Errorf("%w: channel replaced after confirming nothing for a while", errConnectionLost)
 )
 
 // How long a lane waits before reopening a channel, at first.
@@ -54,8 +57,17 @@ type lane struct {
 	// resumedAt is when the broker last unblocked the connection: time spent
 	// blocked does not count against ConfirmTimeout.
 	resumedAt time.Time
+	// heardAt is when the channel was opened or last confirmed a message:
+	// one that owes confirms and hears nothing for stallBound is replaced.
+	heardAt time.Time
+	// unheard counts the channels the lane replaced, for a time-out or a
+	// stall, since it last heard a confirm.
+	unheard int
+	// waitingSince is when the oldest message the first of those channels
+	// owed was sent: since then the lane has waited in vain.
+	waitingSince time.Time
 	// replace: the broker nacked on this channel; take nothing more, and
-	// open another once what is in flight is settled. A channel remembers
+	// open another at once, sending again what it still owes. A channel remembers
 	// where it sent its first message to a quorum queue: one that did so
 	// while the queue's leader was dead (RabbitMQ 3.10) is nacked until
 	// that node returns, while a fresh channel reaches the new leader.
@@ -85,6 +97,7 @@ func (l *lane) run() {
 		// A new channel: whatever ended the last one (a nack, a time-out, the
 		// broker), this one has not been nacked.
 		l.replace = false
+		l.heardAt = time.Now()
 		cause := l.serve(ch)
 		// amqp091-go marks the connection closed before it closes its
 		// channels: a channel that died alone sees it open.
@@ -92,12 +105,16 @@ func (l *lane) run() {
 		if cause == nil {
 			return
 		}
-		if cause == errReplaced {
+		switch cause {
+		case errReplaced:
 			l.logger.Debug("Publishing channel nacked: replacing it", nil)
-		} else if l.sess.conn.IsClosed() {
-			// Part of the connection's loss, which the supervisor logs.
-			l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
-		} else {
+		case errConfirmTimeout, errStalled: // logged by serve
+		default:
+			if l.sess.conn.IsClosed() {
+				// Part of the connection's loss, which the supervisor logs.
+				l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
+				break
+			}
 			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		}
 		select {
@@ -219,9 +236,10 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.readConfirmsAfterClose(returns)
 				return cause
 			}
-			if l.pending.len() == 0 && l.replace {
-				l.closeChannel(ch)
-				l.readConfirmsAfterClose(returns)
+			if l.replace {
+				// Nacked: what is still owed goes to a fresh channel now,
+				// not once this one drained (it may never).
+				l.retire(ch, returns)
 				return errReplaced
 			}
 			if l.pending.len() == 0 && l.held != nil {
@@ -244,21 +262,65 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if owedFor > pulseAfter && l.sess.sock.silentFor() > pulseAfter {
 				l.sess.startPulse() // dark, or busy? See pulse.go.
 			}
-			if owedFor > l.sess.cfg.ConfirmTimeout && !isDone(head.dc.Done()) { // not a confirm a pulse holds
+			if isDone(head.dc.Done()) || l.sess.pulseOutstanding() != nil {
+				continue // a confirm a pulse holds, or one being read
+			}
+			cfg := l.sess.cfg
+			if l.unheard > 0 && l.sess.canLeaveNode() &&
+				time.Since(later(later(l.waitingSince, l.sess.lastConfirm()), l.resumedAt)) > cfg.ConfirmTimeout {
+				// Nothing confirmed on this connection for ConfirmTimeout,
+				// though its channels were replaced meanwhile (stalled):
+				// leave the node for another URI. See unconfirming.go.
+				l.sess.breakOff(&unconfirmingNodeError{after: cfg.ConfirmTimeout})
+				continue // the connection's end follows
+			}
+			if owedFor > cfg.ConfirmTimeout {
 				// Absorbed: the messages are sent again on a new channel.
-				l.logger.Info("No confirm in time: closing the channel to re-send",
-					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": l.sess.cfg.ConfirmTimeout.String()})
-				l.closeChannel(ch)
-				l.readConfirmsAfterClose(returns)
+				l.logger.Info("No confirm in time: replacing the channel to re-send",
+					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": cfg.ConfirmTimeout.String()})
+				l.giveUpOn(ch, returns)
 				return errConfirmTimeout
+			}
+			if stalled := time.Since(later(later(head.sentAt, l.heardAt), l.resumedAt)); stalled > stallBound(cfg.ConfirmTimeout) && !l.sess.sock.writing() {
+				l.logger.Info("No confirm on the channel for a while: replacing it to re-send", watermill.LogFields{
+					"unconfirmed": l.pending.len(), "stalled": stalled.Round(time.Millisecond).String()})
+				l.giveUpOn(ch, returns)
+				return errStalled
 			}
 		}
 	}
 }
 
-// closeChannel closes ch, waiting for the broker's close-ok within bounds.
-func (l *lane) closeChannel(ch *amqp091.Channel) {
-	_ = l.sess.awaitReply("a publishing channel's closing", ch.Close)
+// giveUpOn retires ch, which owes confirms and confirmed nothing in time,
+// counting it against the node (unconfirming.go).
+func (l *lane) giveUpOn(ch *amqp091.Channel, returns <-chan amqp091.Return) {
+	if l.unheard == 0 {
+		l.waitingSince = l.pending.oldest().sentAt
+	}
+	l.unheard++
+	l.retire(ch, returns)
+}
+
+// retire gives up on ch at once, without waiting for the broker: the
+// confirms that arrived are reported, what is still owed stays pending for
+// failPending (sent again on a fresh channel now), and ch is closed in the
+// background (closeInBackground). A stuck channel never holds a message:
+// its broker may answer the close only much later (a channel bound to a
+// quorum queue leader on the far side of a partition answers after the
+// heal). Whatever the old channel confirms later is not counted: the
+// message was sent again, at worst a duplicate.
+func (l *lane) retire(ch *amqp091.Channel, returns <-chan amqp091.Return) {
+	var owed inFlight
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		if isDone(d.dc.Done()) && l.sess.confirmsBelievable() && (d.dc.Acked() || !ch.IsClosed()) {
+			l.report(d, d.dc.Acked(), returns)
+			continue
+		}
+		owed.push(d)
+	}
+	l.pending = owed
+	l.sess.closeInBackground(ch)
 }
 
 func later(a, b time.Time) time.Time {

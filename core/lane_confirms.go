@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -99,6 +100,8 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	}
 	if acked {
 		l.sess.pub.size.took(len(m.publishing.Body))
+		l.heardAt, l.unheard = time.Now(), 0
+		l.sess.confirmed()
 	}
 	if l.pending.len() == 0 {
 		clear(l.returned)

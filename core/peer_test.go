@@ -27,6 +27,10 @@ type scriptedPeer struct {
 	// that a test knows what the client wrote before any answer: a nack
 	// then finds no later message of its call unwritten.
 	holdAnswers int
+	// silent, when set, says which messages get no answer at all: the
+	// n-th published on link l (links count from 0, in dial order), on
+	// the given channel.
+	silent func(l *peerLink, channel uint16, n uint64) bool
 	// onMethod, when set, may answer a method itself (true: handled).
 	// Set before the first dial.
 	onMethod func(l *peerLink, channel, class, method uint16) bool
@@ -39,6 +43,7 @@ type scriptedPeer struct {
 
 // peerLink is one connection the peer accepted.
 type peerLink struct {
+	index   int // in dial order, from 0
 	conn    net.Conn
 	writeMu sync.Mutex
 }
@@ -61,6 +66,7 @@ func (p *scriptedPeer) dial(network, addr string) (net.Conn, error) {
 	client, server := net.Pipe()
 	l := &peerLink{conn: server}
 	p.mu.Lock()
+	l.index = len(p.links)
 	p.links = append(p.links, l)
 	p.mu.Unlock()
 	p.wg.Add(1)
@@ -149,6 +155,9 @@ func (a *answerer) published(channel uint16) {
 	a.tags[channel]++
 	a.n++
 	tag, n := a.tags[channel], a.n
+	if a.peer.silent != nil && a.peer.silent(a.link, channel, n) {
+		return
+	}
 	answer := func() {
 		if a.peer.confirm == nil || a.peer.confirm(n) {
 			a.link.send(channel, classBasic, 80, u64(tag), []byte{0}) // ack, not multiple

@@ -41,6 +41,9 @@ type session struct {
 	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
 
 	brokenBy atomic.Pointer[error] // set by breakOff: why the socket was cut
+	// confirmedAt is when a message was last confirmed on the connection
+	// (UnixNano; its opening at first): see unconfirming.go.
+	confirmedAt atomic.Int64
 	pulseState
 }
 
@@ -58,6 +61,7 @@ func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapt
 		dead:     make(chan struct{}),
 	}
 	sess.flow.Store(&flowState{changed: make(chan struct{})})
+	sess.confirmed()
 	return sess
 }
 
