@@ -167,7 +167,7 @@ func verify(uri, queue string, confirmed []string) {
 	}
 	fmt.Printf("reading the queue back: %d messages\n", q.Messages)
 	seen := make(map[string]int, q.Messages)
-	progress := time.NewTicker(time.Second)
+	progress := time.NewTicker(5 * time.Second)
 	defer progress.Stop()
 	started := time.Now()
 	for i := 0; i < q.Messages; {
