@@ -34,6 +34,7 @@ package clustertest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,11 +81,16 @@ type Cluster struct {
 	down map[int]bool // nodes stopped or killed through this Cluster
 }
 
-// Timeouts of the script's commands.
+// Timeouts of the script's commands. They only bound a hung broker or
+// tool: generous, so that a loaded machine (a rabbitmqctl call took over a
+// minute at load average 38 on two cores, a 4.0 cluster 100 s to start) is
+// no failure. nodeBoot is the script's own bound on one node's boot
+// (CLUSTER_TIMEOUT, unless set).
 const (
-	startTimeout = 4 * time.Minute
-	nodeTimeout  = 3 * time.Minute
-	ctlTimeout   = time.Minute
+	startTimeout = 12 * time.Minute
+	nodeTimeout  = 6 * time.Minute
+	ctlTimeout   = 3 * time.Minute
+	nodeBoot     = 5 * time.Minute
 )
 
 // Line is the broker line the tests run on: RABBITMQ_LINE, "3.10" when
@@ -315,6 +321,7 @@ func (c *Cluster) run(timeout time.Duration, args ...string) (string, error) {
 		"CLUSTER_DIST_BASE="+strconv.Itoa(c.opts.DistBase),
 		"CLUSTER_CONF="+c.opts.ExtraConf,
 		"CLUSTER_CHROOT="+c.opts.Chroot,
+		"CLUSTER_TIMEOUT="+cmp.Or(os.Getenv("CLUSTER_TIMEOUT"), strconv.Itoa(int(nodeBoot.Seconds()))),
 		"CLUSTER_OWNER_PID="+strconv.Itoa(os.Getpid()),
 	)
 	// The script's children (rabbitmqctl's VM) must die with it on a timeout.
