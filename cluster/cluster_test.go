@@ -310,10 +310,11 @@ func (s *scenario) stopAnotherNode(not int) {
 	if n == not {
 		n = not%s.c.Size() + 1
 	}
-	stopped := s.arm()
+	stopped := time.Now()
 	if err := s.c.StopNode(n); err != nil {
 		s.t.Fatal(err)
 	}
+	s.arm() // the first confirm once the node is gone (its queues confirm while it stops)
 	s.t.Logf("stopped node %d gracefully in %s", n, time.Since(stopped).Round(time.Millisecond))
 	wait := s.restart(n)
 	s.recover("graceful stop", stopped, wait)
