@@ -2,7 +2,10 @@
 // cluster of the suite's own (three nodes on this machine, beside the
 // default one: internal/clustertest), through the loss of nodes: SIGKILL of
 // the node in use, a graceful stop, a restart, and the loss of the majority.
-// It starts the cluster once (about 20 s) and stops it at the end.
+// It starts the cluster once (20 s to 2 min, by the machine's load) and
+// stops it at the end. RABBITMQ_LINE picks the broker line: 3.10 (default,
+// q1..q3 on 5691..5693) or 4.0 (r1..r3 on 5686..5688, in RabbitMQ 4's
+// chroot); see internal/clustertest.
 package cluster_test
 
 import (

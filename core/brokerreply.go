@@ -35,9 +35,13 @@ func classifyBroker(err error) error {
 	case amqp091.AccessRefused:
 		return fmt.Errorf("%w: %w", ErrAccessRefused, err)
 	case amqp091.NotFound:
-		if strings.Contains(ae.Reason, "down or inaccessible") {
+		if strings.Contains(ae.Reason, "down or inaccessible") || strings.Contains(ae.Reason, "process is stopped by supervisor") {
 			// "home node 'n' of durable queue 'q' in vhost '/' is down or
 			// inaccessible": a cluster node is away; it comes back.
+			// "queue 'q' in vhost '/' process is stopped by supervisor":
+			// the queue exists but its process is stopped, as RabbitMQ 4.0
+			// says of a classic queue whose node is shutting down (seen by
+			// cluster/ in a graceful stop; it comes back with the node).
 			return err
 		}
 		return fmt.Errorf("%w: %w", ErrNotFound, err)

@@ -22,6 +22,9 @@ func TestClassifyBroker(t *testing.T) {
 		{&amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 9 is larger than configured max size 4", Server: true}, ErrMessageTooLarge, true},
 		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - vhost v not found", Server: true}, ErrNotFound, true},
 		{&amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED - shutdown", Server: true}, nil, false},
+		// A classic queue whose node is away (3.10) or stopping (4.0): it comes back.
+		{&amqp091.Error{Code: 404, Reason: "NOT_FOUND - home node 'q1@localhost' of durable queue 'q' in vhost '/' is down or inaccessible", Server: true}, nil, false},
+		{&amqp091.Error{Code: 404, Reason: "NOT_FOUND - queue 'q' in vhost '/' process is stopped by supervisor", Server: true}, nil, false},
 		// A connection limit passes: not permanent.
 		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - connection limit (10) is reached", Server: true}, nil, false},
 		// A reset socket, as amqp091-go reports it: never permanent.

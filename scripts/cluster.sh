@@ -18,9 +18,20 @@
 #   cluster.sh status DIR            cluster_status, from the first node that answers
 #
 # Settings, read by start and kept in DIR/cluster.env for the other commands:
+#   RABBITMQ_LINE        3.10 (default): the machine's RabbitMQ (/usr/sbin/rabbitmq-server);
+#                        4.0: RabbitMQ 4 in the chroot at $RMQ4_DIR (default /srv/rmq4-trixie,
+#                        installed by scripts/rabbitmq4.sh), unless CLUSTER_CHROOT says otherwise
+#   CLUSTER_CHROOT       a chroot holding RabbitMQ (/usr/lib/rabbitmq/bin there): the nodes run in
+#                        it as its rabbitmq user; DIR must then be inside it (e.g. <chroot>/tmp/x).
+#                        Set and empty: the machine's RabbitMQ, whatever RABBITMQ_LINE says
+#   CLUSTER_EPMD_PORT    in a chroot, the port of the epmd the nodes and tools use (default
+#                        $RMQ4_EPMD_PORT, else 4700: the one scripts/rabbitmq4.sh's node uses;
+#                        the first node starts it, stop ends it when no node is left in it)
 #   CLUSTER_SIZE         number of nodes (default 3)
-#   CLUSTER_NAME_PREFIX  node N is <prefix>N@localhost (default q)
-#   CLUSTER_PORT_BASE    node N listens for AMQP on 127.0.0.1:<base+N> (default 5690)
+#   CLUSTER_NAME_PREFIX  node N is <prefix>N@localhost (default q; r in a chroot)
+#   CLUSTER_PORT_BASE    node N listens for AMQP on 127.0.0.1:<base+N> (default 5690; 5685 in
+#                        a chroot: q1..q3 on 5691..5693, r1..r3 on 5686..5688, so that both
+#                        lines can run at once)
 #   CLUSTER_DIST_BASE    node N's Erlang distribution port is <base+N>
 #                        (default 20000+CLUSTER_PORT_BASE)
 #   CLUSTER_CONF         extra lines for every node's rabbitmq.conf (e.g. a TLS listener)
@@ -40,6 +51,12 @@
 # it, DIR's node directories are chowned to it) or as the rabbitmq user. Any
 # other user runs the scripts of /usr/lib/rabbitmq/bin directly, with
 # HOME=DIR (an Erlang cookie of its own).
+# In a chroot (run as root), every node and tool runs there through
+# `chroot --userspec` as the chroot's rabbitmq user, with `env -i` and only
+# the RABBITMQ_* variables of its node, HOME=DIR (a cookie of its own) and
+# an epmd of the chroot's (CLUSTER_EPMD_PORT); DIR's node directories are
+# chowned to that user. start mounts /proc, /sys and /dev in the chroot if
+# they are not; stop unmounts them when no process is left in the chroot.
 set -euo pipefail
 [ -n "${CLUSTER_TRACE:-}" ] && { PS4='+ ${EPOCHREALTIME} '; set -x; }
 
@@ -53,25 +70,82 @@ case "$dir" in /*) ;; *) dir=$(pwd)/$dir ;; esac
 dir=${dir%/}
 [ -n "$dir" ] || die "refusing DIR '/'"
 
-# How to run RabbitMQ's tools: the Debian wrappers switch root to the
-# rabbitmq user; anyone else runs the real scripts with a HOME of its own.
+# How to run RabbitMQ's tools (set_tools, once the settings are known). The
+# machine's: the Debian wrappers switch root to the rabbitmq user; anyone
+# else runs the real scripts with a HOME of its own. A chroot's: chroot(8)
+# as its rabbitmq user, with a clean environment (tool_env adds to it).
 uid=$(id -u)
-if [ "$uid" = 0 ] || [ "$uid" = "$(id -u rabbitmq 2>/dev/null || echo none)" ]; then
-  bin=/usr/sbin home=""
-else
-  bin=/usr/lib/rabbitmq/bin home=$dir
-fi
-[ -x "$bin/rabbitmq-server" ] || die "rabbitmq-server not found in $bin"
+tool_env=()
+set_tools() {
+  if [ -n "$chroot" ]; then
+    [ "$uid" = 0 ] || die "nodes in a chroot ($chroot) need root"
+    bin=/usr/lib/rabbitmq/bin home=$(inner "$dir")
+    [ -x "$chroot$bin/rabbitmq-server" ] || die "no RabbitMQ in $chroot (install it with scripts/rabbitmq4.sh install)"
+    ruid=$(awk -F: '$1=="rabbitmq"{print $3}' "$chroot/etc/passwd")
+    rgid=$(awk -F: '$1=="rabbitmq"{print $4}' "$chroot/etc/passwd")
+    [ -n "$ruid" ] && [ -n "$rgid" ] || die "no rabbitmq user in $chroot/etc/passwd"
+  elif [ "$uid" = 0 ] || [ "$uid" = "$(id -u rabbitmq 2>/dev/null || echo none)" ]; then
+    bin=/usr/sbin home=""
+  else
+    bin=/usr/lib/rabbitmq/bin home=$dir
+  fi
+  [ -n "$chroot" ] || [ -x "$bin/rabbitmq-server" ] || die "rabbitmq-server not found in $bin"
+}
+# inner PATH: PATH (on the machine, inside the chroot) as the chroot sees it.
+inner() { if [ -n "$chroot" ]; then echo "${1#"$chroot"}"; else echo "$1"; fi; }
 tool() { # tool NAME ARGS...: run one of RabbitMQ's scripts
   local name=$1
   shift
-  if [ -n "$home" ]; then HOME=$home "$bin/$name" "$@"; else "$bin/$name" "$@"; fi
+  if [ -n "$chroot" ]; then
+    chroot --userspec="$ruid:$rgid" --groups="$rgid" "$chroot" /usr/bin/env -i \
+      HOME="$home" PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 LANG=C.UTF-8 \
+      ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 ${tool_env[@]+"${tool_env[@]}"} "$bin/$name" "$@"
+  elif [ -n "$home" ]; then
+    HOME=$home env ${tool_env[@]+"${tool_env[@]}"} "$bin/$name" "$@"
+  else
+    env ${tool_env[@]+"${tool_env[@]}"} "$bin/$name" "$@"
+  fi
+}
+epmd_names() { # the names registered with the nodes' epmd
+  if [ -n "$chroot" ]; then
+    chroot "$chroot" /usr/bin/env -i ERL_EPMD_PORT="$epmd_port" /usr/bin/epmd -names 2>/dev/null
+  else
+    epmd -names 2>/dev/null
+  fi
+}
+mounts() {
+  mountpoint -q "$chroot/proc" || mount -t proc proc "$chroot/proc"
+  mountpoint -q "$chroot/sys" || mount -t sysfs sysfs "$chroot/sys"
+  mountpoint -q "$chroot/dev" || mount --bind /dev "$chroot/dev"
+}
+# leave_chroot: end the chroot's epmd on our port when no name is left in
+# it, and unmount what mounts() mounted when no process runs in the chroot
+# any more (other nodes of the chroot, scripts/rabbitmq4.sh's, keep both).
+leave_chroot() {
+  local real p ep m
+  real=$(readlink -f "$chroot")
+  for ep in $(ss -Hltnp "sport = :$epmd_port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    if [ "$(readlink "/proc/$ep/root")" = "$real" ] && [ "$(cat "/proc/$ep/comm" 2>/dev/null)" = epmd ] &&
+      ! epmd_names | grep -q '^name '; then
+      kill -TERM "$ep" 2>/dev/null || true
+      for _ in $(seq 1 50); do [ -d "/proc/$ep" ] || break; sleep 0.1; done
+    fi
+  done
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$real" ] && return 0
+  done
+  for m in dev sys proc; do
+    if mountpoint -q "$chroot/$m"; then umount "$chroot/$m" 2>/dev/null || umount -l "$chroot/$m" || true; fi
+  done
 }
 
 load_settings() {
   [ -f "$dir/cluster.env" ] || die "$dir is not a cluster directory (no cluster.env)"
   # shellcheck disable=SC1091
   source "$dir/cluster.env"
+  chroot=${chroot:-} epmd_port=${epmd_port:-}
+  if [ -n "$chroot" ]; then dir=$(readlink -f "$dir"); fi # as start recorded it
+  set_tools
 }
 
 node() { echo "${prefix}$1@localhost"; }
@@ -83,20 +157,30 @@ check_n() {
 ctl() { # ctl N ARGS...: rabbitmqctl against node N
   local n=$1
   shift
+  cli_env "$n"
   tool rabbitmqctl -n "$(node "$n")" "$@"
 }
+# cli_env N: in a chroot, the CLI's own distribution ports follow node N's
+# (RABBITMQ_DIST_PORT+10000..+10010), not 35672.. which every other CLI
+# of the chroot uses.
+cli_env() {
+  tool_env=()
+  if [ -n "$chroot" ]; then tool_env=(RABBITMQ_DIST_PORT=$((dist_base + $1))); fi
+}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-registered() { epmd -names 2>/dev/null | grep -q "^name ${prefix}$1 at port "; }
+registered() { epmd_names | grep -q "^name ${prefix}$1 at port "; }
 
 # pid_of N: the OS pid of node N's beam.smp. A candidate (the pid file, then
 # every beam.smp) counts only if its environment names node N and its
-# directory, so a stale pid file or another node never matches.
+# directory (and, in a chroot, its root is the chroot), so a stale pid file
+# or another node never matches.
 pid_of() {
   local n=$1 p
   for p in $(cat "$(nodedir "$n")/pid" 2>/dev/null || true) $(pgrep -x beam.smp || true); do
     [[ "$p" =~ ^[0-9]+$ ]] || continue
     if grep -qzxF "RABBITMQ_NODENAME=$(node "$n")" "/proc/$p/environ" 2>/dev/null &&
-      grep -qzxF "RABBITMQ_MNESIA_BASE=$(nodedir "$n")/mnesia" "/proc/$p/environ" 2>/dev/null; then
+      grep -qzxF "RABBITMQ_MNESIA_BASE=$(inner "$(nodedir "$n")")/mnesia" "/proc/$p/environ" 2>/dev/null &&
+      { [ -z "$chroot" ] || [ "$(readlink "/proc/$p/root" 2>/dev/null)" = "$chroot" ]; }; then
       echo "$p"
       return 0
     fi
@@ -106,23 +190,24 @@ pid_of() {
 
 # launch N: start node N's VM, detached; returns at once.
 launch() {
-  local n=$1 base
+  local n=$1 base in
   base=$(nodedir "$n")
+  in=$(inner "$base")
   registered "$n" && die "a node $(node "$n") runs already"
   rm -f "$base/pid" # a killed node leaves it behind
+  if [ -n "$chroot" ]; then mounts; fi
+  tool_env=(
+    RABBITMQ_NODENAME="$(node "$n")" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    RABBITMQ_NODE_PORT="$(port "$n")" RABBITMQ_DIST_PORT=$((dist_base + n))
+    RABBITMQ_CONFIG_FILE="$in/rabbitmq.conf" RABBITMQ_ADVANCED_CONFIG_FILE="$in/advanced.config"
+    RABBITMQ_MNESIA_BASE="$in/mnesia" RABBITMQ_LOG_BASE="$in/log" RABBITMQ_PID_FILE="$in/pid"
+    RABBITMQ_FEATURE_FLAGS_FILE="$in/feature_flags" RABBITMQ_ENABLED_PLUGINS_FILE="$in/enabled_plugins"
+  )
+  if [ -n "$chroot" ]; then # distribution on the loopback only, as rabbitmq4.sh's node
+    tool_env+=(RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}")
+  fi
   (
     cd "$base"
-    export RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT
-    RABBITMQ_NODENAME=$(node "$n")
-    RABBITMQ_NODE_PORT=$(port "$n")
-    RABBITMQ_DIST_PORT=$((dist_base + n))
-    export RABBITMQ_CONFIG_FILE=$base/rabbitmq.conf
-    export RABBITMQ_ADVANCED_CONFIG_FILE=$base/advanced.config
-    export RABBITMQ_MNESIA_BASE=$base/mnesia
-    export RABBITMQ_LOG_BASE=$base/log
-    export RABBITMQ_PID_FILE=$base/pid
-    export RABBITMQ_FEATURE_FLAGS_FILE=$base/feature_flags
-    export RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins
     tool rabbitmq-server -detached
   ) >>"$base/log/startup.log" 2>&1 || die "cannot start $(node "$n"): see $base/log"
 }
@@ -145,12 +230,14 @@ await() {
 # process is gone. Only nodes of a cluster directory holding owner=PID are
 # touched.
 reap_stale() {
-  local n p base stale
+  local n p base stale root owner
   for n in $(seq 1 "$size"); do
     registered "$n" || continue
     for p in $(pgrep -x beam.smp || true); do
       grep -qzxF "RABBITMQ_NODENAME=$(node "$n")" "/proc/$p/environ" 2>/dev/null || continue
       base=$(tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | sed -n 's/^RABBITMQ_MNESIA_BASE=//p')
+      root=$(readlink "/proc/$p/root" 2>/dev/null) || root=/
+      [ "$root" = / ] || base=$root$base # as the machine sees it
       stale=${base%/"${prefix}$n"/mnesia}
       [ "$stale" != "$base" ] && [ -f "$stale/cluster.env" ] || continue
       owner=$(sed -n 's/^owner=//p' "$stale/cluster.env")
@@ -188,9 +275,31 @@ stop_all() {
 
 case "$cmd" in
 start)
+  if [ -n "${CLUSTER_CHROOT+set}" ]; then
+    chroot=$CLUSTER_CHROOT
+  else
+    case "${RABBITMQ_LINE:-3.10}" in
+    3.10 | 3) chroot="" ;;
+    4.0 | 4) chroot=${RMQ4_DIR:-/srv/rmq4-trixie} ;;
+    *) die "RABBITMQ_LINE '$RABBITMQ_LINE': 3.10 or 4.0" ;;
+    esac
+  fi
+  epmd_port=""
+  if [ -n "$chroot" ]; then
+    [ -d "$chroot" ] || die "no chroot at $chroot (install RabbitMQ 4 with scripts/rabbitmq4.sh install)"
+    chroot=$(readlink -f "$chroot")
+    [ "$chroot" != / ] || die "CLUSTER_CHROOT=/: leave it empty for the machine's RabbitMQ"
+    epmd_port=${CLUSTER_EPMD_PORT:-${RMQ4_EPMD_PORT:-4700}}
+    [[ "$epmd_port" =~ ^[0-9]+$ ]] || die "bad CLUSTER_EPMD_PORT '$epmd_port'"
+    mkdir -p "$(dirname "$dir")"
+    real=$(readlink -f "$(dirname "$dir")")/$(basename "$dir")
+    [ "${real#"$chroot"/}" != "$real" ] || die "$dir is not inside the chroot $chroot: its nodes could not reach it"
+    dir=$real
+  fi
+  set_tools
   size=${CLUSTER_SIZE:-3}
-  prefix=${CLUSTER_NAME_PREFIX:-q}
-  port_base=${CLUSTER_PORT_BASE:-5690}
+  prefix=${CLUSTER_NAME_PREFIX:-$([ -n "$chroot" ] && echo r || echo q)}
+  port_base=${CLUSTER_PORT_BASE:-$([ -n "$chroot" ] && echo 5685 || echo 5690)}
   dist_base=${CLUSTER_DIST_BASE:-$((20000 + port_base))}
   user=${CLUSTER_USER:-guest} pass=${CLUSTER_PASS:-guest}
   timeout=${CLUSTER_TIMEOUT:-120}
@@ -215,7 +324,14 @@ user='$user'
 pass='$pass'
 timeout=$timeout
 owner=${CLUSTER_OWNER_PID:-}
+chroot='$chroot'
+epmd_port=$epmd_port
 EOF
+  if [ -n "$chroot" ]; then # HOME of the nodes and tools: a cookie of the cluster's own
+    printf '%s' "$(head -c 15 /dev/urandom | base32)" >"$dir/.erlang.cookie"
+    chmod 400 "$dir/.erlang.cookie"
+    chown "$ruid:$rgid" "$dir" "$dir/.erlang.cookie"
+  fi
   for n in $(seq 1 "$size"); do
     base=$(nodedir "$n")
     mkdir -p "$base/mnesia" "$base/log"
@@ -231,13 +347,20 @@ EOF
       if [ -n "${CLUSTER_CONF:-}" ]; then printf '%s\n' "$CLUSTER_CONF"; fi
     } >"$base/rabbitmq.conf"
     echo '[].' >"$base/enabled_plugins"
-    if [ "$uid" = 0 ]; then chown -R rabbitmq:rabbitmq "$base"; fi
+    if [ -n "$chroot" ]; then
+      chown -R "$ruid:$rgid" "$base"
+    elif [ "$uid" = 0 ]; then chown -R rabbitmq:rabbitmq "$base"; fi
   done
-  if [ "$uid" = 0 ] && ! su rabbitmq -s /bin/sh -c "test -w '$(nodedir 1)/mnesia'"; then
+  if [ -n "$chroot" ]; then
+    if ! chroot --userspec="$ruid:$rgid" "$chroot" /usr/bin/test -w "$(inner "$(nodedir 1)")/mnesia"; then
+      rm -rf "$dir"
+      die "the chroot's rabbitmq user cannot write under $(inner "$dir"): make its parents traversable (chmod o+x)"
+    fi
+  elif [ "$uid" = 0 ] && ! su rabbitmq -s /bin/sh -c "test -w '$(nodedir 1)/mnesia'"; then
     rm -rf "$dir"
     die "the rabbitmq user cannot write under $dir: make its parents traversable (chmod o+x)"
   fi
-  trap 'stop_all; rm -rf "$dir"' EXIT
+  trap 'stop_all; rm -rf "$dir"; if [ -n "$chroot" ]; then leave_chroot; fi' EXIT
   # The first node boots alone, so that the others find it running and join
   # it at their first boot (two blank nodes booting together could each
   # form a cluster of their own).
@@ -259,6 +382,7 @@ stop)
   load_settings
   stop_all
   rm -rf "$dir"
+  if [ -n "$chroot" ]; then leave_chroot; fi
   ;;
 uris)
   load_settings
@@ -319,6 +443,7 @@ queues)
   check_n "$1"
   n=$1
   shift
+  cli_env "$n"
   tool rabbitmq-queues -n "$(node "$n")" "$@"
   ;;
 status)

@@ -1,13 +1,16 @@
 // Package tls_test proves the resilient publisher and subscriber over TLS
-// (amqps, mutual TLS) against a RabbitMQ node of the suite's own: tls1@localhost,
-// started by scripts/cluster.sh with an amqps listener, its certificates made
-// here with crypto/x509.
+// (amqps, mutual TLS) against a RabbitMQ node of the suite's own, started by
+// scripts/cluster.sh with an amqps listener, its certificates made here with
+// crypto/x509.
 //
-// The node keeps the script's plain listener (127.0.0.1:5701, which the
-// script waits for and prints) and adds an amqps listener on 127.0.0.1:5702
-// that demands a client certificate (verify_peer, fail_if_no_peer_cert).
-// Under -short, or where RabbitMQ's server is not installed, the tests that
-// need the node skip themselves and say why.
+// On RabbitMQ 3.10 (RABBITMQ_LINE unset or 3.10) the node is tls1@localhost:
+// it keeps the script's plain listener (127.0.0.1:5701, which the script
+// waits for and prints) and adds an amqps listener on 127.0.0.1:5702 that
+// demands a client certificate (verify_peer, fail_if_no_peer_cert). On 4.0
+// (RABBITMQ_LINE=4.0) it is rtls1@localhost in RabbitMQ 4's chroot, plain on
+// 5706 and amqps on 5707, its certificates inside the chroot; both lines can
+// run at once. Under -short, or where the line's RabbitMQ is not installed,
+// the tests that need the node skip themselves and say why.
 package tls_test
 
 import (
@@ -37,16 +40,18 @@ import (
 	"github.com/resilientmq/watermill-rabbitmq/internal/clustertest"
 )
 
-const (
-	// portBase: the node is tls1@localhost, its plain AMQP listener on
-	// portBase+1 (the script's, which stays), Erlang distribution on
-	// 20000+portBase+1.
-	portBase = 5700
-	// tlsPort is the amqps listener's, beside the plain one.
-	tlsPort = 5702
-	// nodeN is the node's number in the Cluster.
-	nodeN = 1
-)
+// nodeN is the node's number in the Cluster.
+const nodeN = 1
+
+// The line's node: prefix names it (<prefix>1@localhost); its plain AMQP
+// listener is on portBase+1 (the script's, which stays), its Erlang
+// distribution on 20000+portBase+1; tlsPort is the amqps listener's.
+var prefix, portBase, tlsPort = func() (string, int, int) {
+	if clustertest.Chroot() != "" {
+		return "rtls", 5705, 5707
+	}
+	return "tls", 5700, 5702
+}()
 
 var (
 	// pki is what TestMain generated; set in every mode.
@@ -75,19 +80,20 @@ func TestMain(m *testing.M) {
 // the process before this returns, and then the next start reaps the node
 // through the script's owner pid).
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "tls-suite-")
+	// The node runs as the rabbitmq user (in the chroot on 4.0): it must
+	// reach the directory and read the certificates and the key. Without a
+	// chroot of the line's, a directory of the machine's (the tests skip).
+	root := clustertest.Chroot()
+	if _, err := os.Stat(filepath.Join(root, "tmp")); root != "" && err != nil {
+		root = ""
+	}
+	dir, err := clustertest.MkdirTemp(root, "tls-suite-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tls: %v\n", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	// The node runs as the rabbitmq user: it must reach the directory and
-	// read the certificates and the key.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintf(os.Stderr, "tls: %v\n", err)
-		return 1
-	}
-	pki, err = generate(filepath.Join(dir, "certs"))
+	pki, err = generate(filepath.Join(dir, "certs"), func(path string) string { return clustertest.NodePath(root, path) })
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tls: certificates: %v\n", err)
 		return 1
@@ -109,7 +115,7 @@ func run(m *testing.M) int {
 		start := time.Now()
 		c, err := clustertest.StartWith(filepath.Join(dir, "nodes"), clustertest.Options{
 			Size:       1,
-			NamePrefix: "tls",
+			NamePrefix: prefix,
 			PortBase:   portBase,
 			ExtraConf:  pki.rabbitConf(),
 		})
@@ -163,7 +169,7 @@ func run(m *testing.M) int {
 
 // dumpLogs prints the end of the node's logs, which Stop removes.
 func dumpLogs(c *clustertest.Cluster) {
-	logs, _ := filepath.Glob(filepath.Join(c.Dir(), "tls1", "log", "*.log"))
+	logs, _ := filepath.Glob(filepath.Join(c.Dir(), prefix+"1", "log", "*.log"))
 	for _, path := range logs {
 		f, err := os.Open(path)
 		if err != nil {
@@ -184,7 +190,7 @@ func dumpLogs(c *clustertest.Cluster) {
 // certificates, and another CA unknown to both sides (with a client
 // certificate of its own, which the broker must refuse).
 type certs struct {
-	caFile, certFile, keyFile string // the server's, in PEM, for rabbitmq.conf
+	caFile, certFile, keyFile string // the server's, in PEM, for rabbitmq.conf, as the node names them
 
 	ca      *x509.CertPool // trusts our CA
 	otherCA *x509.CertPool // trusts only the unknown CA
@@ -218,8 +224,9 @@ type issuer struct {
 }
 
 // generate writes the server's files to dir (0755, files 0644: the node
-// runs as the rabbitmq user) and returns the PKI.
-func generate(dir string) (*certs, error) {
+// runs as the rabbitmq user) and returns the PKI; nodePath names a file as
+// the node sees it.
+func generate(dir string, nodePath func(string) string) (*certs, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -258,10 +265,11 @@ func generate(dir string) (*certs, error) {
 	if err != nil {
 		return nil, err
 	}
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
 	p := &certs{
-		caFile:   filepath.Join(dir, "ca.pem"),
-		certFile: filepath.Join(dir, "server.pem"),
-		keyFile:  filepath.Join(dir, "server-key.pem"),
+		caFile:   nodePath(caFile),
+		certFile: nodePath(certFile),
+		keyFile:  nodePath(keyFile),
 		ca:       x509.NewCertPool(),
 		otherCA:  x509.NewCertPool(),
 		server:   server,
@@ -271,9 +279,9 @@ func generate(dir string) (*certs, error) {
 	p.ca.AddCert(ca.cert)
 	p.otherCA.AddCert(other.cert)
 	for path, block := range map[string]*pem.Block{
-		p.caFile:   {Type: "CERTIFICATE", Bytes: ca.cert.Raw},
-		p.certFile: {Type: "CERTIFICATE", Bytes: server.Raw},
-		p.keyFile:  {Type: "PRIVATE KEY", Bytes: keyDER},
+		caFile:   {Type: "CERTIFICATE", Bytes: ca.cert.Raw},
+		certFile: {Type: "CERTIFICATE", Bytes: server.Raw},
+		keyFile:  {Type: "PRIVATE KEY", Bytes: keyDER},
 	} {
 		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o644); err != nil {
 			return nil, err

@@ -312,8 +312,9 @@ type tlsConnection struct {
 	Port        int    `json:"port"`
 }
 
-// tlsConnections lists the broker's client connections named name.
-func tlsConnections(t *testing.T, name string) []tlsConnection {
+// tlsConnections lists the broker's client connections of each of names,
+// from one rabbitmqctl call (each costs seconds).
+func tlsConnections(t *testing.T, names ...string) map[string][]tlsConnection {
 	t.Helper()
 	out, err := node.Ctl(nodeN, "list_connections", "client_properties", "ssl", "ssl_protocol",
 		"peer_cert_subject", "port", "--formatter", "json")
@@ -324,9 +325,15 @@ func tlsConnections(t *testing.T, name string) []tlsConnection {
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("list_connections: %v: %s", err, out)
 	}
-	var conns []tlsConnection
+	conns := map[string][]tlsConnection{}
 	for _, r := range rows {
-		if !strings.Contains(string(r["client_properties"]), fmt.Sprintf("%q", name)) {
+		name := ""
+		for _, n := range names {
+			if strings.Contains(string(r["client_properties"]), fmt.Sprintf("%q", n)) {
+				name = n
+			}
+		}
+		if name == "" {
 			continue
 		}
 		var c tlsConnection
@@ -334,7 +341,7 @@ func tlsConnections(t *testing.T, name string) []tlsConnection {
 		_ = json.Unmarshal(r["ssl_protocol"], &c.Protocol)
 		_ = json.Unmarshal(r["peer_cert_subject"], &c.PeerSubject)
 		_ = json.Unmarshal(r["port"], &c.Port)
-		conns = append(conns, c)
+		conns[name] = append(conns[name], c)
 	}
 	return conns
 }
@@ -385,8 +392,10 @@ func TestPublishConsumeOverTLS(t *testing.T) {
 
 	// The broker sees both connections on the amqps listener, with our
 	// client certificate.
-	for _, name := range []string{pubCfg.ConnectionName, subCfg.ConnectionName} {
-		conns := tlsConnections(t, name)
+	names := []string{pubCfg.ConnectionName, subCfg.ConnectionName}
+	atStart := tlsConnections(t, names...)
+	for _, name := range names {
+		conns := atStart[name]
 		if len(conns) == 0 {
 			t.Fatalf("the broker lists no connection named %s", name)
 		}
@@ -424,8 +433,9 @@ func TestPublishConsumeOverTLS(t *testing.T) {
 	if len(tally.Lost) > 0 || tally.Unexpected > 0 {
 		t.Errorf("lost %d (e.g. %v), unexpected %d", len(tally.Lost), tally.Lost[:min(5, len(tally.Lost))], tally.Unexpected)
 	}
-	for _, name := range []string{pubCfg.ConnectionName, subCfg.ConnectionName} {
-		for _, c := range tlsConnections(t, name) {
+	after := tlsConnections(t, names...)
+	for _, name := range names {
+		for _, c := range after[name] {
 			if !c.SSL || c.Port != tlsPort {
 				t.Errorf("after the closes, connection %s: ssl %v on port %d", name, c.SSL, c.Port)
 			}

@@ -1,8 +1,16 @@
 // Package clustertest gives tests a RabbitMQ cluster of their own: three
-// nodes on this machine (q1..q3@localhost, AMQP on 127.0.0.1:5691..5693),
-// beside the default node, driven by scripts/cluster.sh. A TestMain starts
-// it once and stops it at the end; tests kill, stop and start its nodes and
-// ask which node leads a quorum queue or holds a connection.
+// nodes on this machine, beside the default node, driven by
+// scripts/cluster.sh. A TestMain starts it once and stops it at the end;
+// tests kill, stop and start its nodes and ask which node leads a quorum
+// queue or holds a connection.
+//
+// The broker line is RABBITMQ_LINE's (see Line): on 3.10, the default, the
+// nodes are the machine's RabbitMQ, q1..q3@localhost with AMQP on
+// 127.0.0.1:5691..5693; on 4.0 they run RabbitMQ 4 in the chroot at
+// $RMQ4_DIR (default /srv/rmq4-trixie, installed by scripts/rabbitmq4.sh),
+// r1..r3@localhost on 5686..5688, their directories inside the chroot.
+// Both lines can run at once: names, ports, lock files and directories
+// differ.
 //
 //	func TestMain(m *testing.M) {
 //		flag.Parse()
@@ -16,14 +24,17 @@
 //		os.Exit(code)
 //	}
 //
-// Starting took 18 to 29 s on the 2-core development machine, depending on
-// its load (a node boots in 6 to 10 s there; the first boots alone, the
-// others boot together and join it); restarting a node 7 to 10 s, stopping
-// the cluster about 4 s. Every command is bounded by a timeout.
+// Starting took 18 to 29 s on the 2-core development machine with 3.10,
+// depending on its load (a node boots in 6 to 10 s there; the first boots
+// alone, the others boot together and join it), 50 s with 4.0 under a
+// heavier load; restarting a node 7 to 10 s (4.0: 10 to 15 s), stopping the
+// cluster about 4 s (4.0: 12 s). A rabbitmqctl call costs 3 to 6 s with
+// 4.0's CLI. Every command is bounded by a timeout.
 package clustertest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,14 +50,17 @@ import (
 	"time"
 )
 
-// Options are the settings of a cluster; zero fields take the script's
+// Options are the settings of a cluster; zero fields take the line's
 // defaults. A second harness (a TLS node, say) picks another NamePrefix and
 // PortBase so that both can run at once.
 type Options struct {
 	Size       int    // nodes, default 3
-	NamePrefix string // node n is <NamePrefix>n@localhost, default "q"
-	PortBase   int    // node n's AMQP port is PortBase+n, default 5690
+	NamePrefix string // node n is <NamePrefix>n@localhost, default "q" (3.10) or "r" (4.0)
+	PortBase   int    // node n's AMQP port is PortBase+n, default 5690 (3.10) or 5685 (4.0)
 	DistBase   int    // node n's Erlang distribution port is DistBase+n, default 20000+PortBase
+	// Chroot is the directory RabbitMQ runs in (chroot(8)), "" for the
+	// machine's; default Chroot().
+	Chroot string
 	// ExtraConf is appended to every node's rabbitmq.conf.
 	ExtraConf string
 	// LockWait bounds the wait for another process's cluster of the same
@@ -67,19 +81,61 @@ type Cluster struct {
 	down map[int]bool // nodes stopped or killed through this Cluster
 }
 
-// Timeouts of the script's commands.
+// Timeouts of the script's commands. They only bound a hung broker or
+// tool: generous, so that a loaded machine (a rabbitmqctl call took over a
+// minute at load average 38 on two cores, a 4.0 cluster 100 s to start) is
+// no failure. nodeBoot is the script's own bound on one node's boot
+// (CLUSTER_TIMEOUT, unless set).
 const (
-	startTimeout = 4 * time.Minute
-	nodeTimeout  = 3 * time.Minute
-	ctlTimeout   = time.Minute
+	startTimeout = 12 * time.Minute
+	nodeTimeout  = 6 * time.Minute
+	ctlTimeout   = 3 * time.Minute
+	nodeBoot     = 5 * time.Minute
 )
 
-// Available reports why a cluster cannot be started here (no
-// rabbitmq-server, no scripts/cluster.sh, neither root nor the rabbitmq
-// user), or nil.
+// Line is the broker line the tests run on: RABBITMQ_LINE, "3.10" when
+// unset. Anything but 3.10 and 4.0 is refused by Available.
+func Line() string {
+	if l := os.Getenv("RABBITMQ_LINE"); l != "" {
+		return l
+	}
+	return "3.10"
+}
+
+// Chroot is the directory the line's RabbitMQ runs in: $CLUSTER_CHROOT if
+// set (even empty: the machine's), else on 4.0 $RMQ4_DIR or
+// /srv/rmq4-trixie, else "" (the machine's RabbitMQ).
+func Chroot() string {
+	if c, ok := os.LookupEnv("CLUSTER_CHROOT"); ok {
+		return c
+	}
+	if Line() == "4.0" {
+		if d := os.Getenv("RMQ4_DIR"); d != "" {
+			return d
+		}
+		return "/srv/rmq4-trixie"
+	}
+	return ""
+}
+
+// Available reports why a cluster cannot be started here (an unknown line,
+// no rabbitmq-server, no scripts/cluster.sh, neither root nor the rabbitmq
+// user; on 4.0 no chroot, or not root), or nil.
 func Available() error {
 	if _, err := script(); err != nil {
 		return err
+	}
+	if l := Line(); l != "3.10" && l != "4.0" {
+		return fmt.Errorf("RABBITMQ_LINE=%q: 3.10 or 4.0", l)
+	}
+	if root := Chroot(); root != "" {
+		if _, err := os.Stat(filepath.Join(root, "usr/lib/rabbitmq/bin/rabbitmq-server")); err != nil {
+			return fmt.Errorf("RabbitMQ %s is not installed in %s (scripts/rabbitmq4.sh install)", Line(), root)
+		}
+		if os.Geteuid() != 0 {
+			return fmt.Errorf("nodes in the chroot %s need root", root)
+		}
+		return nil
 	}
 	if _, err := os.Stat("/usr/sbin/rabbitmq-server"); err != nil {
 		if _, err := exec.LookPath("rabbitmq-server"); err != nil {
@@ -121,9 +177,43 @@ func script() (string, error) {
 }
 
 // Start starts a cluster with the default Options in dir, which must not
-// hold one; "" makes a fresh directory under os.TempDir(). The rabbitmq user
-// must be able to reach dir (t.TempDir() is private to root: do not use it).
+// hold one; "" makes a fresh directory with MkdirTemp. The rabbitmq user
+// must be able to reach dir (t.TempDir() is private to root: do not use it),
+// and with a chroot dir must be inside it.
 func Start(dir string) (*Cluster, error) { return StartWith(dir, Options{}) }
+
+// MkdirTemp makes a fresh directory (mode 0755) that the nodes of the
+// chroot root ("" for the machine's RabbitMQ) can reach: under
+// os.TempDir(), or the chroot's /tmp. Files the nodes read (certificates)
+// go in it; NodePath says how the nodes name them.
+func MkdirTemp(root, pattern string) (string, error) {
+	base := os.TempDir()
+	if root != "" {
+		base = filepath.Join(root, "tmp")
+	}
+	dir, err := os.MkdirTemp(base, pattern)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		_ = os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// NodePath is path (a file or directory inside the chroot root, "" for the
+// machine's RabbitMQ) as the nodes see it, e.g. in their config files.
+func NodePath(root, path string) string {
+	if root == "" {
+		return path
+	}
+	rel, err := filepath.Rel(root, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return path // not inside: the script refuses such a directory
+	}
+	return filepath.Join("/", rel)
+}
 
 // StartWith starts a cluster with opts in dir (see Start).
 func StartWith(dir string, opts Options) (*Cluster, error) {
@@ -134,11 +224,21 @@ func StartWith(dir string, opts Options) (*Cluster, error) {
 	if opts.Size == 0 {
 		opts.Size = 3
 	}
+	if opts.Chroot == "" {
+		opts.Chroot = Chroot()
+	}
+	four := opts.Chroot != ""
 	if opts.NamePrefix == "" {
 		opts.NamePrefix = "q"
+		if four {
+			opts.NamePrefix = "r"
+		}
 	}
 	if opts.PortBase == 0 {
 		opts.PortBase = 5690
+		if four {
+			opts.PortBase = 5685
+		}
 	}
 	if opts.DistBase == 0 {
 		opts.DistBase = 20000 + opts.PortBase
@@ -152,12 +252,9 @@ func StartWith(dir string, opts Options) (*Cluster, error) {
 	}
 	var parent string
 	if dir == "" {
-		parent, err = os.MkdirTemp("", "rabbitmq-cluster-")
+		// the rabbitmq user's nodes live in it
+		parent, err = MkdirTemp(opts.Chroot, "rabbitmq-cluster-")
 		if err != nil {
-			lock.Close()
-			return nil, err
-		}
-		if err := os.Chmod(parent, 0o755); err != nil { // the rabbitmq user's nodes live in it
 			lock.Close()
 			return nil, err
 		}
@@ -223,6 +320,8 @@ func (c *Cluster) run(timeout time.Duration, args ...string) (string, error) {
 		"CLUSTER_PORT_BASE="+strconv.Itoa(c.opts.PortBase),
 		"CLUSTER_DIST_BASE="+strconv.Itoa(c.opts.DistBase),
 		"CLUSTER_CONF="+c.opts.ExtraConf,
+		"CLUSTER_CHROOT="+c.opts.Chroot,
+		"CLUSTER_TIMEOUT="+cmp.Or(os.Getenv("CLUSTER_TIMEOUT"), strconv.Itoa(int(nodeBoot.Seconds()))),
 		"CLUSTER_OWNER_PID="+strconv.Itoa(os.Getpid()),
 	)
 	// The script's children (rabbitmqctl's VM) must die with it on a timeout.
@@ -246,6 +345,9 @@ func (c *Cluster) URIs() []string { return append([]string(nil), c.uris...) }
 
 // URI is node n's AMQP URI (n from 1).
 func (c *Cluster) URI(n int) string { return c.uris[n-1] }
+
+// Chroot is the directory the nodes run in, "" for the machine's RabbitMQ.
+func (c *Cluster) Chroot() string { return c.opts.Chroot }
 
 // Size is the number of nodes.
 func (c *Cluster) Size() int { return c.opts.Size }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,13 +105,26 @@ type Queue struct {
 
 // QueueInfo returns the broker's view of queue in the default vhost.
 func (c *Cluster) QueueInfo(queue string) (Queue, error) {
+	qs, err := c.QueueInfos(queue)
+	if err != nil {
+		return Queue{}, err
+	}
+	return qs[queue], nil
+}
+
+// QueueInfos returns the broker's view of each of queues in the default
+// vhost, from one rabbitmqctl call (each costs seconds); an error if one is
+// missing.
+func (c *Cluster) QueueInfos(queues ...string) (map[string]Queue, error) {
 	var qs []map[string]any
 	if err := c.ctlJSON(&qs, "list_queues", "name", "type", "messages", "messages_ready",
 		"messages_unacknowledged", "consumers", "leader", "members", "online", "state"); err != nil {
-		return Queue{}, err
+		return nil, err
 	}
+	found := make(map[string]Queue, len(queues))
 	for _, raw := range qs {
-		if raw["name"] != queue {
+		queue, _ := raw["name"].(string)
+		if !slices.Contains(queues, queue) {
 			continue
 		}
 		// Fields are "" or a list depending on the queue type: decode
@@ -127,9 +141,14 @@ func (c *Cluster) QueueInfo(queue string) (Queue, error) {
 		q.Members = toStrings(raw["members"])
 		q.Online = toStrings(raw["online"])
 		q.LeaderNode = c.nodeOfName(q.Leader)
-		return q, nil
+		found[queue] = q
 	}
-	return Queue{}, fmt.Errorf("queue %q not found", queue)
+	for _, queue := range queues {
+		if _, ok := found[queue]; !ok {
+			return nil, fmt.Errorf("queue %q not found", queue)
+		}
+	}
+	return found, nil
 }
 
 // QueueLeader returns the node (from 1) that leads quorum queue queue.
@@ -176,14 +195,21 @@ func (c *Cluster) Connections() ([]Connection, error) {
 // NodesOfConnection returns the nodes that hold connections named name (the
 // client's connection_name, e.g. resilient.Config.ConnectionName).
 func (c *Cluster) NodesOfConnection(name string) ([]int, error) {
+	nodes, err := c.NodesOfConnections(name)
+	return nodes[name], err
+}
+
+// NodesOfConnections returns, for each of names, the nodes that hold
+// connections of that name, from one rabbitmqctl call.
+func (c *Cluster) NodesOfConnections(names ...string) (map[string][]int, error) {
 	conns, err := c.Connections()
 	if err != nil {
 		return nil, err
 	}
-	var nodes []int
+	nodes := make(map[string][]int, len(names))
 	for _, conn := range conns {
-		if conn.UserName == name {
-			nodes = append(nodes, conn.Node)
+		if slices.Contains(names, conn.UserName) {
+			nodes[conn.UserName] = append(nodes[conn.UserName], conn.Node)
 		}
 	}
 	return nodes, nil
