@@ -7,8 +7,10 @@
 #   RABBITMQ_LINE=4.0 ./scripts/test.sh   RabbitMQ 4.0 only: scripts/rabbitmq4.sh's node on 127.0.0.1:5680
 #                                         (Debian trixie's 4.0.5 in a chroot, installed when missing: root)
 #
-# Each line runs two phases: the whole suite under -race, then, without -race, the tests that restart the
-# broker under watermill-amqp's own code or watermill's TestReconnect harness (see below). Every phase runs
+# Each line runs three phases: the suite under -race against the line's broker, then, without -race, the
+# tests that restart the broker under watermill-amqp's own code or watermill's TestReconnect harness (see
+# below); beside them, under -race, the packages that start nodes of their own (cluster/, tls/, and on
+# RabbitMQ 3.10 partition/, in network namespaces: root). Every phase runs
 # and is reported even when an earlier one failed. Passing tests stay quiet: a line per package as it ends,
 # a progress line every minute while one runs, the output of each failed test, and at the very end a
 # summary naming each failed test with its line, phase and package. The whole output of each phase is kept
@@ -20,7 +22,6 @@
 # RabbitMQ 4.0: 5680, cluster 5686..5688, TLS 5706/5707), so they run at the same time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 out=${TEST_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/watermill-rabbitmq-test.XXXXXX")}
 mkdir -p "$out"
 : >"$out/failed.txt"
@@ -68,9 +69,11 @@ broker() {
   echo "[$1] broker $(printf '%s' "$AMQP_URI" | sed -E 's#//[^@/]*@#//#'), control: $RABBITMQCTL"
 }
 
-# suite LINE: both phases against the line's broker.
+# suite LINE: every phase against the line's broker. The packages that start
+# RabbitMQ nodes of their own (cluster/, tls/, partition/) share no broker
+# with the others: they run beside them, as a phase of their own.
 suite() {
-  local line=$1 status=0
+  local line=$1 status=0 nodes_pid
   export RABBITMQ_LINE=$line
   if ! broker "$line" >"$out/$line-broker.log" 2>&1; then
     cat "$out/$line-broker.log"
@@ -78,17 +81,22 @@ suite() {
     return 1
   fi
   cat "$out/$line-broker.log"
-  phase "$line" race -race -p 1 -count=1 -timeout 25m ./... || status=1
+  phase "$line" nodes -race -p 1 -count=1 -timeout 40m ./cluster/ ./tls/ ./partition/ &
+  nodes_pid=$!
+  # shellcheck disable=SC2046 # one package a word
+  phase "$line" race -race -p 1 -count=1 -timeout 30m $(go list ./... | grep -v -e '/cluster$' -e '/tls$' -e '/partition$') ||
+    status=1
   # Without -race, the tests that drive watermill-amqp's own code through a
   # broker restart: its ConnectionWrapper races on its connection flag during
   # reconnects, and so does watermill's own TestReconnect harness (see
   # conformance/conformance_reconnect_test.go). The conformance reconnect
   # tests consume with watermill-amqp's subscriber and with ours, through
-  # both front doors (watermill-amqp v2 and v3); the middleware's acceptance
+  # both front doors (watermill-amqp v2 and v3); the decorators' acceptance
   # test publishes with watermill-amqp's stock publisher.
-  phase "$line" reconnect -p 1 -count=1 -timeout 10m \
+  phase "$line" reconnect -p 1 -count=1 -timeout 15m \
     -run 'TestConformance(Resilient(V3)?)?Reconnect|TestStockPublisherThroughBrokerRestart' \
     ./conformance/ ./decorate/ || status=1
+  wait "$nodes_pid" || status=1
   if [ -n "${stop_rmq4:-}" ]; then bash scripts/rabbitmq4.sh stop >>"$out/$line-broker.log" 2>&1 || true; fi
   return $status
 }
@@ -104,7 +112,7 @@ for pid in "${pids[@]}"; do wait "$pid" || true; done
 echo
 echo "==== summary ($(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s; logs in $out)"
 for line in "${lines[@]}"; do
-  for name in race reconnect; do
+  for name in race nodes reconnect; do
     [ -f "$out/$line-$name.log" ] && echo "ran: RabbitMQ $line, phase $name ($out/$line-$name.log)"
   done
 done
