@@ -33,11 +33,15 @@ type supervisor struct {
 	dialErr error     // last dial error while disconnected, nil once connected
 	// permanentStreak counts the dial rounds in a row that failed permanently.
 	permanentStreak int
-	nextID          uint64
-	lostAt          time.Time     // when the last connection was lost
-	handshake       *socket       // of the dial in progress, cut by stop
-	stopped         bool          // stop was called: cut any new handshake
-	closeGrace      time.Duration // how long the last session may take to close
+	// dialed is closed, and replaced, each time a dial round fails: callers
+	// waiting in await read dialErr and permanentStreak again, so that all
+	// of them learn at once when dialing turns permanent, with its cause.
+	dialed     chan struct{}
+	nextID     uint64
+	lostAt     time.Time     // when the last connection was lost
+	handshake  *socket       // of the dial in progress, cut by stop
+	stopped    bool          // stop was called: cut any new handshake
+	closeGrace time.Duration // how long the last session may take to close
 
 	stopDial  context.CancelFunc // ends the dialer's context
 	stopping  chan struct{}
@@ -67,6 +71,7 @@ func startSupervisor(cfg *settings, logger watermill.LoggerAdapter, n *notifier,
 		dialer:       newDialer(cfg, ctx),
 		startSession: startSession,
 		ready:        make(chan struct{}),
+		dialed:       make(chan struct{}),
 		state:        StateConnecting,
 		since:        time.Now(),
 		closeGrace:   sessionCloseGrace,
@@ -178,6 +183,8 @@ func (s *supervisor) redial() *session {
 		} else {
 			s.permanentStreak = 0
 		}
+		close(s.dialed) // waiters look again
+		s.dialed = make(chan struct{})
 		s.mu.Unlock()
 		wait := b.NextBackOff()
 		s.logger.Error("Cannot reconnect to AMQP, will retry", err, watermill.LogFields{"attempt": attempt, "retry_in": wait.String()})
@@ -289,11 +296,14 @@ func (s *supervisor) connected() bool {
 
 // await returns the live session, waiting for one while reconnecting. It
 // fails fast when dialing keeps failing permanently (e.g. credentials
-// revoked) and when the supervisor stops.
+// revoked, vhost deleted): every waiter is woken by each failed dial round,
+// so those waiting already learn it when a fresh call would, with the same
+// cause. It fails when the supervisor stops, and when ctx ends, then with
+// the last dial error read at that moment (never a stale one).
 func (s *supervisor) await(ctx context.Context) (*session, error) {
 	for {
 		s.mu.Lock()
-		sess, ready, dialErr, streak := s.current, s.ready, s.dialErr, s.permanentStreak
+		sess, ready, dialed, dialErr, streak := s.current, s.ready, s.dialed, s.dialErr, s.permanentStreak
 		s.mu.Unlock()
 		if sess != nil {
 			return sess, nil
@@ -303,9 +313,13 @@ func (s *supervisor) await(ctx context.Context) (*session, error) {
 		}
 		select {
 		case <-ready:
+		case <-dialed:
 		case <-s.stopping:
 			return nil, ErrClosed
 		case <-ctx.Done():
+			s.mu.Lock()
+			dialErr = s.dialErr
+			s.mu.Unlock()
 			if dialErr != nil {
 				return nil, fmt.Errorf("%w (not connected: %w)", ctx.Err(), dialErr)
 			}
