@@ -41,6 +41,9 @@ type Wiring struct {
 	QueueName func(topic string) string
 	// QueueAutoDelete is Queue.AutoDelete.
 	QueueAutoDelete bool
+	// QueueExclusive is Queue.Exclusive: the queue belongs to the connection
+	// that declares it, the subscriber's, so the publisher never declares it.
+	QueueExclusive bool
 	// RoutingKey is Publish.GenerateRoutingKey.
 	RoutingKey func(topic string) string
 	// Mandatory, Immediate, Transactional and ChannelPoolSize are those of

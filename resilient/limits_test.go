@@ -7,6 +7,7 @@ package resilient_test
 import (
 	"errors"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,4 +101,54 @@ func TestVhostDeletedWhileCallsWait(t *testing.T) {
 func newMessage() *message.Message {
 	msgs, _ := newMessages(1)
 	return msgs[0]
+}
+
+// An exclusive queue config (Queue.Exclusive), as watermill-amqp's pair
+// uses it: the queue is the subscriber's, and the publisher never declares
+// it (the connection that declares an exclusive queue owns it: 405
+// RESOURCE_LOCKED for every other). Published while a subscriber holds it,
+// a message arrives; published while none does, it fails at once with a
+// permanent ErrUnroutable naming the setting, rather than being confirmed
+// and dropped, or retried to the deadline. A second subscriber's Subscribe
+// fails at once with a permanent error naming the setting.
+func TestExclusiveQueueConfig(t *testing.T) {
+	brokertest.Need(t)
+	cfg := amqp.NewNonDurableQueueConfig(brokertest.URI())
+	cfg.Queue.Exclusive = true
+	topic := brokertest.Name("exclusive")
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, PublishTimeout: time.Minute})
+
+	early := newMessage()
+	start := time.Now()
+	err := pub.Publish(topic, early)
+	if !errors.Is(err, resilient.ErrUnroutable) || !resilient.IsPermanent(err) || !strings.Contains(err.Error(), "Queue.Exclusive") {
+		t.Fatalf("publish before any subscriber: %v, want a permanent ErrUnroutable naming Queue.Exclusive", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("publish before any subscriber took %s: want it at once", d)
+	}
+
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg})
+	msgs, err := sub.Subscribe(t.Context(), topic)
+	if err != nil {
+		t.Fatalf("Subscribe after the publisher's first call: %v", err)
+	}
+	r := newReceived()
+	consumeAll(msgs, r, nil)
+	batch, ids := newMessages(20)
+	if err := pub.Publish(topic, batch...); err != nil {
+		t.Fatalf("publish while the subscriber holds the queue: %v", err)
+	}
+	r.AwaitAll(t, ids)
+	r.tally(t, ids)
+
+	other, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg})
+	start = time.Now()
+	_, err = other.Subscribe(t.Context(), topic)
+	if !resilient.IsPermanent(err) || !errors.Is(err, resilient.ErrPreconditionFailed) || !strings.Contains(err.Error(), "Queue.Exclusive") {
+		t.Fatalf("a second subscriber: %v, want a permanent ErrPreconditionFailed naming Queue.Exclusive", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the second Subscribe took %s: want it at once", d)
+	}
 }

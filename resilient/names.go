@@ -50,6 +50,7 @@ const (
 	MessageNacked      = core.MessageNacked
 	ConsumerReattached = core.ConsumerReattached
 	ConsumerLost       = core.ConsumerLost
+	ChannelRefused     = core.ChannelRefused
 )
 
 var (
@@ -66,6 +67,7 @@ var (
 	ErrUnroutable         = core.ErrUnroutable
 	ErrNacked             = core.ErrNacked
 	ErrNotConfirmed       = core.ErrNotConfirmed
+	ErrChannelLimit       = core.ErrChannelLimit
 )
 
 // IsPermanent is core.IsPermanent.

@@ -50,6 +50,7 @@ func wire(c amqp.Config) core.Wiring {
 		ExchangeName:    c.Exchange.GenerateName,
 		QueueName:       c.Queue.GenerateName,
 		QueueAutoDelete: c.Queue.AutoDelete,
+		QueueExclusive:  c.Queue.Exclusive,
 		RoutingKey:      c.Publish.GenerateRoutingKey,
 		Mandatory:       c.Publish.Mandatory,
 		Immediate:       c.Publish.Immediate,
