@@ -73,7 +73,7 @@ var replyMeanings = map[int]replyMeaning{
 // meaning in replyMeanings; an unknown code is transient.
 func classifyBroker(err error) error {
 	var ae *amqp091.Error
-	if !errors.As(err, &ae) {
+	if !errors.As(err, &ae) || errors.Is(err, ErrChannelLimit) {
 		return err
 	}
 	if ae == amqp091.ErrChannelMax || ae.Code == amqp091.ChannelError && !ae.Server && ae.Reason == amqp091.ErrChannelMax.Reason {

@@ -109,7 +109,7 @@ func (l *lane) open() *amqp091.Channel {
 	for {
 		var ch *amqp091.Channel
 		err := l.sess.awaitReply("a publishing channel's opening", func() (err error) {
-			if ch, err = l.sess.conn.Channel(); err != nil {
+			if ch, err = l.sess.openChannel(); err != nil {
 				return err
 			}
 			if err = ch.Confirm(false); err != nil {
@@ -118,9 +118,13 @@ func (l *lane) open() *amqp091.Channel {
 			return err
 		})
 		if err == nil {
+			l.sess.limit.opened(laneKey(l.id))
 			return ch
 		}
-		if !l.sess.conn.IsClosed() && !isConnectionFault(err) {
+		switch {
+		case errors.Is(err, ErrChannelLimit):
+			l.sess.limit.refusedBy(laneKey(l.id), fmt.Sprintf("publishing lane %d", l.id), err)
+		case !l.sess.conn.IsClosed() && !isConnectionFault(err):
 			l.logger.Error("Cannot open publishing channel, retrying", err, nil)
 		}
 		select {
@@ -131,6 +135,10 @@ func (l *lane) open() *amqp091.Channel {
 		wait = min(2*wait, time.Second)
 	}
 }
+
+// laneKey names a lane's refusals in channelLimit: the same lane number on
+// the next connection clears them.
+type laneKey int
 
 // canTake reports whether the lane may claim another handoff now.
 func (l *lane) canTake(window int) bool {

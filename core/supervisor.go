@@ -23,6 +23,9 @@ type supervisor struct {
 	// startSession starts what lives on each connection (a publisher's
 	// lanes; nothing for a subscriber).
 	startSession func(*session)
+	// limit is how channels refused by channel_max are reported, across
+	// sessions (channellimit.go).
+	limit *channelLimit
 
 	mu      sync.Mutex
 	current *session      // nil while not connected
@@ -70,6 +73,7 @@ func startSupervisor(cfg *settings, logger watermill.LoggerAdapter, n *notifier,
 		notifier:     n,
 		dialer:       newDialer(cfg, ctx),
 		startSession: startSession,
+		limit:        newChannelLimit(cfg, logger),
 		ready:        make(chan struct{}),
 		dialed:       make(chan struct{}),
 		state:        StateConnecting,
@@ -115,7 +119,9 @@ func (s *supervisor) connect() (*session, error) {
 	s.nextID++
 	id := s.nextID
 	s.mu.Unlock()
-	return newSession(id, d, s.cfg, s.logger), nil
+	sess := newSession(id, d, s.cfg, s.logger)
+	sess.limit = s.limit
+	return sess, nil
 }
 
 func (s *supervisor) run(sess *session) {
@@ -284,6 +290,9 @@ func (s *supervisor) health() Health {
 	h := Health{State: s.state, Since: s.since, Err: s.why}
 	if s.dialErr != nil {
 		h.Err = s.dialErr
+	}
+	if h.State == StateConnected || h.State == StateBlocked {
+		h.Degraded = s.limit.degraded()
 	}
 	return h
 }

@@ -6,7 +6,9 @@ package resilient_test
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/resilientmq/watermill-rabbitmq/health"
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
@@ -150,5 +153,157 @@ func TestExclusiveQueueConfig(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the second Subscribe took %s: want it at once", d)
+	}
+}
+
+// brokerChannelMax sets the broker's channel_max for new connections, and
+// restores what it was when the test ends.
+func brokerChannelMax(t *testing.T, n int) {
+	t.Helper()
+	was := strings.TrimSpace(brokertest.Ctl(t, "eval", "{ok, N} = application:get_env(rabbit, channel_max), N."))
+	if _, err := strconv.Atoi(was); err != nil {
+		t.Fatalf("channel_max: %q", was)
+	}
+	t.Cleanup(func() { brokertest.Ctl(t, "eval", "application:set_env(rabbit, channel_max, "+was+").") })
+	setChannelMax(t, n)
+}
+
+func setChannelMax(t *testing.T, n int) {
+	t.Helper()
+	brokertest.Ctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, channel_max, %d).", n))
+}
+
+// subscribeTopics subscribes to each topic and consumes into r; it returns
+// the topics whose Subscribe succeeded and the errors of the others.
+func subscribeTopics(t *testing.T, sub *resilient.Subscriber, topics []string, r *received) (ok []string, errs []error) {
+	t.Helper()
+	for _, topic := range topics {
+		msgs, err := sub.Subscribe(t.Context(), topic)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", topic, err))
+			continue
+		}
+		ok = append(ok, topic)
+		consumeAll(msgs, r, nil)
+	}
+	return ok, errs
+}
+
+// publishToEach publishes one message to each topic and returns their IDs.
+func publishToEach(t *testing.T, pub *resilient.Publisher, topics []string) []string {
+	t.Helper()
+	var ids []string
+	for _, topic := range topics {
+		m := newMessage()
+		if err := pub.Publish(topic, m); err != nil {
+			t.Fatalf("publish to %s: %v", topic, err)
+		}
+		ids = append(ids, m.UUID)
+	}
+	return ids
+}
+
+func topicNames(prefix string, n int) []string {
+	topics := make([]string, n)
+	for i := range topics {
+		topics[i] = brokertest.Name(fmt.Sprintf("%s-%d", prefix, i))
+	}
+	return topics
+}
+
+// More subscriptions on one Subscriber than the broker's channel_max
+// allows (each holds a channel): every Subscribe either returns a
+// subscription that handles what is published to it, or fails at once
+// with ErrChannelLimit (transient); none is silent. With channel_max 12,
+// and the small cases 2 and 1.
+func TestSubscriptionsBeyondChannelMax(t *testing.T) {
+	brokertest.Need(t)
+	for _, max := range []int{12, 2, 1} {
+		t.Run(fmt.Sprintf("channel_max=%d", max), func(t *testing.T) {
+			brokerChannelMax(t, max)
+			cfg := resilient.Config{AMQP: amqp.NewDurablePubSubConfig(brokertest.URI(), func(topic string) string { return topic + "_q" })}
+			sub, _ := pubsubtest.Subscriber(t, cfg)
+			r := newReceived()
+			topics := topicNames("chmax", max+4)
+			ok, errs := subscribeTopics(t, sub, topics, r)
+			t.Logf("%d subscribed, %d refused", len(ok), len(errs))
+			for _, err := range errs {
+				if !errors.Is(err, resilient.ErrChannelLimit) || resilient.IsPermanent(err) {
+					t.Errorf("Subscribe: %v, want a transient ErrChannelLimit", err)
+				}
+			}
+			if len(ok) == 0 || len(errs) == 0 {
+				t.Fatalf("%d of %d subscribed under channel_max %d", len(ok), len(topics), max)
+			}
+			if h := sub.Health(); h.Degraded != nil {
+				t.Errorf("degraded, though every subscription that Subscribe returned attached: %v", h.Degraded)
+			}
+			setChannelMax(t, 2047) // the publisher: not the point here
+			pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg.AMQP})
+			ids := publishToEach(t, pub, ok)
+			r.AwaitAll(t, ids)
+			r.tally(t, ids)
+		})
+	}
+}
+
+// A running subscription that cannot attach again, because the new
+// connection's channel_max is lower than the subscriptions it must carry,
+// says so: a ChannelRefused event per subscription left out, Health
+// Degraded (readiness fails), and it keeps trying: once channels are to be
+// had again, every subscription consumes, and nothing published is lost.
+func TestSubscriptionsReattachUnderChannelMax(t *testing.T) {
+	brokertest.Need(t)
+	brokerChannelMax(t, 2047)
+	events, onEvent := newEventQueue(resilient.ChannelRefused, resilient.ConsumerReattached)
+	pubsub := amqp.NewDurablePubSubConfig(brokertest.URI(), func(topic string) string { return topic + "_q" })
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: pubsub, OnEvent: onEvent,
+		Reconnect: resilient.Backoff{InitialWait: 100 * time.Millisecond, MaxWait: 500 * time.Millisecond}})
+	r := newReceived()
+	topics := topicNames("reattach", 16)
+	ok, errs := subscribeTopics(t, sub, topics, r)
+	if len(errs) > 0 {
+		t.Fatalf("Subscribe: %v", errs)
+	}
+
+	setChannelMax(t, 12)
+	brokertest.CloseAllConnections(t)
+	for range 16 - 12 {
+		e := events.await(t, resilient.ChannelRefused)
+		if !errors.Is(e.Err, resilient.ErrChannelLimit) {
+			t.Fatalf("ChannelRefused with %v", e.Err)
+		}
+	}
+	h := sub.Health()
+	if !errors.Is(h.Degraded, resilient.ErrChannelLimit) {
+		t.Fatalf("health while 4 subscriptions cannot attach: %+v", h)
+	}
+	if err := health.NewChecker(0).Add("subscriber", sub).Ready(t.Context()); err == nil || !strings.Contains(err.Error(), "degraded") {
+		t.Errorf("readiness while degraded: %v", err)
+	}
+	t.Logf("degraded: %v", h.Degraded)
+
+	setChannelMax(t, 2047)
+	drain(events)
+	brokertest.CloseAllConnections(t)
+	for range 16 {
+		events.await(t, resilient.ConsumerReattached)
+	}
+	if h := sub.Health(); h.Degraded != nil {
+		t.Errorf("still degraded once every subscription attached: %v", h.Degraded)
+	}
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: pubsub})
+	ids := publishToEach(t, pub, ok)
+	r.AwaitAll(t, ids)
+	r.tally(t, ids)
+}
+
+func drain(q eventQueue) {
+	for {
+		select {
+		case <-q:
+		default:
+			return
+		}
 	}
 }
