@@ -307,3 +307,46 @@ func drain(q eventQueue) {
 		}
 	}
 }
+
+// The publisher under the smallest channel_max: with 2, one lane and one
+// channel for declarations (none for a pulse), and everything confirmed
+// arrives; with 1, the lane holds the only channel, and a Publish that must
+// declare its topology fails at once with ErrChannelLimit (a stated
+// limit), rather than waiting for its deadline.
+func TestPublisherUnderSmallChannelMax(t *testing.T) {
+	brokertest.Need(t)
+	t.Run("channel_max=2", func(t *testing.T) {
+		brokerChannelMax(t, 2)
+		queue := brokertest.Name("chmax2")
+		brokertest.DeleteQueues(t, queue)
+		pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())})
+		msgs, ids := newMessages(200)
+		var wg sync.WaitGroup
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := pub.Publish(queue, msgs[i*50:(i+1)*50]...); err != nil {
+					t.Errorf("publish: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, ids))
+	})
+	t.Run("channel_max=1", func(t *testing.T) {
+		brokerChannelMax(t, 1)
+		queue := brokertest.Name("chmax1")
+		brokertest.DeleteQueues(t, queue)
+		pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), PublishTimeout: time.Minute})
+		start := time.Now()
+		err := pub.Publish(queue, newMessage())
+		if !errors.Is(err, resilient.ErrChannelLimit) {
+			t.Fatalf("publish: %v, want ErrChannelLimit", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("took %s: want it at once", d)
+		}
+		t.Log(err)
+	})
+}
