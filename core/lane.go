@@ -57,8 +57,16 @@ type lane struct {
 	// where it sent its first message to a quorum queue: one that did so
 	// while the queue's leader was dead (RabbitMQ 3.10) is nacked until
 	// that node returns, while a fresh channel reaches the new leader.
-	replace bool
+	// Only a channel older than nackReplaceMinAge is replaced so: a queue
+	// that nacks whatever the channel (full, with x-overflow
+	// reject-publish) would otherwise keep every lane replacing its
+	// channel, and the other topics' calls waiting on them.
+	replace  bool
+	openedAt time.Time // of the current channel
 }
+
+// nackReplaceMinAge is how old a channel must be for a nack to replace it.
+const nackReplaceMinAge = time.Second
 
 func newLane(sess *session, id int) *lane {
 	return &lane{
@@ -82,7 +90,7 @@ func (l *lane) run() {
 		}
 		// A new channel: whatever ended the last one (a nack, a time-out, the
 		// broker), this one has not been nacked.
-		l.replace = false
+		l.replace, l.openedAt = false, time.Now()
 		cause := l.serve(ch)
 		// amqp091-go marks the connection closed before it closes its
 		// channels: a channel that died alone sees it open.
@@ -91,10 +99,12 @@ func (l *lane) run() {
 			return
 		}
 		if cause == errReplaced {
+			// Closed by us, the connection lives: open another at once,
+			// the lane takes nothing meanwhile.
 			l.logger.Debug("Publishing channel nacked: replacing it", nil)
-		} else {
-			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
+			continue
 		}
+		l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		select {
 		case <-l.sess.stopping:
 			return

@@ -1,6 +1,8 @@
 package core
 
 import (
+	"time"
+
 	"fmt"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -85,7 +87,7 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	}
 	switch {
 	case !acked:
-		l.replace = true
+		l.replace = l.replace || time.Since(l.openedAt) >= nackReplaceMinAge
 		d.report(outcomeNacked, ErrNacked)
 	case wasReturned && m.mandatory:
 		why := fmt.Errorf("%d %s (exchange %q, routing key %q)", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
