@@ -5,6 +5,7 @@ package resilient_test
 // channel_max, queue policies that drop, permissions changed mid-run.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -349,4 +350,93 @@ func TestPublisherUnderSmallChannelMax(t *testing.T) {
 		}
 		t.Log(err)
 	})
+}
+
+// A user whose permissions are cleared while it publishes and consumes,
+// then set again. RabbitMQ checks them when a connection (or channel)
+// opens: once the connections are closed, every call fails with a
+// permanent ErrAccessRefused (no call waits for its deadline, none returns
+// a stale cause); once the permission is back, both resume, and every
+// confirmed message is handled.
+func TestPermissionsChangedMidRun(t *testing.T) {
+	brokertest.Need(t)
+	uri := limitedUser(t, ".*", ".*", ".*")
+	user := "resilient-test-" + strings.ToLower(t.Name())
+	queue := brokertest.Name("perms")
+	brokertest.DeleteQueues(t, queue)
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri), PublishTimeout: time.Minute,
+		Reconnect: resilient.Backoff{InitialWait: 100 * time.Millisecond, MaxWait: 500 * time.Millisecond}}
+	pub, _ := pubsubtest.Publisher(t, cfg)
+	sub, _ := pubsubtest.Subscriber(t, cfg)
+	msgs, err := sub.Subscribe(t.Context(), queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceived()
+	consumeAll(msgs, r, nil)
+
+	var mu sync.Mutex
+	var confirmed []string
+	var refused, other []error
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				m := newMessage()
+				err := pub.Publish(queue, m)
+				mu.Lock()
+				switch {
+				case err == nil:
+					confirmed = append(confirmed, m.UUID)
+				case errors.Is(err, resilient.ErrAccessRefused) && resilient.IsPermanent(err):
+					refused = append(refused, err)
+				default:
+					other = append(other, err)
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond) // pace the calls that fail at once
+				}
+			}
+		}()
+	}
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(confirmed), len(refused)
+	}
+	awaitCount := func(what string, done func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Minute); !done(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never happened", what)
+			}
+		}
+	}
+	awaitCount("100 confirms", func() bool { n, _ := counts(); return n >= 100 })
+
+	brokertest.Ctl(t, "clear_permissions", "-p", "/", user)
+	brokertest.CloseAllConnections(t)
+	awaitCount("a refusal", func() bool { _, n := counts(); return n >= 20 })
+	if h := sub.Health(); h.State == resilient.StateConnected {
+		t.Errorf("the subscriber is connected without permissions: %+v", h)
+	}
+
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	before, _ := counts()
+	awaitCount("100 confirms after the permission is back", func() bool { n, _ := counts(); return n >= before+100 })
+	stop()
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d confirmed, %d refused (first: %v), %d other", len(confirmed), len(refused), refused[0], len(other))
+	for _, err := range other {
+		t.Errorf("neither confirmed nor a permanent ErrAccessRefused: %v", err)
+	}
+	r.AwaitAll(t, confirmed)
+	r.tally(t, confirmed)
 }
