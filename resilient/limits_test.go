@@ -159,19 +159,26 @@ func TestExclusiveQueueConfig(t *testing.T) {
 
 // brokerChannelMax sets the broker's channel_max for new connections, and
 // restores what it was when the test ends.
-func brokerChannelMax(t *testing.T, n int) {
+func brokerChannelMax(t *testing.T, n int) { brokerSetting(t, "channel_max", n) }
+
+func setChannelMax(t *testing.T, n int) { setBrokerSetting(t, "channel_max", n) }
+
+// brokerSetting sets an integer setting of the broker's (read by each new
+// connection: channel_max, frame_max), and restores what it was when the
+// test ends.
+func brokerSetting(t *testing.T, key string, n int) {
 	t.Helper()
-	was := strings.TrimSpace(brokertest.Ctl(t, "eval", "{ok, N} = application:get_env(rabbit, channel_max), N."))
+	was := strings.TrimSpace(brokertest.Ctl(t, "eval", "{ok, N} = application:get_env(rabbit, "+key+"), N."))
 	if _, err := strconv.Atoi(was); err != nil {
-		t.Fatalf("channel_max: %q", was)
+		t.Fatalf("%s: %q", key, was)
 	}
-	t.Cleanup(func() { brokertest.Ctl(t, "eval", "application:set_env(rabbit, channel_max, "+was+").") })
-	setChannelMax(t, n)
+	t.Cleanup(func() { brokertest.Ctl(t, "eval", "application:set_env(rabbit, "+key+", "+was+").") })
+	setBrokerSetting(t, key, n)
 }
 
-func setChannelMax(t *testing.T, n int) {
+func setBrokerSetting(t *testing.T, key string, n int) {
 	t.Helper()
-	brokertest.Ctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, channel_max, %d).", n))
+	brokertest.Ctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, %s, %d).", key, n))
 }
 
 // subscribeTopics subscribes to each topic and consumes into r; it returns
@@ -439,4 +446,24 @@ func TestPermissionsChangedMidRun(t *testing.T) {
 	}
 	r.AwaitAll(t, confirmed)
 	r.tally(t, confirmed)
+}
+
+// The smallest frame_max AMQP allows (4096): bodies of 100 KiB go, split
+// into frames, and are confirmed and kept; a message whose headers do not
+// fit one frame fails alone, at once, with ErrMessageTooLarge.
+func TestFrameMaxMinimum(t *testing.T) {
+	brokertest.Need(t)
+	brokerSetting(t, "frame_max", 4096)
+	queue := brokertest.Name("frame-min")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())})
+	msgs, ids := newMessages(21)
+	for _, m := range msgs {
+		m.Payload = make([]byte, 100<<10)
+	}
+	msgs[10].Metadata.Set("big", strings.Repeat("x", 5000))
+	err := pub.Publish(queue, msgs...)
+	requirePublishError(t, err, resilient.ErrMessageTooLarge, ids[10:11])
+	t.Log(err)
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, append(ids[:10:10], ids[11:]...)))
 }
