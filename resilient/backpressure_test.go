@@ -142,10 +142,14 @@ func TestFullQueueCostsOtherTopicsLittle(t *testing.T) {
 	t.Logf("beside 64 callers on a full queue: %.0f calls/s, p50 %s, p99 %s", beside.perSecond, beside.p50, beside.p99)
 	t.Logf("ratio: throughput %.2f, p50 %.1fx, p99 %.1fx", beside.perSecond/alone.perSecond,
 		float64(beside.p50)/float64(alone.p50), float64(beside.p99)/float64(alone.p99))
-	if beside.perSecond < alone.perSecond/3 {
+	// Margins: on a 2-core machine under -race, the 64 callers' own work
+	// takes 0.4 to 1.2 of the healthy topic's calls/s and 1.0 to 1.5 times
+	// its p50; a lane replaced after every nack took 0.04 to 0.25 and 9.5 to
+	// 25 times.
+	if beside.perSecond < alone.perSecond/5 {
 		t.Errorf("the full queue cut the healthy topic's throughput to %.0f%%", 100*beside.perSecond/alone.perSecond)
 	}
-	if beside.p50 > 3*alone.p50 {
+	if beside.p50 > 4*alone.p50 {
 		t.Errorf("the full queue raised the healthy topic's p50 %.1f times", float64(beside.p50)/float64(alone.p50))
 	}
 }
