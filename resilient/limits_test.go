@@ -467,3 +467,40 @@ func TestFrameMaxMinimum(t *testing.T) {
 	t.Log(err)
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, append(ids[:10:10], ids[11:]...)))
 }
+
+// An auto-delete queue config (Queue.AutoDelete): the queue goes when its
+// last consumer does. The publisher declares it (no connection owns an
+// auto-delete queue), so a message published before any subscriber, or
+// after the last one left and the broker deleted the queue, is kept: it
+// comes back from the deleted queue, which is declared again, and the next
+// subscriber gets it.
+func TestAutoDeleteQueueConfig(t *testing.T) {
+	brokertest.Need(t)
+	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+	cfg.Queue.AutoDelete = true
+	topic := brokertest.Name("auto-delete")
+	brokertest.DeleteQueues(t, topic)
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: cfg, PublishTimeout: time.Minute})
+	for round := range 2 {
+		msgs, ids := newMessages(5)
+		if err := pub.Publish(topic, msgs...); err != nil {
+			t.Fatalf("round %d, publish with no subscriber: %v", round, err)
+		}
+		sub, err := resilient.NewSubscriber(resilient.Config{AMQP: cfg}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := sub.Subscribe(t.Context(), topic)
+		if err != nil {
+			t.Fatalf("round %d, Subscribe: %v", round, err)
+		}
+		r := newReceived()
+		done := consumeAll(out, r, nil)
+		r.AwaitAll(t, ids)
+		if err := sub.Close(); err != nil { // its queue goes with its consumer
+			t.Fatal(err)
+		}
+		<-done
+		r.tally(t, ids)
+	}
+}
