@@ -32,7 +32,7 @@ var errConsumerCancelled = errors.New("consumer cancelled by the broker")
 // and starts consuming. A failure at any step closes the channel.
 func (sub *subscription) start(sess *session) (*consumer, error) {
 	cfg := sub.s.cfg.AMQP
-	ch, err := sess.conn.Channel()
+	ch, err := sess.openChannel()
 	if err != nil {
 		return nil, err
 	}

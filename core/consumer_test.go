@@ -14,8 +14,11 @@ import (
 
 // An attach the broker refuses (its queue declared with other arguments:
 // 406 on queue.declare, which closes the channel) is a failed attach, not a
-// lost consumer: the subscription tries again, and reports no ConsumerLost
-// for a consumer that never started.
+// lost consumer: a running subscription tries again, and reports no
+// ConsumerLost for a consumer that never started. (Here Subscribe's own
+// attach fails for a passing reason, so that Subscribe returns and the
+// subscription keeps trying: Subscribe itself fails on a refusal, see
+// TestSubscribeFailsOnARefusedAttach.)
 func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
 	const classQueue = 50
 	peer := newScriptedPeer(t)
@@ -33,10 +36,13 @@ func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
 	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
 		mu.Lock()
 		declarations++
-		first := declarations == 1
+		n := declarations
 		mu.Unlock()
-		if first {
+		switch n {
+		case 1:
 			return nil // Subscribe's own declaration: the queue was fine then
+		case 2:
+			return errors.New("a passing fault") // Subscribe's attach: not a refusal
 		}
 		select {
 		case attempts <- struct{}{}:
@@ -80,6 +86,53 @@ func TestRefusedAttachIsNoConsumerLost(t *testing.T) {
 	defer mu.Unlock()
 	if lost != 0 {
 		t.Fatalf("ConsumerLost reported %d times for a consumer that never started", lost)
+	}
+}
+
+// Subscribe waits for its first attach: one the broker refuses for good
+// (406 on queue.declare) fails it, with the typed error, and nothing keeps
+// trying behind the caller's back.
+func TestSubscribeFailsOnARefusedAttach(t *testing.T) {
+	const classQueue = 50
+	peer := newScriptedPeer(t)
+	peer.onMethod = func(l *peerLink, channel, class, method uint16) bool {
+		if class == classQueue && method == 10 { // queue.declare
+			l.closeChannel(channel, 406, "PRECONDITION_FAILED - inequivalent arg 'durable'", classQueue, 10)
+			return true
+		}
+		return false
+	}
+	var mu sync.Mutex
+	declarations := 0
+	w := peerWiring(peer)
+	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
+		mu.Lock()
+		declarations++
+		first := declarations == 1
+		mu.Unlock()
+		if first {
+			return nil // Subscribe's own declaration: the queue was fine then
+		}
+		_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
+		return err
+	}
+	sub, err := NewSubscriber(Config[Wiring]{Reconnect: Backoff{InitialWait: 10 * time.Millisecond, MaxWait: 10 * time.Millisecond}}, w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	peer.next(t)
+	msgs, err := sub.Subscribe(context.Background(), "q")
+	if msgs != nil || !errors.Is(err, ErrPreconditionFailed) {
+		t.Fatalf("Subscribe: %v, want ErrPreconditionFailed", err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if declarations != 2 {
+		t.Fatalf("%d declarations: the refused subscription kept trying", declarations)
 	}
 }
 

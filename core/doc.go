@@ -62,7 +62,11 @@
 //     (declare, a property the broker refuses), ErrMessageTooLarge (the
 //     body, or headers larger than the connection's frame_max),
 //     ErrInvalidName, ErrNilMessage, ErrMarshal, ErrConfig, ErrUnroutable
-//     (mandatory), ErrTLS (a certificate). Only the messages concerned fail;
+//     (mandatory; an exclusive queue no subscriber holds), ErrTLS (a
+//     certificate). Every AMQP reply code has a meaning decided on purpose
+//     (brokerreply.go). ErrChannelLimit (channel_max reached) is transient,
+//     typed, and never taken for a lost connection: see channellimit.go.
+//     Only the messages concerned fail;
 //     the publisher keeps working for other topics and other callers. When
 //     the broker closes a channel without naming the message at fault, the
 //     messages in flight on it are re-sent one at a time: the one that

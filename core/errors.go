@@ -52,6 +52,12 @@ var (
 	// With the default, a message last nacked fails with ErrNotConfirmed
 	// when its bounds end, and matches ErrNacked too. Transient.
 	ErrNacked = errors.New("resilient: message nacked by broker")
+	// ErrChannelLimit: no channel could be opened, the connection has as
+	// many as the broker's channel_max allows (each subscription holds one,
+	// each publishing lane one). Transient: a channel may close; a running
+	// subscription or lane keeps trying, and says so (a log line, a
+	// ChannelRefused event, Health.Degraded).
+	ErrChannelLimit = errors.New("resilient: channel_max reached")
 	// ErrNotConfirmed: the message was not confirmed before its deadline
 	// (its Context, Config.PublishTimeout, or Close). It may or may not have
 	// reached the broker. Transient.

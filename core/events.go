@@ -101,6 +101,12 @@ const (
 	// x-dead-letter-exchange arguments in its config, RabbitMQ 4's default
 	// of 20, the delivery's x-delivery-count; not a policy's limit.
 	DeliveryLimitReached
+	// ChannelRefused: a subscription could not attach, or a publishing lane
+	// could not open its channel, because the connection has as many
+	// channels as the broker's channel_max allows (Err matches
+	// ErrChannelLimit). It keeps trying, with backoff; Health.Degraded says
+	// so until it succeeds.
+	ChannelRefused
 )
 
 func (k EventKind) String() string {
@@ -137,6 +143,8 @@ func (k EventKind) String() string {
 		return "consumer_lost"
 	case DeliveryLimitReached:
 		return "delivery_limit_reached"
+	case ChannelRefused:
+		return "channel_refused"
 	}
 	return "unknown"
 }
@@ -144,7 +152,8 @@ func (k EventKind) String() string {
 // ErrorClass names the kind of err in a few words, for a metric label: the
 // sentinel it matches ("not_confirmed", "nacked", "unroutable",
 // "access_refused", "not_found", "precondition_failed", "message_too_large",
-// "invalid_name", "nil_message", "marshal", "config", "tls", "closed"), or,
+// "invalid_name", "nil_message", "marshal", "config", "tls", "closed",
+// "channel_limit"), or,
 // for why a connection was lost, "heartbeat" (the peer went silent),
 // "network" (reset, refused, closed), "broker" (the broker closed it, e.g.
 // an operator or a shutdown); "other" for the rest, "" for nil.
@@ -185,7 +194,7 @@ var errorClasses = []struct {
 	{ErrTLS, "tls"}, {ErrAccessRefused, "access_refused"}, {ErrNotFound, "not_found"},
 	{ErrMessageTooLarge, "message_too_large"}, {ErrPreconditionFailed, "precondition_failed"},
 	{ErrInvalidName, "invalid_name"}, {ErrNilMessage, "nil_message"}, {ErrMarshal, "marshal"},
-	{ErrConfig, "config"}, {ErrClosed, "closed"},
+	{ErrConfig, "config"}, {ErrClosed, "closed"}, {ErrChannelLimit, "channel_limit"},
 }
 
 // isTimeoutText: amqp091-go reports a read deadline that expired (a silent

@@ -22,7 +22,10 @@ type outgoing struct {
 	// ownQueue: it goes to a queue the publisher declares itself, so a
 	// return means the queue vanished under the live connection: declare it
 	// again and re-send, rather than let the broker confirm and drop it.
-	ownQueue    bool
+	ownQueue bool
+	// exclusive: it goes to an exclusive queue, a subscriber's, that exists
+	// only while its connection holds it (Publisher.subscriberQueue).
+	exclusive   bool
 	publishing  amqp091.Publishing
 	headerFrame int // the size of its header frame (frame.go)
 

@@ -71,8 +71,16 @@ type lane struct {
 	// where it sent its first message to a quorum queue: one that did so
 	// while the queue's leader was dead (RabbitMQ 3.10) is nacked until
 	// that node returns, while a fresh channel reaches the new leader.
-	replace bool
+	// Only a channel older than nackReplaceMinAge is replaced so: a queue
+	// that nacks whatever the channel (full, with x-overflow
+	// reject-publish) would otherwise keep every lane replacing its
+	// channel, and the other topics' calls waiting on them.
+	replace  bool
+	openedAt time.Time // of the current channel
 }
+
+// nackReplaceMinAge is how old a channel must be for a nack to replace it.
+const nackReplaceMinAge = time.Second
 
 func newLane(sess *session, id int) *lane {
 	return &lane{
@@ -96,8 +104,8 @@ func (l *lane) run() {
 		}
 		// A new channel: whatever ended the last one (a nack, a time-out, the
 		// broker), this one has not been nacked.
-		l.replace = false
-		l.heardAt = time.Now()
+		now := time.Now()
+		l.replace, l.openedAt, l.heardAt = false, now, now
 		cause := l.serve(ch)
 		// amqp091-go marks the connection closed before it closes its
 		// channels: a channel that died alone sees it open.
@@ -106,15 +114,19 @@ func (l *lane) run() {
 			return
 		}
 		switch cause {
-		case errReplaced:
-			l.logger.Debug("Publishing channel nacked: replacing it", nil)
-		case errConfirmTimeout, errStalled: // logged by serve
-		default:
-			if l.sess.conn.IsClosed() {
-				// Part of the connection's loss, which the supervisor logs.
-				l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
-				break
+		case errReplaced, errConfirmTimeout, errStalled:
+			// Closed by us (a nack, or confirms not coming), the connection
+			// lives: open another at once, the lane takes nothing
+			// meanwhile. serve logged the time-out or the stall.
+			if cause == errReplaced {
+				l.logger.Debug("Publishing channel nacked: replacing it", nil)
 			}
+			continue
+		}
+		if l.sess.conn.IsClosed() {
+			// Part of the connection's loss, which the supervisor logs.
+			l.logger.Debug("Publishing channel closed with its connection", watermill.LogFields{"reason": cause.Error()})
+		} else {
 			l.logger.Info("Publishing channel closed, reopening", watermill.LogFields{"reason": cause.Error()})
 		}
 		select {
@@ -131,7 +143,7 @@ func (l *lane) open() *amqp091.Channel {
 	for {
 		var ch *amqp091.Channel
 		err := l.sess.awaitReply("a publishing channel's opening", func() (err error) {
-			if ch, err = l.sess.conn.Channel(); err != nil {
+			if ch, err = l.sess.openChannel(); err != nil {
 				return err
 			}
 			if err = ch.Confirm(false); err != nil {
@@ -140,9 +152,13 @@ func (l *lane) open() *amqp091.Channel {
 			return err
 		})
 		if err == nil {
+			l.sess.limit.opened(laneKey(l.id))
 			return ch
 		}
-		if !l.sess.conn.IsClosed() && !isConnectionFault(err) {
+		switch {
+		case errors.Is(err, ErrChannelLimit):
+			l.sess.limit.refusedBy(laneKey(l.id), fmt.Sprintf("publishing lane %d", l.id), err)
+		case !l.sess.conn.IsClosed() && !isConnectionFault(err):
 			l.logger.Info("Cannot open publishing channel, retrying", watermill.LogFields{"reason": err.Error()}) // absorbed
 		}
 		select {
@@ -153,6 +169,10 @@ func (l *lane) open() *amqp091.Channel {
 		wait = min(2*wait, time.Second)
 	}
 }
+
+// laneKey names a lane's refusals in channelLimit: the same lane number on
+// the next connection clears them.
+type laneKey int
 
 // canTake reports whether the lane may claim another handoff now.
 func (l *lane) canTake(window int) bool {

@@ -86,13 +86,16 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	}
 	switch {
 	case !acked:
-		l.replace = true
+		l.replace = l.replace || time.Since(l.openedAt) >= nackReplaceMinAge
 		d.report(outcomeNacked, ErrNacked)
 	case wasReturned && m.mandatory:
 		why := fmt.Errorf("%d %s (exchange %q, routing key %q)", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
-		if m.ownQueue {
+		switch {
+		case m.ownQueue:
 			d.report(outcomeReturned, why)
-		} else {
+		case m.exclusive:
+			d.report(outcomeFailed, fmt.Errorf("%w: %w: the queue is exclusive (Queue.Exclusive), so it exists only while a subscriber's connection holds it, and none does", ErrUnroutable, why))
+		default:
 			d.report(outcomeFailed, fmt.Errorf("%w: %w", ErrUnroutable, why))
 		}
 	default:

@@ -35,6 +35,7 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 	// mandatory, so that a queue deleted under the live connection returns
 	// the message instead of the broker confirming and dropping it.
 	ownQueue := queue != "" && exchange == "" && routingKey == queue
+	exclusiveQueue := p.subscriberQueue(topic, exchange, routingKey) != ""
 
 	// One allocation for all the messages of the call, however many.
 	store := make([]outgoing, len(messages))
@@ -71,8 +72,9 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			ctx:         msg.Context(),
 			exchange:    exchange,
 			routingKey:  routingKey,
-			mandatory:   p.cfg.AMQP.Mandatory || ownQueue,
+			mandatory:   p.cfg.AMQP.Mandatory || ownQueue || exclusiveQueue,
 			ownQueue:    ownQueue,
+			exclusive:   exclusiveQueue,
 			publishing:  pub,
 			headerFrame: headerFrame,
 		}

@@ -116,12 +116,31 @@ func (p *Publisher) refused(messages int, err error) {
 
 // queueToDeclare names the queue the publisher declares itself: that of a
 // default-exchange (queue) config, so that a message published before any
-// subscriber exists is kept, not acked and dropped as unroutable.
+// subscriber exists is kept, not acked and dropped as unroutable. Not an
+// exclusive queue (Queue.Exclusive): the connection that declares one owns
+// it, and others get 405 RESOURCE_LOCKED; it is the subscriber's, and goes
+// with its connection. The publisher publishes to it as watermill-amqp's
+// does, mandatory (see subscriberQueue).
 func (p *Publisher) queueToDeclare(topic string) string {
-	if p.cfg.AMQP.ExchangeName(topic) != "" || p.cfg.AMQP.QueueName == nil {
+	if p.cfg.AMQP.ExchangeName(topic) != "" || p.cfg.AMQP.QueueName == nil || p.cfg.AMQP.QueueExclusive {
 		return ""
 	}
 	return p.cfg.AMQP.QueueName(topic)
+}
+
+// subscriberQueue names the exclusive queue of a default-exchange config
+// that the messages of topic go to, "" if none: it exists only while a
+// subscriber's connection holds it, so its messages are published
+// mandatory, and one published while it does not exist fails with
+// ErrUnroutable rather than being confirmed and dropped.
+func (p *Publisher) subscriberQueue(topic, exchange, routingKey string) string {
+	if exchange != "" || p.cfg.AMQP.QueueName == nil || !p.cfg.AMQP.QueueExclusive {
+		return ""
+	}
+	if queue := p.cfg.AMQP.QueueName(topic); queue == routingKey {
+		return queue
+	}
+	return ""
 }
 
 // declare is the topology of topic, run once per topic per connection.

@@ -18,12 +18,15 @@ type publishing struct {
 
 // startPublishing starts sess's publishing part: Config.Channels lanes,
 // fewer if the broker's channel_max says so (two channels stay: for
-// declarations, and for pulses).
+// declarations, and for pulses), and at least one. With channel_max 2
+// there is no channel for a pulse (none is sent: see pulse.go); with 1,
+// none to declare topology on either: a Publish that must declare fails
+// with ErrChannelLimit (channellimit.go).
 func startPublishing(sess *session) {
 	n := sess.cfg.Channels
-	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 2 && n > channelMax-2 {
-		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": channelMax - 2, "configured": n})
-		n = channelMax - 2
+	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 0 && n > max(channelMax-2, 1) {
+		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": max(channelMax-2, 1), "configured": n})
+		n = max(channelMax-2, 1)
 	}
 	pub := &publishing{lanes: make([]*lane, n), topology: newTopologyCache(sess)}
 	sess.pub = pub

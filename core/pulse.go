@@ -86,7 +86,7 @@ func (sess *session) startPulse() {
 		defer sess.wg.Done()
 		err := sess.awaitReplyWithin("a pulse", pulseBound(sess.cfg.ConfirmTimeout), func() error {
 			if sess.pulseCh == nil {
-				ch, err := sess.conn.Channel()
+				ch, err := sess.openChannel()
 				if err != nil {
 					return err
 				}

@@ -28,6 +28,8 @@ type session struct {
 
 	pub *publishing // nil on a subscriber's connection
 
+	limit *channelLimit // the supervisor's: see openChannel
+
 	stopping chan struct{} // closed by end: lanes and declarers quit
 	dead     chan struct{} // closed by end once they all have
 	wg       sync.WaitGroup

@@ -50,6 +50,11 @@ type Health struct {
 	// while reconnecting, or the broker's reason for a block (a memory or
 	// disk alarm). It never contains a password.
 	Err error
+	// Degraded, while connected, says that some channels could not be
+	// opened because the broker's channel_max is reached (it matches
+	// ErrChannelLimit): subscriptions that cannot attach, publishing lanes
+	// that cannot open. They keep trying; nil once all have a channel.
+	Degraded error
 }
 
 // StateChange is passed to Config.OnStateChange.

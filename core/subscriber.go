@@ -82,10 +82,16 @@ func NewSubscriber[A any](config Config[A], w Wiring, logger watermill.LoggerAda
 // It is closed when ctx ends or the subscriber is closed; messages not acked
 // by then go back to the queue.
 //
-// When connected, Subscribe declares the topology before it returns, so
-// that messages published afterwards are not lost; a declaration the broker
-// refuses (ErrPreconditionFailed, ErrAccessRefused, ErrNotFound) fails it.
-// When not connected it returns at once and consumes once connected.
+// When connected, Subscribe declares the topology and starts consuming
+// before it returns, so that messages published afterwards are not lost;
+// a declaration or a consumer the broker refuses (ErrPreconditionFailed,
+// e.g. an exclusive queue held by another connection; ErrAccessRefused;
+// ErrNotFound) fails it, and so does a connection that has as many
+// channels as the broker's channel_max allows (ErrChannelLimit: each
+// subscription holds one). When not connected it returns at once and
+// consumes once connected. A running subscription that cannot attach again
+// keeps trying, with Config.Reconnect's backoff; under channel_max it says
+// so: a log line, a ChannelRefused event, Health.Degraded.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	queue, exchange, err := s.names(topic)
 	if err != nil {
@@ -123,13 +129,36 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 			"topic": topic, "amqp_queue_name": queue, "amqp_exchange_name": exchange,
 		}),
 	}
+	var first chan error
+	if s.sup.live() != nil {
+		// Connected: wait for the first attach, so that a subscription
+		// that cannot consume (channel_max reached, an exclusive queue or
+		// consumer elsewhere) fails here, not in silence.
+		first = make(chan error, 1)
+		sub.first = first
+	}
 	go func() {
 		defer s.subs.Done()
 		defer cancel()
 		defer stop()
 		sub.run()
 	}()
-	return sub.out, nil
+	if first == nil {
+		return sub.out, nil
+	}
+	select {
+	case err = <-first:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err == nil {
+		return sub.out, nil
+	}
+	cancel() // the subscription ends, if it has not
+	if s.closeCtx.Err() != nil {
+		return nil, ErrClosed
+	}
+	return nil, fmt.Errorf("cannot consume %s: %w", queue, err)
 }
 
 // SubscribeInitialize declares the topology of topic (queue, exchange,

@@ -32,10 +32,36 @@ type subscription struct {
 	logger                 watermill.LoggerAdapter
 	unreadable             *backoff.ExponentialBackOff // pauses before nacking what cannot be unmarshaled
 	limit                  deliveryLimit               // its queue's, as far as its config tells
+	// first, when Subscribe waits for it, gets the outcome of the first
+	// attempt to attach (nil: attached, or not connected); nil afterwards.
+	first chan<- error
+}
+
+// reportFirst hands Subscribe the outcome of the first attempt to attach,
+// once, and says whether the subscription must end: the attach failed in a
+// way that Subscribe returns (see refusesSubscribe).
+func (sub *subscription) reportFirst(err error) (end bool) {
+	if sub.first == nil {
+		return false
+	}
+	if err != nil && !refusesSubscribe(err) {
+		err = nil // transient: attached later, as when not connected
+	}
+	sub.first <- err
+	sub.first = nil
+	return err != nil
+}
+
+// refusesSubscribe reports whether an attach that failed so fails
+// Subscribe: a permanent refusal (an exclusive queue or consumer
+// elsewhere, permissions), or no channel left under channel_max.
+func refusesSubscribe(err error) bool {
+	return IsPermanent(err) || errors.Is(err, ErrChannelLimit)
 }
 
 func (sub *subscription) run() {
 	defer close(sub.out)
+	defer sub.s.sup.limit.opened(sub) // no refusal outlives it
 	// Paces the consumers that die as soon as they start (the broker
 	// refusing what consume asked, with NoWait: an exclusive consumer
 	// elsewhere), which would otherwise attach again in a tight loop.
@@ -90,6 +116,7 @@ func (sub *subscription) attach() *consumer {
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
+			sub.reportFirst(nil)
 			if sub.ctx.Err() != nil || errors.Is(err, ErrClosed) {
 				return nil
 			}
@@ -98,10 +125,17 @@ func (sub *subscription) attach() *consumer {
 			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
 		} else {
 			c, err := sub.open(sess)
+			if sub.reportFirst(err) {
+				return nil // Subscribe returns err
+			}
 			if err == nil {
+				sub.s.sup.limit.opened(sub)
 				return c
 			}
-			if !errors.Is(err, errConnectionLost) {
+			switch {
+			case errors.Is(err, ErrChannelLimit):
+				sub.s.sup.limit.refusedBy(sub, "subscription to "+sub.queue, err)
+			case !errors.Is(err, errConnectionLost):
 				// A permanent refusal (a missing queue, access refused)
 				// needs a person; anything else the retry absorbs.
 				if IsPermanent(err) {

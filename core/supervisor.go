@@ -24,6 +24,9 @@ type supervisor struct {
 	// startSession starts what lives on each connection (a publisher's
 	// lanes; nothing for a subscriber).
 	startSession func(*session)
+	// limit is how channels refused by channel_max are reported, across
+	// sessions (channellimit.go).
+	limit *channelLimit
 
 	mu      sync.Mutex
 	current *session      // nil while not connected
@@ -34,11 +37,15 @@ type supervisor struct {
 	dialErr error     // last dial error while disconnected, nil once connected
 	// permanentStreak counts the dial rounds in a row that failed permanently.
 	permanentStreak int
-	nextID          uint64
-	lostAt          time.Time     // when the last connection was lost
-	handshake       *socket       // of the dial in progress, cut by stop
-	stopped         bool          // stop was called: cut any new handshake
-	closeGrace      time.Duration // how long the last session may take to close
+	// dialed is closed, and replaced, each time a dial round fails: callers
+	// waiting in await read dialErr and permanentStreak again, so that all
+	// of them learn at once when dialing turns permanent, with its cause.
+	dialed     chan struct{}
+	nextID     uint64
+	lostAt     time.Time     // when the last connection was lost
+	handshake  *socket       // of the dial in progress, cut by stop
+	stopped    bool          // stop was called: cut any new handshake
+	closeGrace time.Duration // how long the last session may take to close
 	// resent counts the messages a publisher sent again (after a loss, a
 	// nack, a return), for the log line that ends a fault; resentMark is
 	// its value when the last connection came up.
@@ -72,7 +79,9 @@ func startSupervisor(cfg *settings, logger watermill.LoggerAdapter, n *notifier,
 		notifier:     n,
 		dialer:       newDialer(cfg, ctx),
 		startSession: startSession,
+		limit:        newChannelLimit(cfg, logger),
 		ready:        make(chan struct{}),
+		dialed:       make(chan struct{}),
 		state:        StateConnecting,
 		since:        time.Now(),
 		closeGrace:   sessionCloseGrace,
@@ -118,7 +127,9 @@ func (s *supervisor) connect() (*session, error) {
 	s.nextID++
 	id := s.nextID
 	s.mu.Unlock()
-	return newSession(id, d, s.cfg, s.logger), nil
+	sess := newSession(id, d, s.cfg, s.logger)
+	sess.limit = s.limit
+	return sess, nil
 }
 
 func (s *supervisor) run(sess *session) {
@@ -187,6 +198,8 @@ func (s *supervisor) redial() *session {
 			s.permanentStreak = 0
 		}
 		streak := s.permanentStreak
+		close(s.dialed) // waiters look again
+		s.dialed = make(chan struct{})
 		s.mu.Unlock()
 		wait := b.NextBackOff()
 		// Each dial of a reconnect is a detail (the fault was logged when
@@ -319,6 +332,9 @@ func (s *supervisor) health() Health {
 	if s.dialErr != nil {
 		h.Err = s.dialErr
 	}
+	if h.State == StateConnected || h.State == StateBlocked {
+		h.Degraded = s.limit.degraded()
+	}
 	return h
 }
 
@@ -330,11 +346,14 @@ func (s *supervisor) connected() bool {
 
 // await returns the live session, waiting for one while reconnecting. It
 // fails fast when dialing keeps failing permanently (e.g. credentials
-// revoked) and when the supervisor stops.
+// revoked, vhost deleted): every waiter is woken by each failed dial round,
+// so those waiting already learn it when a fresh call would, with the same
+// cause. It fails when the supervisor stops, and when ctx ends, then with
+// the last dial error read at that moment (never a stale one).
 func (s *supervisor) await(ctx context.Context) (*session, error) {
 	for {
 		s.mu.Lock()
-		sess, ready, dialErr, streak := s.current, s.ready, s.dialErr, s.permanentStreak
+		sess, ready, dialed, dialErr, streak := s.current, s.ready, s.dialed, s.dialErr, s.permanentStreak
 		s.mu.Unlock()
 		if sess != nil {
 			return sess, nil
@@ -344,9 +363,13 @@ func (s *supervisor) await(ctx context.Context) (*session, error) {
 		}
 		select {
 		case <-ready:
+		case <-dialed:
 		case <-s.stopping:
 			return nil, ErrClosed
 		case <-ctx.Done():
+			s.mu.Lock()
+			dialErr = s.dialErr
+			s.mu.Unlock()
 			if dialErr != nil {
 				return nil, fmt.Errorf("%w (not connected: %w)", ctx.Err(), dialErr)
 			}

@@ -140,7 +140,7 @@ func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, dec
 // broker rejects (which closes the channel) harms no lane.
 func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
 	err := sess.awaitReply("a declaration of "+topic, func() error {
-		ch, err := sess.conn.Channel()
+		ch, err := sess.openChannel()
 		if err != nil {
 			return err
 		}

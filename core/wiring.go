@@ -44,6 +44,9 @@ type Wiring struct {
 	// QueueArguments is Queue.Arguments: the subscriber reads a quorum
 	// queue's delivery limit and dead-letter exchange from them.
 	QueueArguments amqp091.Table
+	// QueueExclusive is Queue.Exclusive: the queue belongs to the connection
+	// that declares it, the subscriber's, so the publisher never declares it.
+	QueueExclusive bool
 	// RoutingKey is Publish.GenerateRoutingKey.
 	RoutingKey func(topic string) string
 	// Mandatory, Immediate, Transactional and ChannelPoolSize are those of

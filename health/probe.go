@@ -29,7 +29,9 @@ type result struct {
 func (p probe) judge(name string, h core.Health, now time.Time, maxDisconnected time.Duration) error {
 	switch h.State {
 	case core.StateConnected:
-		return nil
+		if p == liveness || h.Degraded == nil {
+			return nil
+		}
 	case core.StateBlocked:
 		if p == liveness {
 			return nil
@@ -51,6 +53,9 @@ func describe(h core.Health, now time.Time) string {
 	}
 	if h.Err != nil {
 		s += ": " + redact(h.Err.Error())
+	}
+	if h.Degraded != nil {
+		s += ", degraded: " + redact(h.Degraded.Error())
 	}
 	return s
 }

@@ -3,6 +3,8 @@ package health_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,4 +110,21 @@ func TestCheckerConcurrent(t *testing.T) {
 		_ = checker.Live(context.Background())
 	}
 	<-done
+}
+
+// Connected but degraded (channels refused under the broker's
+// channel_max): not ready, still live, and the error says why.
+func TestDegradedIsNotReady(t *testing.T) {
+	f := newFake(resilient.StateConnected, time.Hour, nil)
+	f.mu.Lock()
+	f.h.Degraded = fmt.Errorf("4 channel(s) refused: %w", resilient.ErrChannelLimit)
+	f.mu.Unlock()
+	checker := health.NewChecker(0).Add("sub", f)
+	ready, live := checker.Ready(context.Background()), checker.Live(context.Background())
+	if ready == nil || !strings.Contains(ready.Error(), "degraded: 4 channel(s) refused") {
+		t.Errorf("ready: %v, want the degradation", ready)
+	}
+	if live != nil {
+		t.Errorf("live: %v", live)
+	}
 }

@@ -51,6 +51,7 @@ const (
 	ConsumerReattached   = core.ConsumerReattached
 	ConsumerLost         = core.ConsumerLost
 	DeliveryLimitReached = core.DeliveryLimitReached
+	ChannelRefused       = core.ChannelRefused
 )
 
 var (
@@ -67,6 +68,7 @@ var (
 	ErrUnroutable         = core.ErrUnroutable
 	ErrNacked             = core.ErrNacked
 	ErrNotConfirmed       = core.ErrNotConfirmed
+	ErrChannelLimit       = core.ErrChannelLimit
 )
 
 // IsPermanent is core.IsPermanent.

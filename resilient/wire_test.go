@@ -21,6 +21,7 @@ func TestWire(t *testing.T) {
 	c.Publish.Mandatory, c.Publish.ChannelPoolSize = true, 7
 	c.Queue.AutoDelete = true
 	c.Queue.Arguments = amqp091.Table{"x-delivery-limit": int32(3)}
+	c.Queue.Exclusive = true
 	c.Consume.Qos.PrefetchCount, c.Consume.Exclusive, c.Consume.NoRequeueOnNack = 9, true, true
 	c.Consume.Qos.PrefetchSize, c.Consume.NoLocal, c.Consume.NoWait, c.Consume.Consumer = 1024, true, true, "tag"
 	c.Consume.Arguments = amqp091.Table{"x-priority": int32(5)}
@@ -46,7 +47,7 @@ func TestWire(t *testing.T) {
 	if w.Reconnect.InitialWait != time.Second || w.Reconnect.MaxWait != 2*time.Second || w.Reconnect.Multiplier != 3 || w.Reconnect.Jitter != 0.1 {
 		t.Fatalf("reconnect: %+v", w.Reconnect)
 	}
-	if !w.Mandatory || w.ChannelPoolSize != 7 || !w.QueueAutoDelete || w.Consume.PrefetchCount != 9 || !w.Consume.Exclusive || !w.Consume.NoRequeueOnNack {
+	if !w.Mandatory || w.ChannelPoolSize != 7 || !w.QueueAutoDelete || !w.QueueExclusive || w.Consume.PrefetchCount != 9 || !w.Consume.Exclusive || !w.Consume.NoRequeueOnNack {
 		t.Fatalf("flags: %+v", w)
 	}
 	if !w.StringHeadersOnly || w.DeclareExchange == nil || w.BuildTopology == nil {

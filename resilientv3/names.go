@@ -48,6 +48,7 @@ const (
 	ConsumerReattached   = core.ConsumerReattached
 	ConsumerLost         = core.ConsumerLost
 	DeliveryLimitReached = core.DeliveryLimitReached
+	ChannelRefused       = core.ChannelRefused
 )
 
 var (
@@ -58,6 +59,7 @@ var (
 	ErrInvalidName        = core.ErrInvalidName
 	ErrMessageTooLarge    = core.ErrMessageTooLarge
 	ErrTLS                = core.ErrTLS
+	ErrChannelLimit       = core.ErrChannelLimit
 	ErrAccessRefused      = core.ErrAccessRefused
 	ErrNotFound           = core.ErrNotFound
 	ErrPreconditionFailed = core.ErrPreconditionFailed

@@ -83,6 +83,7 @@ func wire(c amqp.Config) core.Wiring {
 		QueueName:       c.Queue.GenerateName,
 		QueueAutoDelete: c.Queue.AutoDelete,
 		QueueArguments:  c.Queue.Arguments,
+		QueueExclusive:  c.Queue.Exclusive,
 		RoutingKey:      c.Publish.GenerateRoutingKey,
 		Mandatory:       c.Publish.Mandatory,
 		Immediate:       c.Publish.Immediate,
