@@ -1,7 +1,6 @@
 package core
 
 import (
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,8 +130,7 @@ func (sess *session) channelErr(err error) error {
 	if why := sess.brokenCause(); why != nil {
 		return why // matches errConnectionLost
 	}
-	var ae *amqp091.Error
-	if errors.As(err, &ae) && transientQueueRefused(ae) != nil {
+	if isTransientQueueRefusal(err) {
 		// Refused with a connection error: the connection is closed, but
 		// no new one will fare better.
 		return classifyBroker(err)
