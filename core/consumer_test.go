@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -116,47 +115,4 @@ func TestTransientQueueRefused(t *testing.T) {
 		t.Fatalf("Subscribe: %v, want a permanent ErrConfig naming Queue.Durable", err)
 	}
 	t.Log(err)
-}
-
-// A publisher of a queue config whose transient queue the broker refused
-// (closing the whole connection) fails every later Publish to that topic
-// at once, without declaring it again: each declaration would cost the
-// connection again, under every other caller's messages.
-func TestTransientQueueRefusedOncePerPublisher(t *testing.T) {
-	const classQueue = 50
-	const refusal = "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nIts use is not permitted by default"
-	peer := newScriptedPeer(t)
-	var mu sync.Mutex
-	declares := 0
-	peer.onMethod = func(l *peerLink, channel, class, method uint16) bool {
-		if class == classQueue && method == 10 { // queue.declare
-			mu.Lock()
-			declares++
-			mu.Unlock()
-			l.closeConnection(541, refusal)
-			return true
-		}
-		return false
-	}
-	w := peerWiring(peer)
-	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
-		_, err := ch.QueueDeclare(queue, false, false, false, false, nil)
-		return err
-	}
-	pub, err := NewPublisher(Config[Wiring]{PublishTimeout: 5 * time.Second}, w, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pub.Close() })
-	for i := range 3 {
-		err := pub.Publish("q", message.NewMessage(watermill.NewUUID(), nil))
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "Queue.Durable") {
-			t.Fatalf("Publish %d: %v, want ErrConfig naming Queue.Durable", i, err)
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if declares != 1 {
-		t.Fatalf("the refused queue was declared %d times, want 1", declares)
-	}
 }

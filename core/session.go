@@ -39,7 +39,8 @@ type session struct {
 
 	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
 
-	brokenBy atomic.Pointer[error] // set by breakOff: why the socket was cut
+	brokenBy atomic.Pointer[error]         // set by breakOff: why the socket was cut
+	closedBy atomic.Pointer[amqp091.Error] // set by the supervisor: why the broker closed the connection
 	pulseState
 }
 
@@ -134,6 +135,11 @@ func (sess *session) channelErr(err error) error {
 		// Refused with a connection error: the connection is closed, but
 		// no new one will fare better.
 		return classifyBroker(err)
+	}
+	if why := sess.closedBy.Load(); why != nil && isTransientQueueRefusal(why) {
+		// The operation got amqp091-go's ErrClosed rather than the
+		// broker's reason, which the supervisor recorded already.
+		return classifyBroker(why)
 	}
 	if sess.conn.IsClosed() || isConnectionFault(err) {
 		return errConnectionLost

@@ -114,6 +114,9 @@ func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, decl
 			}
 		case <-ctx.Done():
 		}
+		if why := c.sess.closedBy.Load(); why != nil && isTransientQueueRefusal(why) {
+			return classifyBroker(why)
+		}
 		return errConnectionLost
 	case <-ctx.Done():
 		return ctx.Err()
