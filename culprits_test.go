@@ -154,7 +154,7 @@ func TestOrderWithinACallThroughChannelDeaths(t *testing.T) {
 			default:
 			}
 			bad, _ := messages(1)
-			bad[0].Metadata.Set("spoil", "delivery_mode")
+			bad[0].Metadata.Set("spoil", "cc")
 			if err := pub.Publish(queue, bad...); errors.Is(err, resilient.ErrPreconditionFailed) {
 				kills++
 			}
@@ -169,6 +169,9 @@ func TestOrderWithinACallThroughChannelDeaths(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 	t.Logf("one call of %d messages; %d bad messages failed meanwhile", len(msgs), kills)
+	if kills == 0 {
+		t.Fatal("no bad message killed the channel during the call: nothing was proven")
+	}
 
 	conn := brokertest.Dial(t)
 	defer conn.Close()

@@ -167,3 +167,10 @@ func transientQueueRefused(ae *amqp091.Error) error {
 	return fmt.Errorf("%w: the broker refuses transient (non-durable, non-exclusive) queues, deprecated since RabbitMQ 4.0 and refused from 4.3: "+
 		"set Queue.Durable (watermill-amqp's durable configs do), or Queue.Exclusive for a queue of one subscriber's own", ErrConfig)
 }
+
+// isTransientQueueRefusal reports whether err is the broker's refusal of a
+// transient queue.
+func isTransientQueueRefusal(err error) bool {
+	var ae *amqp091.Error
+	return errors.As(err, &ae) && transientQueueRefused(ae) != nil
+}

@@ -47,7 +47,14 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 			failed = failAll(failed, remaining, deadlineErr(ctx, err))
 			break
 		}
+		if refused, ok := p.refusedTopics.Load(topic); ok {
+			failed = failAll(failed, remaining, refused.(error))
+			break
+		}
 		if err := sess.pub.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
+			if isTransientQueueRefusal(err) {
+				p.refusedTopics.Store(topic, err)
+			}
 			if errors.Is(err, errConnectionLost) || isTransientReply(err) {
 				notDeclared = err
 				pause(ctx, sess.stopping, retryPause)

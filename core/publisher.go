@@ -36,6 +36,12 @@ type Publisher struct {
 	abandoned   []string // UUIDs left unconfirmed because of Close
 
 	declareTopic func(*amqp091.Channel, string) error // p.declare, bound once
+
+	// refusedTopics holds, by topic, why the broker refused its transient
+	// queue (brokerreply.go): it is not declared again by this publisher,
+	// since each refusal closes the whole connection, under every other
+	// caller's messages too.
+	refusedTopics sync.Map
 }
 
 var _ message.Publisher = (*Publisher)(nil)

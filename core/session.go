@@ -1,7 +1,6 @@
 package core
 
 import (
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,7 +41,8 @@ type session struct {
 
 	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
 
-	brokenBy atomic.Pointer[error] // set by breakOff: why the socket was cut
+	brokenBy atomic.Pointer[error]         // set by breakOff: why the socket was cut
+	closedBy atomic.Pointer[amqp091.Error] // set by the supervisor: why the broker closed the connection
 	// confirmedAt is when a message was last confirmed on the connection
 	// (UnixNano; its opening at first): see unconfirming.go.
 	confirmedAt atomic.Int64
@@ -137,11 +137,15 @@ func (sess *session) channelErr(err error) error {
 	if why := sess.brokenCause(); why != nil {
 		return why // matches errConnectionLost
 	}
-	var ae *amqp091.Error
-	if errors.As(err, &ae) && transientQueueRefused(ae) != nil {
+	if isTransientQueueRefusal(err) {
 		// Refused with a connection error: the connection is closed, but
 		// no new one will fare better.
 		return classifyBroker(err)
+	}
+	if why := sess.closedBy.Load(); why != nil && isTransientQueueRefusal(why) {
+		// The operation got amqp091-go's ErrClosed rather than the
+		// broker's reason, which the supervisor recorded already.
+		return classifyBroker(why)
 	}
 	if sess.conn.IsClosed() || isConnectionFault(err) {
 		return errConnectionLost

@@ -286,6 +286,7 @@ func (s *supervisor) watch(sess *session) error {
 			if !ok || err == nil {
 				return errors.New("connection closed")
 			}
+			sess.closedBy.Store(err) // before the session ends: see channelErr
 			return classifyBroker(err)
 		case b, ok := <-blocked:
 			if !ok {

@@ -103,6 +103,20 @@ func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, decl
 	case <-e.done:
 		return e.err
 	case <-c.sess.stopping:
+		// The connection ends: the declaration does too, at once. Was it
+		// what ended it? A broker that refuses a transient queue closes the
+		// whole connection; that answer must not read as a lost connection,
+		// or the next one would be refused again, and again.
+		select {
+		case <-e.done:
+			if isTransientQueueRefusal(e.err) {
+				return e.err
+			}
+		case <-ctx.Done():
+		}
+		if why := c.sess.closedBy.Load(); why != nil && isTransientQueueRefusal(why) {
+			return classifyBroker(why)
+		}
 		return errConnectionLost
 	case <-ctx.Done():
 		return ctx.Err()
