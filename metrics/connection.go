@@ -25,6 +25,7 @@ type connectionVecs struct {
 	state      *prometheus.GaugeVec     // name, state
 	reconnects *prometheus.CounterVec   // name, cause
 	recovery   *prometheus.HistogramVec // name
+	refused    *prometheus.CounterVec   // name
 }
 
 func (r *registrar) connection(side, nameLabel string) connectionVecs {
@@ -35,6 +36,8 @@ func (r *registrar) connection(side, nameLabel string) connectionVecs {
 			"Connections lost (each starts a reconnect), by error class of the cause.", nameLabel, labelCause),
 		recovery: r.histogram(side+"_reconnect_duration_seconds",
 			"Seconds from the loss of a connection to the next one up.", ReconnectBuckets, nameLabel),
+		refused: r.counter(side+"_channels_refused_total",
+			"Channels a lane or a subscription could not open under the broker's channel_max (each refusal reported once while it lasts).", nameLabel),
 	}
 }
 
@@ -43,6 +46,7 @@ type connection struct {
 	states     [len(states)]prometheus.Gauge
 	reconnects *prometheus.CounterVec // curried with the name
 	recovery   prometheus.Observer
+	refused    prometheus.Counter
 }
 
 // newConnection resolves the series of name and, unless they show a state
@@ -52,6 +56,7 @@ func newConnection(v connectionVecs, nameLabel, name string) *connection {
 	c := &connection{
 		reconnects: v.reconnects.MustCurryWith(prometheus.Labels{nameLabel: name}),
 		recovery:   v.recovery.WithLabelValues(name),
+		refused:    v.refused.WithLabelValues(name),
 	}
 	for i, s := range states {
 		c.states[i] = v.state.WithLabelValues(name, s.String())
@@ -85,6 +90,8 @@ func (c *connection) observe(e core.Event) bool {
 		c.reconnects.WithLabelValues(class(e.Err)).Inc()
 	case core.Reconnected:
 		c.recovery.Observe(e.Duration.Seconds())
+	case core.ChannelRefused:
+		c.refused.Inc()
 	default:
 		return false
 	}

@@ -47,6 +47,7 @@
 //	publisher_connection_state              gauge      state     1 for the connection's current state, 0 for the others.
 //	publisher_reconnects_total              counter    cause     Connections lost (each starts a reconnect), by resilient.ErrorClass of why.
 //	publisher_reconnect_duration_seconds    histogram            Time from the loss of a connection to the next one up (0.1 s to 5 min).
+//	publisher_channels_refused_total        counter              Channels a lane could not open under the broker's channel_max (core.ChannelRefused).
 //
 // # Subscriber series (label subscriber_name)
 //
@@ -56,7 +57,9 @@
 //	subscriber_reattaches_total             counter              Times a subscription consumed again after losing its channel or connection.
 //	subscriber_connection_state             gauge      state     As publisher_connection_state.
 //	subscriber_reconnects_total             counter    cause     As publisher_reconnects_total.
+//	subscriber_messages_delivery_limit_reached_total  counter    Messages sent back to a quorum queue past its delivery limit (core.DeliveryLimitReached).
 //	subscriber_reconnect_duration_seconds   histogram            As publisher_reconnect_duration_seconds.
+//	subscriber_channels_refused_total       counter              As publisher_channels_refused_total, for subscriptions.
 //
 // Label values: success is "true" or "false"; acked "acked" or "nacked";
 // handler_name a Router handler's name or "<no handler>"; state one of

@@ -54,6 +54,7 @@ type subscriberVecs struct {
 	delivered   *prometheus.CounterVec
 	redelivered *prometheus.CounterVec
 	reattaches  *prometheus.CounterVec
+	pastLimit   *prometheus.CounterVec
 	conn        connectionVecs
 }
 
@@ -87,7 +88,9 @@ func NewPrometheus(registry prometheus.Registerer, namespace, subsystem string) 
 			delivered:   r.counter("subscriber_messages_delivered_total", "Messages handed to the subscriber's reader, redeliveries included.", labelSubscriberName),
 			redelivered: r.counter("subscriber_messages_redelivered_total", "Messages handed to the reader that the broker had delivered before.", labelSubscriberName),
 			reattaches:  r.counter("subscriber_reattaches_total", "Times a subscription consumed again after losing its channel or connection.", labelSubscriberName),
-			conn:        r.connection("subscriber", labelSubscriberName),
+			pastLimit: r.counter("subscriber_messages_delivery_limit_reached_total",
+				"Messages sent back to a quorum queue past its delivery limit: the broker drops or dead-letters them.", labelSubscriberName),
+			conn: r.connection("subscriber", labelSubscriberName),
 		},
 	}
 	if err := errors.Join(r.errs...); err != nil {

@@ -19,6 +19,7 @@ func (p *Prometheus) Subscriber(name string) func(core.Event) {
 		delivered:   v.delivered.WithLabelValues(name),
 		redelivered: v.redelivered.WithLabelValues(name),
 		reattaches:  v.reattaches.WithLabelValues(name),
+		pastLimit:   v.pastLimit.WithLabelValues(name),
 		conn:        newConnection(v.conn, labelSubscriberName, name),
 	}
 	return m.observe
@@ -29,6 +30,7 @@ type subscriberMetrics struct {
 	received               *byHandler[prometheus.Counter]
 	delivered, redelivered prometheus.Counter
 	reattaches             prometheus.Counter
+	pastLimit              prometheus.Counter
 	conn                   *connection
 }
 
@@ -45,6 +47,8 @@ func (m *subscriberMetrics) observe(e core.Event) {
 		m.received.get(e.Handler)[1].Add(float64(e.Messages))
 	case core.ConsumerReattached:
 		m.reattaches.Inc()
+	case core.DeliveryLimitReached:
+		m.pastLimit.Add(float64(e.Messages))
 	default:
 		m.conn.observe(e)
 	}

@@ -20,6 +20,8 @@ func TestSubscriberSeries(t *testing.T) {
 	on(resilient.Event{Kind: resilient.MessageAcked, Messages: 1, Handler: "enrich"}) // consumed by a Router's handler
 	on(resilient.Event{Kind: resilient.ConsumerReattached})
 	on(resilient.Event{Kind: resilient.ConsumerReattached})
+	on(resilient.Event{Kind: resilient.DeliveryLimitReached, Messages: 1})
+	on(resilient.Event{Kind: resilient.ChannelRefused})
 
 	s := gather(t, reg)
 	want := map[string]float64{
@@ -30,6 +32,8 @@ func TestSubscriberSeries(t *testing.T) {
 		series("app_rmq_subscriber_messages_received_total", "acked", "nacked", "handler_name", "<no handler>", "subscriber_name", "orders"): 1,
 		series("app_rmq_subscriber_messages_received_total", "acked", "acked", "handler_name", "enrich", "subscriber_name", "orders"):        1,
 		series("app_rmq_subscriber_reattaches_total", "subscriber_name", "orders"):                                                           2,
+		series("app_rmq_subscriber_messages_delivery_limit_reached_total", "subscriber_name", "orders"):                                      1,
+		series("app_rmq_subscriber_channels_refused_total", "subscriber_name", "orders"):                                                     1,
 		series("app_rmq_subscriber_connection_state", "state", "connecting", "subscriber_name", "orders"):                                    1,
 	}
 	for k, v := range want {
