@@ -50,6 +50,7 @@ phase() {
 broker() {
   case "$1" in
   3.10)
+    export AMQP_URI=${AMQP_URI:-amqp://guest:guest@localhost:5672/}
     # shellcheck source=scripts/lib-broker.sh
     source scripts/lib-broker.sh
     ensure_broker
