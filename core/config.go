@@ -94,10 +94,11 @@ type Config[A any] struct {
 	// stuck: it is replaced and its messages are re-sent on a fresh channel
 	// at once (its close is not waited for). A channel that owes confirms
 	// and confirms nothing for a quarter of it (at least 1 s) is replaced
-	// the same way. A connection on which nothing was confirmed for a whole
-	// ConfirmTimeout, on fresh channels too, is left for another of the
-	// URIs, when there is one: its node answers but cannot confirm (the
-	// minority side of a network partition). It also bounds each
+	// the same way. A connection on which nothing was confirmed for twice
+	// that (half of ConfirmTimeout, at least 2 s), on fresh channels too, is
+	// left for another of the URIs, when there is one: its node answers but
+	// cannot confirm (the minority side of a network partition). It also
+	// bounds each
 	// reply the broker owes (a channel opened or closed, a declaration, a
 	// consumer started), at least two heartbeat intervals: past it the
 	// connection is deemed broken and replaced. A fifth of it, at least

@@ -42,9 +42,10 @@
 //     owes confirms and confirms nothing for a quarter of it, is replaced
 //     and its messages re-sent on a fresh channel at once: no one waits
 //     for the old channel's close, which ends in the background. A
-//     connection that confirms nothing for ConfirmTimeout, on fresh
-//     channels too, is left for another URI: its node answers but cannot
-//     confirm (a minority in a network partition). While the broker blocks the connection
+//     connection that confirms nothing for half of ConfirmTimeout, on
+//     fresh channels too, is left for another URI (when there is one): its
+//     node answers but cannot confirm (a minority in a network partition).
+//     While the broker blocks the connection
 //     (memory or disk alarm) sending pauses, and publishes time out cleanly.
 //     A peer that stops reading (a frozen link) cannot hold a writer: the
 //     heartbeat's read deadline cuts the socket, and so does Close. Every

@@ -286,12 +286,12 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				continue // a confirm a pulse holds, or one being read
 			}
 			cfg := l.sess.cfg
-			if l.unheard > 0 && l.sess.canLeaveNode() &&
-				time.Since(later(later(l.waitingSince, l.sess.lastConfirm()), l.resumedAt)) > cfg.ConfirmTimeout {
-				// Nothing confirmed on this connection for ConfirmTimeout,
+			if leave := leaveBound(cfg.ConfirmTimeout); l.unheard > 0 && l.sess.canLeaveNode() &&
+				time.Since(later(later(l.waitingSince, l.sess.lastConfirm()), l.resumedAt)) > leave {
+				// Nothing confirmed on this connection for leaveBound,
 				// though its channels were replaced meanwhile (stalled):
 				// leave the node for another URI. See unconfirming.go.
-				l.sess.breakOff(&unconfirmingNodeError{after: cfg.ConfirmTimeout})
+				l.sess.breakOff(&unconfirmingNodeError{after: leave})
 				continue // the connection's end follows
 			}
 			if owedFor > cfg.ConfirmTimeout {

@@ -24,10 +24,15 @@ import (
 //   - A lane whose oldest message waits past ConfirmTimeout replaces its
 //     channel too (others of the connection may confirm: that queue is
 //     stuck, not the node).
-//   - A connection on which nothing at all was confirmed for
-//     ConfirmTimeout while a message waited that long, its channels
-//     replaced meanwhile, is left, when there is another URI to go to: the
-//     node answers but cannot confirm. The dialer tries the next URI first.
+//   - A connection on which nothing at all was confirmed for leaveBound
+//     (twice stallBound, 7.5 s by default) while a message waited that
+//     long, its channels replaced meanwhile, is left, when there is another
+//     URI to go to: the node answers but cannot confirm. The dialer tries
+//     the next URI first. Twice stallBound: a fresh channel had its chance
+//     on that node too. A node of the majority side confirms as soon as the
+//     cluster can; one of the minority side (autoheal, or pause_minority
+//     before the node notices) never does, and waiting for it would cost
+//     every message as long as the node takes to notice.
 //
 // A replaced channel is closed in the background (closeInBackground):
 // nobody waits for the broker's answer, which may come only after the
@@ -44,8 +49,14 @@ func stallBound(confirmTimeout time.Duration) time.Duration {
 	return min(confirmTimeout, max(confirmTimeout/4, time.Second))
 }
 
+// leaveBound is how long a connection may confirm nothing, on fresh
+// channels too, before its node is left for another URI.
+func leaveBound(confirmTimeout time.Duration) time.Duration {
+	return 2 * stallBound(confirmTimeout)
+}
+
 // unconfirmingNodeError: the connection lived, its node answered, and
-// confirmed nothing for a whole ConfirmTimeout on fresh channels.
+// confirmed nothing for leaveBound on fresh channels.
 type unconfirmingNodeError struct{ after time.Duration }
 
 func (e *unconfirmingNodeError) Error() string {
