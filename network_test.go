@@ -134,9 +134,19 @@ func TestFrozenLinkWhileWriting(t *testing.T) {
 func TestCloseWhileLinkFrozen(t *testing.T) {
 	brokertest.Need(t)
 	link, uri := proxy(t)
+	const callers = 8
+	started := make(chan struct{}, callers+1) // the warm-up call too
 	pub, _ := faultPublisher(t, uri, func(c *resilient.Config) {
 		c.Heartbeat = 30 * time.Second
 		c.CloseTimeout = time.Second
+		c.OnEvent = func(e resilient.Event) {
+			if e.Kind == resilient.PublishStarted {
+				select {
+				case started <- struct{}{}:
+				default: // more calls than awaited: none here
+				}
+			}
+		}
 	})
 	queue := brokertest.Name("frozen-close")
 	brokertest.DeleteQueues(t, queue)
@@ -144,12 +154,13 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 	if err := pub.Publish(queue, warm...); err != nil {
 		t.Fatal(err)
 	}
+	<-started
 	link.Freeze()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var confirmed []string
 	failed := 0
-	for g := 0; g < 8; g++ {
+	for g := 0; g < callers; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -170,6 +181,15 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 				t.Errorf("Publish: %v, want a *PublishError naming its messages", err)
 			}
 		}()
+	}
+	// Every call is in progress before Close (one that starts after it is
+	// refused with ErrClosed, as documented: not what this test is about).
+	for range callers {
+		select {
+		case <-started:
+		case <-time.After(time.Minute):
+			t.Fatal("the publishing calls did not start in a minute")
+		}
 	}
 	// Let the lanes fill the socket buffers and block.
 	time.Sleep(500 * time.Millisecond) // no event says "a write is blocked"
