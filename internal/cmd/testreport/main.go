@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -194,7 +195,7 @@ func (r *report) handle(e event) {
 			r.skipped = append(r.skipped, fmt.Sprintf("%s %s: %s", e.Package, e.Test, skipReason(r.outputs[k])))
 			delete(r.outputs, k)
 		case "fail":
-			r.failed = append(r.failed, fmt.Sprintf("%s %s", e.Package, e.Test))
+			r.failed = append(r.failed, fmt.Sprintf("%s %s%s", e.Package, e.Test, failReason(r.outputs[k])))
 			r.say("--- FAIL: %s %s (%.1fs); its output's end:", e.Package, e.Test, e.Elapsed)
 			r.printTail(r.outputs[k])
 			delete(r.outputs, k)
@@ -305,6 +306,29 @@ func (r *report) finish() []string {
 	}
 	return out
 }
+
+// failReason is what the summary line of a failed test adds, so that the
+// end of a long run says why as well as where: the last line the test
+// printed with a file and line (a t.Errorf or t.Fatalf is usually the last
+// of those), shortened; nothing when it printed none (a parent test whose
+// subtest failed).
+func failReason(lines []string) string {
+	const most = 240
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if !fileLine.MatchString(l) {
+			continue
+		}
+		if len(l) > most {
+			l = l[:most] + "..."
+		}
+		return ": " + l
+	}
+	return ""
+}
+
+// fileLine matches a line printed by t.Log, t.Error or t.Fatal.
+var fileLine = regexp.MustCompile(`^[\w.-]+\.go:\d+: `)
 
 // skipReason is the message t.Skip printed: the last line that is not the
 // "--- SKIP" header itself.

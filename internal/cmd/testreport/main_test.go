@@ -39,7 +39,7 @@ func TestReportNamesEachFailureAndKeepsPassingOutputQuiet(t *testing.T) {
 	failures := r.finish()
 
 	want := []string{
-		"[4.0 race] p TestBroken",
+		"[4.0 race] p TestBroken: x_test.go:9: 3 lost",
 		"[4.0 race] q TestHangs (did not finish)",
 		"[4.0 race] s (the package itself: TestMain, a leak check, a panic or a build error)",
 		"[4.0 race] b (build failed)",
