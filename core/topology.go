@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -152,7 +153,14 @@ func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, dec
 
 // declareOnFreshChannel uses a channel of its own, so that a declaration the
 // broker rejects (which closes the channel) harms no lane.
+//
+// With channel_max 1 a publisher's lane holds the connection's only
+// channel: a declaration fails at once with ErrChannelLimit, rather than
+// race the lane for it (and win or lose by timing alone).
 func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
+	if sess.pub != nil && sess.conn.Config.ChannelMax == 1 {
+		return fmt.Errorf("%w: channel_max is 1 and the publishing channel holds it: none is left to declare %s on", ErrChannelLimit, topic)
+	}
 	err := sess.awaitReply("a declaration of "+topic, func() error {
 		ch, err := sess.openChannel()
 		if err != nil {
