@@ -153,13 +153,20 @@ func (p *Proxy) await(l *link, c *net.TCPConn, writing, holdInBlackhole bool, se
 func (p *Proxy) read(l *link, src *net.TCPConn, q chan<- chunk, upstream bool) {
 	buf := make([]byte, readSize)
 	var seen uint64
+	var split frames // FrameDownstream: whole frames only
 	for {
 		if _, ok := p.await(l, src, false, false, &seen); !ok {
 			return
 		}
 		n, err := src.Read(buf)
-		if n > 0 {
-			data := append([]byte(nil), buf[:n]...)
+		data := append([]byte(nil), buf[:n]...)
+		p.mu.Lock()
+		framed, dropF := p.framed && !upstream, p.dropF
+		p.mu.Unlock()
+		if framed && n > 0 {
+			data = split.whole(data, dropF)
+		}
+		if len(data) > 0 {
 			now := time.Now()
 			p.mu.Lock()
 			hook, downHook, drop := p.hook, p.downHook, p.drop

@@ -42,6 +42,7 @@ package netfault
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -89,6 +90,8 @@ type Proxy struct {
 	hook     func([]byte) bool
 	downHook func([]byte) bool
 	drop     func([]byte, bool) bool
+	framed   bool              // FrameDownstream
+	dropF    func([]byte) bool // DropFrames
 	links    map[*link]struct{}
 	accepted int
 	closed   bool
@@ -258,6 +261,54 @@ func (p *Proxy) Drop(filter func(chunk []byte, upstream bool) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.drop = filter
+}
+
+// FrameDownstream makes the proxy forward what it reads from the target in
+// whole AMQP 0-9-1 frames only: the start of a frame is held until its end
+// has arrived. DropFrames needs it. Call it before any client connects.
+func (p *Proxy) FrameDownstream() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.framed = true
+}
+
+// DropFrames installs a filter called with each whole frame read from the
+// target (FrameDownstream): a frame for which it returns true is
+// discarded, and the link stays open, as if a middlebox lost that reply
+// while the connection lives. Unlike Drop, it never cuts the stream inside
+// a frame: a client reading a stream cut mid-frame can take the start of
+// one frame and the end of another for a third, valid one (an ack the
+// broker never sent), which no AMQP 0-9-1 client can tell, and which TCP
+// never lets happen. The filter must not keep or modify the slice, and
+// must not call Close. nil removes it.
+func (p *Proxy) DropFrames(filter func(frame []byte) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropF = filter
+}
+
+// frames splits a byte stream into whole AMQP 0-9-1 frames (a 7-byte
+// header whose last 4 bytes are the payload's size, the payload, a
+// frame-end byte), holding an incomplete one until the rest comes.
+type frames struct{ held []byte }
+
+// whole returns the complete frames of held+data that drop does not
+// discard, and keeps the incomplete rest.
+func (f *frames) whole(data []byte, drop func([]byte) bool) []byte {
+	f.held = append(f.held, data...)
+	var out []byte
+	for len(f.held) >= 7 {
+		size := 8 + int(binary.BigEndian.Uint32(f.held[3:7]))
+		if len(f.held) < size {
+			break
+		}
+		if frame := f.held[:size]; drop == nil || !drop(frame) {
+			out = append(out, frame...)
+		}
+		f.held = f.held[size:]
+	}
+	f.held = append([]byte(nil), f.held...)
+	return out
 }
 
 // Links returns the number of links open now.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -633,4 +634,55 @@ func TestDrop(t *testing.T) {
 	}
 	p.Drop(nil)
 	roundTrip(t, c, "LOST")
+}
+
+// frame is an AMQP 0-9-1 frame: type, channel, size, payload, frame end.
+func frame(payload string) []byte {
+	f := []byte{1, 0, 1, 0, 0, 0, byte(len(payload))}
+	return append(append(f, payload...), 0xCE)
+}
+
+// A stream cut anywhere comes out in whole frames, the dropped ones
+// missing, never a piece of one.
+func TestFramesWhole(t *testing.T) {
+	a, b, c := frame("first"), frame("second, dropped"), frame("third")
+	stream := slices.Concat(a, b, c)
+	for cut1 := 1; cut1 < len(stream); cut1++ {
+		for cut2 := cut1; cut2 < len(stream); cut2++ {
+			var f frames
+			var out []byte
+			for _, part := range [][]byte{stream[:cut1], stream[cut1:cut2], stream[cut2:]} {
+				got := f.whole(part, func(fr []byte) bool { return bytes.Contains(fr, []byte("dropped")) })
+				if len(got) > 0 && !bytes.Equal(got, a) && !bytes.Equal(got, c) && !bytes.Equal(got, slices.Concat(a, c)) {
+					t.Fatalf("cuts %d, %d: forwarded %q, not whole frames", cut1, cut2, got)
+				}
+				out = append(out, got...)
+			}
+			if !bytes.Equal(out, slices.Concat(a, c)) {
+				t.Fatalf("cuts %d, %d: forwarded %q, want %q", cut1, cut2, out, slices.Concat(a, c))
+			}
+		}
+	}
+}
+
+// DropFrames loses whole frames coming back, and the link lives on.
+func TestDropFrames(t *testing.T) {
+	srv := newServer(t, true) // echoes
+	p := start(t, srv.addr())
+	p.FrameDownstream()
+	c := dial(t, p.Addr())
+	p.DropFrames(func(fr []byte) bool { return bytes.Contains(fr, []byte("LOST")) })
+	for _, piece := range [][]byte{frame("LOST")[:3], frame("LOST")[3:], frame("kept")} {
+		if _, err := c.Write(piece); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := frame("kept")
+	got := make([]byte, len(want))
+	if err := c.SetReadDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %q (%v), want %q", got, err, want)
+	}
 }
