@@ -88,15 +88,21 @@ func faults(t *testing.T, f *brokertest.Arrivals, states *brokertest.States) {
 		up.Sub(stopped).Round(time.Millisecond), reconnected.Sub(up).Round(time.Millisecond), f.FirstAfter(t, reconnected).Sub(reconnected).Round(time.Millisecond))
 }
 
-// publisher publishes batches of 10 messages to topic in the background,
+// publishUntil publishes batches of 10 messages to topic in the background,
 // at least n of them and on until stop is called; each 100th carries the
 // payload "poison". stop returns the UUIDs of the others and of the poison.
+// A batch at most every inputPace: unpaced, the publisher outruns a router
+// (a confirmed publish per message) tenfold, and the end of the test waits
+// minutes for the backlog, proving nothing more.
 func publishUntil(t *testing.T, pub message.Publisher, topic string, n int) (stop func() (ids, poison []string)) {
 	t.Helper()
 	var ids, poisoned []string
 	quit, errs := make(chan struct{}), make(chan error, 1)
 	go func() {
+		pace := time.NewTicker(inputPace)
+		defer pace.Stop()
 		for i := 0; ; i += 10 {
+			<-pace.C
 			if i >= n {
 				select {
 				case <-quit:
@@ -132,6 +138,10 @@ func publishUntil(t *testing.T, pub message.Publisher, topic string, n int) (sto
 		return ids, poisoned
 	}
 }
+
+// inputPace: 10 messages every 50 ms, 200 a second at most, about what the
+// router handles under -race on a loaded machine.
+const inputPace = 50 * time.Millisecond
 
 var errFlaky = errors.New("flaky: first attempt fails")
 

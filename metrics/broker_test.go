@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
@@ -16,7 +18,11 @@ import (
 // message it acks, until the test ends.
 func consume(t testing.TB, queue string, onEvent func(resilient.Event), arrivals *brokertest.Arrivals) *resilient.Subscriber {
 	t.Helper()
-	sub, _ := pubsubtest.Subscriber(t, resilient.Config{OnEvent: onEvent})
+	// watermill-amqp's prefetch of 1 makes a consumer far slower than
+	// the publishers under test: the backlog would take minutes to drain.
+	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+	cfg.Consume.Qos.PrefetchCount = 256
+	sub, _ := pubsubtest.Subscriber(t, resilient.Config{AMQP: cfg, OnEvent: onEvent})
 	ctx, cancel := context.WithCancel(context.Background())
 	msgs, err := sub.Subscribe(ctx, queue)
 	if err != nil {
