@@ -103,7 +103,12 @@ type Config[A any] struct {
 	// consumer started), at least two heartbeat intervals: past it the
 	// connection is deemed broken and replaced. A fifth of it, at least
 	// 1 s, bounds a pulse on a link gone silent while confirms are owed
-	// (see the package doc). At least 100 ms; default 15 s.
+	// (see the package doc). While the broker answers slowly (its confirms
+	// and pulses on the connection take more than a quarter of these
+	// bounds), the time-out, the stall and pulse bounds grow to four times
+	// its smoothed latency, at most four times their configured values: a
+	// re-send only adds to a loaded broker's work. At least 100 ms; default
+	// 15 s.
 	ConfirmTimeout time.Duration
 	// CloseTimeout bounds how long Close waits for in-flight publishes.
 	// Default 10 s.

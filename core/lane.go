@@ -285,8 +285,9 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if isDone(head.dc.Done()) || l.sess.pulseOutstanding() != nil {
 				continue // a confirm a pulse holds, or one being read
 			}
-			cfg := l.sess.cfg
-			if leave := leaveBound(cfg.ConfirmTimeout); l.unheard > 0 && l.sess.canLeaveNode() &&
+			// As configured, unless the broker answers slowly (pace.go).
+			confirmTimeout := l.sess.pace.stretch(l.sess.cfg.ConfirmTimeout)
+			if leave := leaveBound(confirmTimeout); l.unheard > 0 && l.sess.canLeaveNode() &&
 				time.Since(later(later(l.waitingSince, l.sess.lastConfirm()), l.resumedAt)) > leave {
 				// Nothing confirmed on this connection for leaveBound,
 				// though its channels were replaced meanwhile (stalled):
@@ -294,14 +295,14 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.sess.breakOff(&unconfirmingNodeError{after: leave})
 				continue // the connection's end follows
 			}
-			if owedFor > cfg.ConfirmTimeout {
+			if owedFor > confirmTimeout {
 				// Absorbed: the messages are sent again on a new channel.
 				l.logger.Info("No confirm in time: replacing the channel to re-send",
-					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": cfg.ConfirmTimeout.String()})
+					watermill.LogFields{"unconfirmed": l.pending.len(), "timeout": confirmTimeout.String()})
 				l.giveUpOn(ch, returns)
 				return errConfirmTimeout
 			}
-			if stalled := time.Since(later(later(head.sentAt, l.heardAt), l.resumedAt)); stalled > stallBound(cfg.ConfirmTimeout) && !l.sess.sock.writing() {
+			if stalled := time.Since(later(later(head.sentAt, l.heardAt), l.resumedAt)); stalled > stallBound(confirmTimeout) && !l.sess.sock.writing() {
 				l.logger.Info("No confirm on the channel for a while: replacing it to re-send", watermill.LogFields{
 					"unconfirmed": l.pending.len(), "stalled": stalled.Round(time.Millisecond).String()})
 				l.giveUpOn(ch, returns)

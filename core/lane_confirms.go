@@ -102,6 +102,7 @@ func (l *lane) report(d *handoff, acked bool, returns <-chan amqp091.Return) {
 		d.report(outcomeAcked, nil)
 	}
 	if acked {
+		l.sess.pace.observe(time.Since(later(d.sentAt, l.resumedAt)))
 		l.sess.pub.size.took(len(m.publishing.Body))
 		l.heardAt, l.unheard = time.Now(), 0
 		l.sess.confirmed()

@@ -84,7 +84,8 @@ func (sess *session) startPulse() {
 	sess.wg.Add(1)
 	go func() {
 		defer sess.wg.Done()
-		err := sess.awaitReplyWithin("a pulse", pulseBound(sess.cfg.ConfirmTimeout), func() error {
+		sent := time.Now()
+		err := sess.awaitReplyWithin("a pulse", sess.pace.stretch(pulseBound(sess.cfg.ConfirmTimeout)), func() error {
 			if sess.pulseCh == nil {
 				ch, err := sess.openChannel()
 				if err != nil {
@@ -97,6 +98,7 @@ func (sess *session) startPulse() {
 		var reply *amqp091.Error
 		switch {
 		case err == nil:
+			sess.pace.observe(time.Since(sent))
 		case errors.Is(err, amqp091.ErrChannelMax):
 			// No channel to spare for a pulse (channel_max): none this
 			// time, and nothing learned.

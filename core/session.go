@@ -46,6 +46,7 @@ type session struct {
 	// confirmedAt is when a message was last confirmed on the connection
 	// (UnixNano; its opening at first): see unconfirming.go.
 	confirmedAt atomic.Int64
+	pace        pace // how fast the broker answers: see pace.go
 	pulseState
 }
 
