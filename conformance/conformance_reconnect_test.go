@@ -34,7 +34,7 @@ func reconnectSuite(t *testing.T, d door) {
 	tests.TestReconnect(t, tests.TestContext{TestID: tests.NewTestID(), Features: f}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		pub, sub := d.queue(t)
 		g := &publishGate{published: make(map[string]time.Time), changed: make(chan struct{})}
-		return &gatedPublisher{Publisher: pub, gate: g}, &gatedSubscriber{Subscriber: sub, gate: g}
+		return &gatedPublisher{Publisher: pub, gate: g}, &gatedSubscriber{Subscriber: sub, gate: g, closing: make(chan struct{})}
 	})
 }
 
@@ -103,7 +103,9 @@ func (p *gatedPublisher) Publish(topic string, msgs ...*message.Message) error {
 
 type gatedSubscriber struct {
 	message.Subscriber
-	gate *publishGate
+	gate      *publishGate
+	closing   chan struct{} // closed by Close: the forwarders end
+	closeOnce sync.Once
 }
 
 func (s *gatedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -111,17 +113,35 @@ func (s *gatedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *
 	if err != nil {
 		return nil, err
 	}
+	// The harness may stop reading and close the subscriber without
+	// cancelling ctx: Close ends the forwarder too (a delivery it held then
+	// goes back to the queue, unacked).
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-s.closing:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	out := make(chan *message.Message)
 	go func() {
 		defer close(out)
+		defer cancel()
 		for msg := range in {
 			s.gate.wait(ctx, msg.UUID)
 			select {
 			case out <- msg:
 			case <-ctx.Done():
+				msg.Nack()
 				return
 			}
 		}
 	}()
 	return out, nil
+}
+
+func (s *gatedSubscriber) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
+	return s.Subscriber.Close()
 }

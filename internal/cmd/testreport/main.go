@@ -309,26 +309,33 @@ func (r *report) finish() []string {
 
 // failReason is what the summary line of a failed test adds, so that the
 // end of a long run says why as well as where: the last line the test
-// printed with a file and line (a t.Errorf or t.Fatalf is usually the last
-// of those), shortened; nothing when it printed none (a parent test whose
-// subtest failed).
+// printed from a _test.go file (a t.Errorf or t.Fatalf is usually the
+// last of those; a helper's own logging, from a plain .go file, comes
+// after it as the test's cleanups run), else from any file, shortened;
+// nothing when it printed none (a parent test whose subtest failed).
 func failReason(lines []string) string {
 	const most = 240
-	for i := len(lines) - 1; i >= 0; i-- {
-		l := strings.TrimSpace(lines[i])
-		if !fileLine.MatchString(l) {
-			continue
+	for _, pattern := range []*regexp.Regexp{testFileLine, fileLine} {
+		for i := len(lines) - 1; i >= 0; i-- {
+			l := strings.TrimSpace(lines[i])
+			if !pattern.MatchString(l) {
+				continue
+			}
+			if len(l) > most {
+				l = l[:most] + "..."
+			}
+			return ": " + l
 		}
-		if len(l) > most {
-			l = l[:most] + "..."
-		}
-		return ": " + l
 	}
 	return ""
 }
 
-// fileLine matches a line printed by t.Log, t.Error or t.Fatal.
-var fileLine = regexp.MustCompile(`^[\w.-]+\.go:\d+: `)
+// fileLine matches a line printed by t.Log, t.Error or t.Fatal;
+// testFileLine, one printed from a test file.
+var (
+	fileLine     = regexp.MustCompile(`^[\w.-]+\.go:\d+: `)
+	testFileLine = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+)
 
 // skipReason is the message t.Skip printed: the last line that is not the
 // "--- SKIP" header itself.

@@ -15,6 +15,7 @@ func TestReportNamesEachFailureAndKeepsPassingOutputQuiet(t *testing.T) {
 		`{"Action":"pass","Package":"p","Test":"TestQuiet"}`,
 		`{"Action":"run","Package":"p","Test":"TestBroken"}`,
 		`{"Action":"output","Package":"p","Test":"TestBroken","Output":"x_test.go:9: 3 lost\n"}`,
+		`{"Action":"output","Package":"p","Test":"TestBroken","Output":"helper.go:74: closed in a cleanup\n"}`,
 		`{"Action":"fail","Package":"p","Test":"TestBroken","Elapsed":1.5}`,
 		`{"Action":"run","Package":"p","Test":"TestSkipped"}`,
 		`{"Action":"output","Package":"p","Test":"TestSkipped","Output":"    y_test.go:3: needs a cluster\n"}`,
