@@ -292,6 +292,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				// Nothing confirmed on this connection for leaveBound,
 				// though its channels were replaced meanwhile (stalled):
 				// leave the node for another URI. See unconfirming.go.
+				noteNodeLeft(l.sess.uri) // for a Subscriber on it (nodesleft.go)
 				l.sess.breakOff(&unconfirmingNodeError{after: leave})
 				continue // the connection's end follows
 			}

@@ -187,8 +187,24 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	if cfg := sub.s.cfg.AMQP; !cfg.QueueAutoDelete && !cfg.Consume.Exclusive {
 		idleOver = idle.C
 	}
+	// A node a Publisher of this process left for confirming nothing is
+	// left by this consumer too, if it heard nothing since (nodesleft.go).
+	var leaveCheck <-chan time.Time
+	if c.sess.canLeaveNode() {
+		tick := time.NewTicker(leaveCheckEvery)
+		defer tick.Stop()
+		leaveCheck = tick.C
+	}
+	heard := time.Now()
 	for {
 		select {
+		case <-leaveCheck:
+			if nodeLeftSince(c.sess.uri, heard) {
+				sub.logger.Info("Leaving a node a publisher of this process left, with nothing delivered since", // absorbed
+					watermill.LogFields{"silent": time.Since(heard).Round(time.Millisecond).String()})
+				c.sess.breakOff(&nodeLeftError{})
+				return false
+			}
 		case <-idleOver:
 			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
 			return false
@@ -214,6 +230,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				return stop
 			}
 			idle.Reset(idleAfter) // counted from the handler's verdict
+			heard = time.Now()
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:
