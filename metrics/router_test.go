@@ -95,18 +95,22 @@ func TestBesideWatermillRouterMetrics(t *testing.T) {
 		return total
 	}
 	// watermill records a received message after its ack, on a goroutine of
-	// its own; our subscriber its basic.ack after the handler's: poll.
+	// its own; our subscriber its basic.ack after the handler's; and a
+	// publish is recorded once Publish returned, which can be after the
+	// message reached the end queue and was read there: poll.
 	deadline := time.Now().Add(time.Minute)
 	var s samples
 	for {
 		s = gather(t, reg)
 		if watermills(s, "app_rmq_subscriber_messages_received_total", fwdReceived, outReceived) >= n &&
-			s[fwdReceived] >= n && s[outReceived] >= n {
+			s[fwdReceived] >= n && s[outReceived] >= n &&
+			watermills(s, "app_rmq_publish_time_seconds_count", fwdPublished, feederPublished) >= n && s[fwdPublished] >= n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a minute after the last arrival: watermill's received %v, ours forward %v out %v",
-				watermills(s, "app_rmq_subscriber_messages_received_total", fwdReceived, outReceived), s[fwdReceived], s[outReceived])
+			t.Fatalf("a minute after the last arrival: watermill's received %v, ours forward %v out %v; watermill's publishes %v, ours forward %v",
+				watermills(s, "app_rmq_subscriber_messages_received_total", fwdReceived, outReceived), s[fwdReceived], s[outReceived],
+				watermills(s, "app_rmq_publish_time_seconds_count", fwdPublished, feederPublished), s[fwdPublished])
 		}
 		time.Sleep(20 * time.Millisecond) // a poll: watermill's counter has no event to await
 	}
