@@ -83,6 +83,16 @@ func (l *scriptedLane) run(seed uint64, stop <-chan struct{}) {
 				err = errConnectionLost
 			}
 			d.report(kind, err)
+			if kind == outcomeLost {
+				// Lost with its channel, as in a real lane: every later
+				// message in flight on it is lost too, never confirmed
+				// ahead of it (when it was, under -race, the retry skipped
+				// messages 11 to 13 of TestAttemptCutKeepsCallOrder).
+				for _, later := range held {
+					later.report(outcomeLost, errConnectionLost)
+				}
+				held = nil
+			}
 		}
 	}
 }
