@@ -31,7 +31,14 @@ type accounting struct {
 	duplicates  int // IDs listed more than once in one error
 	nilCalls    int
 	errCalls    int
-	origin      map[string]string // message ID -> the call it was in, for a loss report
+	origin      map[string]origin // message ID -> the call it was in, for a loss report
+}
+
+// origin is where a message came from: its index in a call, and how to
+// describe it, formatted only for a loss report.
+type origin struct {
+	where func(i int) string
+	i     int
 }
 
 // note records where each of ids came from, so that a loss says which call,
@@ -40,10 +47,10 @@ func (a *accounting) note(ids []string, where func(i int) string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.origin == nil {
-		a.origin = make(map[string]string)
+		a.origin = make(map[string]origin)
 	}
 	for i, id := range ids {
-		a.origin[id] = where(i)
+		a.origin[id] = origin{where: where, i: i}
 	}
 }
 
@@ -88,8 +95,8 @@ func (a *accounting) check(t *testing.T, queue string) {
 	}
 	tally := brokertest.Drain(t, queue, a.mustArrive)
 	for _, id := range tally.Lost[:min(10, len(tally.Lost))] {
-		if where, ok := a.origin[id]; ok {
-			t.Logf("lost %s: %s", id, where)
+		if o, ok := a.origin[id]; ok {
+			t.Logf("lost %s: %s", id, o.where(o.i))
 		}
 	}
 	brokertest.RequireNoneLost(t, tally)
@@ -241,10 +248,11 @@ func TestDocumentedStacksUnderRandomFaults(t *testing.T) {
 						}()
 						started := time.Now()
 						err := pub.Publish(queue, msgs...)
+						took := time.Since(started)
 						acc.note(ids, func(i int) string {
 							return fmt.Sprintf("round %d (fault %d: %s), call %d of %d messages (+%s, took %s), message %d (%s); the call returned %s",
 								round, fault, faultNames[fault], g, len(msgs), started.Sub(began).Round(time.Millisecond),
-								time.Since(started).Round(time.Millisecond), i, ctxKind[i], short(err))
+								took.Round(time.Millisecond), i, ctxKind[i], short(err))
 						})
 						acc.record(t, ids, err)
 					}()

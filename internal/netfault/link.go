@@ -159,18 +159,16 @@ func (p *Proxy) read(l *link, src *net.TCPConn, q chan<- chunk, upstream bool) {
 			return
 		}
 		n, err := src.Read(buf)
+		now := time.Now()
 		data := append([]byte(nil), buf[:n]...)
 		p.mu.Lock()
+		hook, downHook, drop := p.hook, p.downHook, p.drop
 		framed, dropF := p.framed && !upstream, p.dropF
 		p.mu.Unlock()
 		if framed && n > 0 {
 			data = split.whole(data, dropF)
 		}
 		if len(data) > 0 {
-			now := time.Now()
-			p.mu.Lock()
-			hook, downHook, drop := p.hook, p.downHook, p.drop
-			p.mu.Unlock()
 			dropped := drop != nil && drop(data, upstream)
 			if !dropped && upstream && hook != nil && hook(data) {
 				p.Reset()
