@@ -187,22 +187,13 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	if cfg := sub.s.cfg.AMQP; !cfg.QueueAutoDelete && !cfg.Consume.Exclusive {
 		idleOver = idle.C
 	}
-	// A node a Publisher of this process left for confirming nothing is
-	// left by this consumer too, if it heard nothing since (nodesleft.go).
-	var leaveCheck <-chan time.Time
-	if c.sess.canLeaveNode() {
-		tick := time.NewTicker(leaveCheckEvery)
-		defer tick.Stop()
-		leaveCheck = tick.C
-	}
+	leaveCheck, stopLeaveChecks := leaveChecks(c.sess) // nodesleft.go
+	defer stopLeaveChecks()
 	heard := time.Now()
 	for {
 		select {
 		case <-leaveCheck:
-			if nodeLeftSince(c.sess.uri, heard) {
-				sub.logger.Info("Leaving a node a publisher of this process left, with nothing delivered since", // absorbed
-					watermill.LogFields{"silent": time.Since(heard).Round(time.Millisecond).String()})
-				c.sess.breakOff(&nodeLeftError{})
+			if sub.followPublisherOff(c, heard) {
 				return false
 			}
 		case <-idleOver:
