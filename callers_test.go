@@ -340,27 +340,41 @@ func TestManyContextsInOneCallKeepTheBound(t *testing.T) {
 		}
 		return msgs, ids, time.Since(workStart)
 	}
-	msgs, ids, work := measure()
-	start := time.Now()
-	err := pub.Publish(queue, msgs...)
-	took := time.Since(start)
+	// A try: the work measured, the call made, and the work measured again
+	// if the call overran (the machine's load may have changed since: the
+	// CI runs two broker lines side by side, and their builds at first);
+	// the slower measure counts.
 	var acc accounting
-	acc.record(t, ids, err)
-	limit := publishTimeout + 3*work
-	if took > limit {
-		// The machine's load may have changed since the work was
-		// measured (the CI runs two broker lines side by side): measured
-		// again, after the call, the slower of the two counts.
-		_, _, again := measure()
-		t.Logf("the per-message work took %s before the call, %s after it", work.Round(time.Millisecond), again.Round(time.Millisecond))
-		work = max(work, again)
+	try := func() (took, work, limit time.Duration) {
+		msgs, ids, work := measure()
+		start := time.Now()
+		err := pub.Publish(queue, msgs...)
+		took = time.Since(start)
+		acc.record(t, ids, err)
 		limit = publishTimeout + 3*work
+		if took > limit {
+			_, _, again := measure()
+			t.Logf("the per-message work took %s before the call, %s after it", work.Round(time.Millisecond), again.Round(time.Millisecond))
+			work = max(work, again)
+			limit = publishTimeout + 3*work
+		}
+		t.Logf("%d messages with their own contexts: returned after %s (PublishTimeout %s; the per-message work took %s here, so the limit is %s)",
+			n, took.Round(time.Millisecond), publishTimeout, work.Round(time.Millisecond), limit.Round(time.Millisecond))
+		return took, work, limit
 	}
-	t.Logf("%d messages with their own contexts: returned after %s (PublishTimeout %s; the per-message work took %s here, so the limit is %s)",
-		n, took.Round(time.Millisecond), publishTimeout, work.Round(time.Millisecond), limit.Round(time.Millisecond))
-	if took > limit {
-		t.Fatalf("Publish took %s with PublishTimeout %s: more than %s, 3 times the per-message work (%s) past the bound",
-			took, publishTimeout, limit, work)
+	// Work past the deadline that grows faster than the messages overruns
+	// every try; a burst of load on the machine, one. Three tries, each
+	// held to its own limit: failing all three fails the test.
+	const tries = 3
+	for i := 1; ; i++ {
+		took, work, limit := try()
+		if took <= limit {
+			break
+		}
+		if i == tries {
+			t.Fatalf("Publish took %s with PublishTimeout %s: more than %s, 3 times the per-message work (%s) past the bound, in each of %d tries",
+				took, publishTimeout, limit, work, tries)
+		}
 	}
 	acc.check(t, queue)
 }
