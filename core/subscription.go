@@ -286,7 +286,16 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		ack = true
 	case <-msg.Nacked():
 	case <-sub.ctx.Done():
-		return true, true
+		// A verdict given before the cancel is sent: select picks at
+		// random among ready cases, and an ack dropped here would have the
+		// broker deliver a handled message again.
+		select {
+		case <-msg.Acked():
+			ack = true
+		case <-msg.Nacked():
+		default:
+			return true, true
+		}
 	}
 	select {
 	case <-c.dead:

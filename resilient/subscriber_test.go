@@ -255,6 +255,50 @@ func TestSubscriberNack(t *testing.T) {
 	}
 }
 
+// An ack or nack the handler gave before the subscription's context ended
+// is sent, not dropped with the channel: dropped, the broker would deliver a
+// handled message again. Each round acks (or nacks without requeue) and
+// cancels at once, so that both are ready when the subscription looks.
+func TestVerdictBeforeCancelIsSent(t *testing.T) {
+	brokertest.Need(t)
+	const rounds = 40
+	queue := brokertest.Name("sub-verdict-cancel")
+	brokertest.DeleteQueues(t, queue)
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
+	cfg.AMQP.Consume.NoRequeueOnNack = true
+	sub, _ := pubsubtest.Subscriber(t, cfg)
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())})
+	for round := 0; round < rounds; round++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		msgs, err := sub.Subscribe(ctx, queue)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		in, ids := newMessages(1)
+		if err := pub.Publish(queue, in...); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		got := <-msgs
+		if got.UUID != ids[0] {
+			cancel()
+			t.Fatalf("round %d: got %s, want %s (a message handled earlier came again)", round, got.UUID, ids[0])
+		}
+		if round%2 == 0 {
+			got.Ack()
+		} else {
+			got.Nack()
+		}
+		cancel()
+		for range msgs {
+		}
+	}
+	if r := brokertest.Drain(t, queue, nil); r.Got != 0 {
+		t.Fatalf("queue holds %d messages after %d rounds, each acked or nacked before its cancel; want none", r.Got, rounds)
+	}
+}
+
 func containsStr(s []string, v string) bool {
 	for _, x := range s {
 		if x == v {
