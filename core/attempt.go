@@ -91,12 +91,14 @@ func (a *attempt) run(ctx context.Context, intake chan<- *handoff, dead <-chan s
 		case o := <-a.results:
 			a.decide(o.d, o.kind, o.err)
 		case <-watch.woken():
+			a.takeResults() // a confirm already in beats a context that ended
 			watch.takeEnded(func(m *outgoing) {
 				if m.slot < len(a.handoffs) && a.handoffs[m.slot].msg == m {
 					a.giveUpOn(&a.handoffs[m.slot], messageContextEnded(m))
 				}
 			})
 		case <-ctx.Done():
+			a.takeResults()
 			a.giveUp(deadlineErr(ctx, ctx.Err()))
 		case <-dead:
 			a.afterSessionDeath()
@@ -149,18 +151,26 @@ func (a *attempt) giveUpOn(d *handoff, err error) {
 // then sends again every message not settled: none was claimed, or its
 // outcome would be among the results.
 func (a *attempt) afterSessionDeath() {
-	for drained := false; !drained; {
-		select {
-		case o := <-a.results:
-			a.decide(o.d, o.kind, o.err)
-		default:
-			drained = true
-		}
-	}
+	a.takeResults()
 	for i := range a.handoffs {
 		if d := &a.handoffs[i]; !d.decided {
 			d.abandon()
 			a.decide(d, outcomeLost, errConnectionLost)
+		}
+	}
+}
+
+// takeResults decides the outcomes the lanes reported already. select
+// picks at random among ready cases: without this, a deadline or a
+// message's context that ended beside a confirm would report a confirmed
+// message as failed, and a caller's retry would send it twice.
+func (a *attempt) takeResults() {
+	for {
+		select {
+		case o := <-a.results:
+			a.decide(o.d, o.kind, o.err)
+		default:
+			return
 		}
 	}
 }

@@ -273,3 +273,24 @@ func TestAttemptNackPolicy(t *testing.T) {
 		}
 	}
 }
+
+// A confirm already reported when the call's deadline ends counts as a
+// confirm: select picks at random among ready cases, and a confirmed
+// message reported failed would be sent twice by a caller's retry.
+func TestAttemptConfirmBeatsAnEndedContext(t *testing.T) {
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for round := range 100 {
+		msgs := newOutgoing(2)
+		a := newAttempt(msgs, 0)
+		for i := range a.handoffs {
+			a.handoffs[i].claim()
+			a.handoffs[i].report(outcomeAcked, nil)
+		}
+		never := make(chan *handoff) // no lane reads: only the results and ctx are ready
+		a.run(ended, never, nil, nil)
+		if a.confirmed != len(msgs) {
+			t.Fatalf("round %d: %d of %d confirmed; failed %v", round, a.confirmed, len(msgs), a.failed)
+		}
+	}
+}
