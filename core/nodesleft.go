@@ -15,8 +15,9 @@ import (
 // Publisher of this process that leaves a node says so here, and a
 // Subscriber connected to that node, with another URI to go to and no
 // delivery since, leaves it too. Without a publisher to the same node in
-// the process, a subscriber stays until its node pauses, restarts or
-// heals (see the README's "Partitions").
+// the process, a consumer of a quorum queue finds out by itself when the
+// queue's leader is on another node (leaderprobe.go); otherwise it stays
+// until its node pauses, restarts or heals (the README's "Partitions").
 
 // nodesLeft holds when a Publisher of this process last left a node, by
 // URI (password redacted, as sessions keep it).
@@ -44,8 +45,9 @@ func (*nodeLeftError) Error() string {
 // next one.
 func (*nodeLeftError) Unwrap() error { return errConnectionLost }
 
-// leaveCheckEvery is how often a consumer looks at nodesLeft.
-const leaveCheckEvery = time.Second
+// leaveCheckEvery is how often a consumer looks at nodesLeft, and probes
+// again after an answer that did not count it (leaderprobe.go).
+const leaveCheckEvery = 500 * time.Millisecond
 
 // leaveChecks ticks every leaveCheckEvery for a consumer on sess, or never
 // when sess has no other URI to go to; stop ends the ticker.

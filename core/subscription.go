@@ -190,10 +190,12 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	leaveCheck, stopLeaveChecks := leaveChecks(c.sess) // nodesleft.go
 	defer stopLeaveChecks()
 	heard := time.Now()
+	var probe leaderProbe // leaderprobe.go
+	probe.reset(heard)
 	for {
 		select {
-		case <-leaveCheck:
-			if sub.followPublisherOff(c, heard) {
+		case now := <-leaveCheck:
+			if sub.followPublisherOff(c, heard) || sub.probeLeader(c, &probe, heard, now) {
 				return false
 			}
 		case <-idleOver:
@@ -222,6 +224,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			}
 			idle.Reset(idleAfter) // counted from the handler's verdict
 			heard = time.Now()
+			probe.reset(heard)
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:

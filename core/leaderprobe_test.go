@@ -1,0 +1,119 @@
+package core
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// leaderPeer answers queue.declare with consumers as the count of the
+// queue's consumers, and basic.consume with consume-ok; it counts the
+// declarations made after the first consume-ok (the probes).
+func leaderPeer(t *testing.T, consumers func() uint32) (*scriptedPeer, *atomic.Int32) {
+	const classQueue = 50
+	peer := newScriptedPeer(t)
+	var consuming atomic.Bool
+	var probes atomic.Int32
+	peer.onMethod = func(l *peerLink, channel, class, method uint16) bool {
+		switch {
+		case class == classQueue && method == 10: // queue.declare: declare-ok
+			if consuming.Load() {
+				probes.Add(1)
+			}
+			l.send(channel, classQueue, 11, shortstr("q"), u32(0), u32(consumers()))
+			return true
+		case class == classBasic && method == 20: // basic.consume: consume-ok
+			consuming.Store(true)
+			l.send(channel, classBasic, 21, shortstr("ctag"))
+			return true
+		}
+		return false
+	}
+	return peer, &probes
+}
+
+func quorumSubscriber(t *testing.T, peer *scriptedPeer, changes chan StateChange) *Subscriber {
+	t.Helper()
+	w := peerWiring(peer)
+	w.QueueArguments = amqp091.Table{"x-queue-type": "quorum"}
+	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
+		_, err := ch.QueueDeclare(queue, true, false, false, false, w.QueueArguments)
+		return err
+	}
+	var once sync.Once
+	sub, err := NewSubscriber(Config[Wiring]{
+		FailoverURIs: []string{"amqp://guest:guest@peer2:5672/"},
+		Reconnect:    Backoff{InitialWait: 10 * time.Millisecond, MaxWait: 10 * time.Millisecond},
+		OnStateChange: func(c StateChange) {
+			select {
+			case changes <- c:
+			default:
+				once.Do(func() { t.Log("state changes dropped") })
+			}
+		},
+	}, w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	return sub
+}
+
+// A consumer of a quorum queue whose node counts no consumer of it, three
+// probes in a row, while it is attached and has had no delivery, leaves
+// the node: the leader is out of reach.
+func TestConsumerLeavesANodeThatCannotSeeIt(t *testing.T) {
+	t.Parallel()
+	peer, probes := leaderPeer(t, func() uint32 { return 0 })
+	changes := make(chan StateChange, 16)
+	sub := quorumSubscriber(t, peer, changes)
+	peer.next(t)
+	expectChange(t, changes, StateConnecting, StateConnected, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, StateConnected, StateReconnecting, "leader is out of reach")
+	if n := probes.Load(); n != unseenInARow {
+		t.Fatalf("left after %d probes, want %d", n, unseenInARow)
+	}
+	peer.next(t) // and connects again
+}
+
+// One that the node counts stays, its probes further and further apart.
+func TestConsumerSeenStays(t *testing.T) {
+	t.Parallel()
+	peer, probes := leaderPeer(t, func() uint32 { return 1 })
+	changes := make(chan StateChange, 16)
+	sub := quorumSubscriber(t, peer, changes)
+	peer.next(t)
+	expectChange(t, changes, StateConnecting, StateConnected, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+	// Idle from about 0 s: probes at about 1, 2 and 4 s, then 8 s.
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling a counter the peer bumps
+	}
+	start := time.Now()
+	for probes.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if gap := time.Since(start); probes.Load() < 4 || gap < 3*time.Second {
+		t.Fatalf("%d probes; the third to the fourth took %s, want about 4 s: probes back off while the consumer is seen", probes.Load(), gap)
+	}
+	select {
+	case c := <-changes:
+		t.Fatalf("a seen consumer's connection changed: %s -> %s (%v)", c.From, c.To, c.Err)
+	default:
+	}
+}
