@@ -51,6 +51,23 @@ func TestPartitionAutohealInterNodeLinkCut(t *testing.T) {
 	runScenario(t, scenario{mode: "autoheal", fault: "cut"})
 }
 
+// A process that only consumes, on node 1 whose inter-node link is cut:
+// node 1 stays up and answers (under autoheal until the heal; under
+// pause_minority until it notices, net_ticktime later), the queue's leader
+// is on node 2, and no publisher of the process leaves node 1 to follow
+// (the publisher here is on nodes 2 and 3 only). The subscriber must find
+// out by itself (core/leaderprobe.go) and move: its longest time without a
+// delivery is held to the same bound as the confirms, which under
+// pause_minority is shorter than node 1 takes to pause.
+func TestPartitionPauseMinoritySubscriberAlone(t *testing.T) {
+	runScenario(t, scenario{mode: "pause_minority", fault: "cut", subscriberAlone: true})
+}
+
+func TestPartitionAutohealSubscriberAlone(t *testing.T) {
+	needAutoheal(t)
+	runScenario(t, scenario{mode: "autoheal", fault: "cut", subscriberAlone: true})
+}
+
 func needAutoheal(t *testing.T) {
 	if !*autoheal {
 		t.Skip("autoheal scenarios: measured on demand (-autoheal), not by CI")
@@ -79,6 +96,10 @@ const (
 type scenario struct {
 	mode  string // cluster_partition_handling
 	fault string // isolate or cut (node 1)
+	// subscriberAlone puts the publisher on nodes 2 and 3 only, and the
+	// queue's leader on node 2 (the publisher declares it first): the
+	// subscriber on node 1 has no publisher to follow off it.
+	subscriberAlone bool
 }
 
 func runScenario(t *testing.T, sc scenario) {
@@ -93,9 +114,19 @@ func runScenario(t *testing.T, sc scenario) {
 		return resilient.Config{AMQP: cfg, FailoverURIs: n.uris[1:], FailoverInOrder: true, ConnectionName: name}
 	}
 
-	pub, err := resilient.NewPublisher(client(queue+"-pub"), logger)
+	pubCfg := client(queue + "-pub")
+	if sc.subscriberAlone {
+		pubCfg.AMQP.Connection.AmqpURI, pubCfg.FailoverURIs = n.uris[1], n.uris[2:]
+	}
+	pub, err := resilient.NewPublisher(pubCfg, logger)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sc.subscriberAlone {
+		// Declared through node 2 first: its leader is there (client-local).
+		if err := pub.Publish(queue, message.NewMessage(watermill.NewUUID(), []byte("declare"))); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sub, err := resilient.NewSubscriber(client(queue+"-sub"), logger)
 	if err != nil {
@@ -163,6 +194,9 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 	if gap > clusterNeeds+slack {
 		t.Errorf("%s without a confirm, more than the cluster's %s + %s", gap.Round(100*time.Millisecond), clusterNeeds.Round(100*time.Millisecond), slack)
+	}
+	if sc.subscriberAlone && subGap > clusterNeeds+slack {
+		t.Errorf("the subscriber went %s without a delivery, more than the cluster's %s + %s", subGap.Round(100*time.Millisecond), clusterNeeds.Round(100*time.Millisecond), slack)
 	}
 }
 
