@@ -16,7 +16,7 @@ import (
 // Subscriber connected to that node, with another URI to go to and no
 // delivery since, leaves it too. Without a publisher to the same node in
 // the process, a consumer of a quorum queue finds out by itself when the
-// queue's leader is on another node (leaderprobe.go); otherwise it stays
+// queue's leader is on another node (idleprobe.go); otherwise it stays
 // until its node pauses, restarts or heals (the README's "Partitions").
 
 // nodesLeft holds when a Publisher of this process last left a node, by
@@ -46,7 +46,7 @@ func (*nodeLeftError) Error() string {
 func (*nodeLeftError) Unwrap() error { return errConnectionLost }
 
 // leaveCheckEvery is how often a consumer looks at nodesLeft, and probes
-// again after an answer that did not count it (leaderprobe.go).
+// again after an answer that did not count it (idleprobe.go).
 const leaveCheckEvery = 500 * time.Millisecond
 
 // leaveChecks ticks every leaveCheckEvery for a consumer on sess, or never

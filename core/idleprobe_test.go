@@ -13,8 +13,9 @@ import (
 
 // leaderPeer answers queue.declare with consumers as the count of the
 // queue's consumers, and basic.consume with consume-ok; it counts the
-// declarations made after the first consume-ok (the probes).
-func leaderPeer(t *testing.T, consumers func() uint32) (*scriptedPeer, *atomic.Int32) {
+// declarations made after the first consume-ok (the probes). Once
+// consuming, it leaves pulses (basic.qos) unanswered when darkAfterConsume.
+func leaderPeer(t *testing.T, consumers func() uint32, darkAfterConsume ...bool) (*scriptedPeer, *atomic.Int32) {
 	const classQueue = 50
 	peer := newScriptedPeer(t)
 	var consuming atomic.Bool
@@ -31,6 +32,8 @@ func leaderPeer(t *testing.T, consumers func() uint32) (*scriptedPeer, *atomic.I
 			consuming.Store(true)
 			l.send(channel, classBasic, 21, shortstr("ctag"))
 			return true
+		case class == classBasic && method == 10: // basic.qos
+			return consuming.Load() && len(darkAfterConsume) > 0 && darkAfterConsume[0] // unanswered
 		}
 		return false
 	}
@@ -38,9 +41,15 @@ func leaderPeer(t *testing.T, consumers func() uint32) (*scriptedPeer, *atomic.I
 }
 
 func quorumSubscriber(t *testing.T, peer *scriptedPeer, changes chan StateChange) *Subscriber {
+	return probingSubscriber(t, peer, changes, amqp091.Table{"x-queue-type": "quorum"}, 0)
+}
+
+// probingSubscriber is a subscriber of a queue declared with args, with
+// another URI to go to, and heartbeat (0: the default).
+func probingSubscriber(t *testing.T, peer *scriptedPeer, changes chan StateChange, args amqp091.Table, heartbeat time.Duration) *Subscriber {
 	t.Helper()
 	w := peerWiring(peer)
-	w.QueueArguments = amqp091.Table{"x-queue-type": "quorum"}
+	w.QueueArguments = args
 	w.BuildTopology = func(ch *amqp091.Channel, _, queue, _ string, _ watermill.LoggerAdapter) error {
 		_, err := ch.QueueDeclare(queue, true, false, false, false, w.QueueArguments)
 		return err
@@ -48,6 +57,7 @@ func quorumSubscriber(t *testing.T, peer *scriptedPeer, changes chan StateChange
 	var once sync.Once
 	sub, err := NewSubscriber(Config[Wiring]{
 		FailoverURIs: []string{"amqp://guest:guest@peer2:5672/"},
+		Heartbeat:    heartbeat,
 		Reconnect:    Backoff{InitialWait: 10 * time.Millisecond, MaxWait: 10 * time.Millisecond},
 		OnStateChange: func(c StateChange) {
 			select {
@@ -116,4 +126,23 @@ func TestConsumerSeenStays(t *testing.T) {
 		t.Fatalf("a seen consumer's connection changed: %s -> %s (%v)", c.From, c.To, c.Err)
 	default:
 	}
+}
+
+// An idle consumer of any queue asks for a pulse: a link gone dark is cut
+// within the pulse's bound, not at the next heartbeat's pulse (none comes
+// within the test: the heartbeat is 10 minutes).
+func TestIdleConsumerFindsADarkLink(t *testing.T) {
+	t.Parallel()
+	peer, _ := leaderPeer(t, func() uint32 { return 1 }, true)
+	changes := make(chan StateChange, 16)
+	sub := probingSubscriber(t, peer, changes, nil, 10*time.Minute)
+	peer.next(t)
+	expectChange(t, changes, StateConnecting, StateConnected, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, StateConnected, StateReconnecting, "no reply to a pulse")
+	peer.next(t)
 }
