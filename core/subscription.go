@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -35,6 +36,9 @@ type subscription struct {
 	// first, when Subscribe waits for it, gets the outcome of the first
 	// attempt to attach (nil: attached, or not connected); nil afterwards.
 	first chan<- error
+	// attaches counts the attaches still running, given up on or not (see
+	// open): run waits for them before it returns.
+	attaches sync.WaitGroup
 }
 
 // reportFirst hands Subscribe the outcome of the first attempt to attach,
@@ -60,6 +64,7 @@ func refusesSubscribe(err error) bool {
 }
 
 func (sub *subscription) run() {
+	defer sub.attaches.Wait() // bounded: see open
 	defer close(sub.out)
 	defer sub.s.sup.limit.opened(sub) // no refusal outlives it
 	// Paces the consumers that die as soon as they start (the broker
@@ -113,6 +118,7 @@ const minConsumerLife = time.Second
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
 	b := sub.s.cfg.Reconnect.newBackoff()
+	stalls := 0 // attaches in a row given up on: each waits twice as long
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -124,9 +130,14 @@ func (sub *subscription) attach() *consumer {
 			// keep waiting, the supervisor keeps dialing.
 			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
 		} else {
-			c, err := sub.open(sess)
+			c, err := sub.open(sess, attachBound(sess, stalls))
 			if sub.reportFirst(err) {
 				return nil // Subscribe returns err
+			}
+			if errors.As(err, new(*attachStalledError)) {
+				stalls++
+			} else {
+				stalls = 0
 			}
 			if err == nil {
 				sub.s.sup.limit.opened(sub)
@@ -155,17 +166,45 @@ func (sub *subscription) attach() *consumer {
 	}
 }
 
-// open starts a consumer on sess, within the bound of a reply: see
-// awaitReply.
-func (sub *subscription) open(sess *session) (c *consumer, err error) {
-	err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
-		c, err = sub.start(sess)
-		return err
-	})
-	if err != nil {
-		return nil, sess.channelErr(err)
+// open starts a consumer on sess, and waits for it at most bound (see
+// attachstall.go): an attach unanswered by then is abandoned, and open
+// returns an attachStalledError. The abandoned attach goes on in the
+// background, bounded as any request is (awaitReply), and closes the
+// consumer it may still start.
+func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
+	h := newAttachHandoff()
+	sub.attaches.Add(1)
+	go func() {
+		defer sub.attaches.Done()
+		var o attachOutcome
+		o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+			o.c, err = sub.start(sess)
+			return err
+		})
+		if !h.deliver(o) && o.c != nil {
+			o.c.abandon()
+		}
+	}()
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	var o attachOutcome
+	select {
+	case o = <-h.done:
+	case <-timer.C:
+		var arrived bool
+		if o, arrived = h.giveUp(); !arrived {
+			return nil, &attachStalledError{queue: sub.queue, after: bound}
+		}
+	case <-sub.ctx.Done():
+		var arrived bool
+		if o, arrived = h.giveUp(); !arrived {
+			return nil, errConnectionLost // the subscription ends: nothing to report
+		}
 	}
-	return c, nil
+	if o.err != nil {
+		return nil, sess.channelErr(o.err)
+	}
+	return o.c, nil
 }
 
 // consume hands c's deliveries out one at a time until the channel or the
@@ -190,12 +229,12 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	leaveCheck, stopLeaveChecks := leaveChecks(c.sess) // nodesleft.go
 	defer stopLeaveChecks()
 	heard := time.Now()
-	var probe leaderProbe // leaderprobe.go
+	var probe idleProbe // idleprobe.go
 	probe.reset(heard)
 	for {
 		select {
 		case now := <-leaveCheck:
-			if sub.followPublisherOff(c, heard) || sub.probeLeader(c, &probe, heard, now) {
+			if sub.followPublisherOff(c, heard) || sub.probeIdle(c, &probe, heard, now) {
 				return false
 			}
 		case <-idleOver:

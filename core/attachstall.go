@@ -1,0 +1,100 @@
+package core
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// An attach that the broker does not answer is given up on, not waited for.
+//
+// A consumer that attaches to a quorum queue whose leader was on a node just
+// lost (the far side of a partition) can wait until that node is declared
+// down, net_ticktime later (seen on RabbitMQ 4.0: 7.7 s, where a fresh
+// attach on another channel succeeded as soon as the new leader was
+// elected). As a lane does with a stuck channel, the subscription gives up
+// on an attach unanswered within attachBound and tries again on a fresh
+// channel. Each attach given up on in a row waits twice as long as the one
+// before, up to the bound of any reply: an attach merely slow (a quorum
+// queue's declaration on a loaded cluster) gets its time. The attach given
+// up on goes on in the background, bounded as any request is (awaitReply),
+// and closes the consumer it may start after all; the subscription waits for
+// it before it ends.
+
+// attachBound is how long an attach may go unanswered, after stalls attaches
+// in a row were given up on: the stall bound (3.75 s by default, stretched
+// while the broker answers slowly), doubled per stall, at most the bound of
+// a reply.
+func attachBound(sess *session, stalls int) time.Duration {
+	bound := sess.pace.stretch(stallBound(sess.cfg.ConfirmTimeout))
+	limit := replyBound(sess.cfg)
+	for ; stalls > 0 && bound < limit; stalls-- {
+		bound *= 2
+	}
+	return min(bound, limit)
+}
+
+// attachStalledError: an attach unanswered within its bound, given up on.
+type attachStalledError struct {
+	queue string
+	after time.Duration
+}
+
+func (e *attachStalledError) Error() string {
+	return fmt.Sprintf("no answer to the start of a consumer of %s within %s: trying again on a fresh channel", e.queue, e.after.Round(time.Millisecond))
+}
+
+// attachOutcome is what an attach ended with.
+type attachOutcome struct {
+	c   *consumer
+	err error
+}
+
+// attachHandoff hands an attach's outcome to the subscription waiting for
+// it or, once it gave up, to nobody.
+type attachHandoff struct {
+	mu      sync.Mutex
+	givenUp bool
+	done    chan attachOutcome
+}
+
+func newAttachHandoff() *attachHandoff {
+	return &attachHandoff{done: make(chan attachOutcome, 1)}
+}
+
+// deliver hands o over, and reports false when the subscription gave up on
+// the attach: its consumer is then the attach's to close.
+func (h *attachHandoff) deliver(o attachOutcome) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.givenUp {
+		return false
+	}
+	h.done <- o
+	return true
+}
+
+// giveUp gives up on the attach, unless its outcome arrived meanwhile:
+// then it returns it.
+func (h *attachHandoff) giveUp() (o attachOutcome, arrived bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case o = <-h.done:
+		return o, true
+	default:
+		h.givenUp = true
+		return o, false
+	}
+}
+
+// abandon closes the channel of a consumer whose attach was given up on:
+// its loss is no one's to report, and what it was sent goes back to the
+// queue.
+func (c *consumer) abandon() {
+	c.mu.Lock()
+	c.reported = true
+	c.mu.Unlock()
+	_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close)
+	<-c.dead
+}
