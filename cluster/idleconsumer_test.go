@@ -15,7 +15,7 @@ import (
 
 // An idle consumer of a quorum queue whose leader is on another, healthy,
 // node stays where it is. It probes its node (a passive declaration,
-// core/leaderprobe.go) and leaves when the node counts no consumer of the
+// core/idleprobe.go) and leaves when the node counts no consumer of the
 // queue three times in a row: that must never happen while the leader
 // answers. Checked here the way the probe asks, and end to end: no
 // reconnect over the first probes (at about 3.75, 4.75, 6.75 and 10.75 s

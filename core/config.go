@@ -98,11 +98,13 @@ type Config[A any] struct {
 	// that (half of ConfirmTimeout, at least 2 s), on fresh channels too, is
 	// left for another of the URIs, when there is one: its node answers but
 	// cannot confirm (the minority side of a network partition). It also
-	// bounds each
-	// reply the broker owes (a channel opened or closed, a declaration, a
-	// consumer started), at least two heartbeat intervals: past it the
-	// connection is deemed broken and replaced. A fifth of it, at least
-	// 1 s, bounds a pulse on a link gone silent while confirms are owed
+	// bounds each reply the broker owes (a channel opened or closed, a
+	// declaration, a consumer started), at least two heartbeat intervals:
+	// past it the connection is deemed broken and replaced. A quarter of
+	// it bounds a consumer's attach: one unanswered by then is tried again
+	// on a fresh channel (twice as long after each in a row). A fifth of
+	// it, at least 1 s, bounds a pulse on a link gone silent while
+	// confirms are owed, or while a consumer has had no delivery for 1 s
 	// (see the package doc). While the broker answers slowly (its confirms
 	// and pulses on the connection take more than a quarter of these
 	// bounds), the time-out, the stall and pulse bounds grow to four times

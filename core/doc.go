@@ -57,7 +57,13 @@
 //     a pulse (so does a message sent on a link silent that long), and no
 //     confirm is believed until it is answered; unanswered, the connection
 //     is cut and the messages not yet reported are re-sent. A pulse also
-//     goes out every heartbeat interval, on subscribers too.
+//     goes out every heartbeat interval, on subscribers too, and when a
+//     consumer with another URI to go to has had no delivery for 1 s. Such
+//     a consumer of a quorum queue also asks its node for the queue's
+//     consumer count, and leaves a node that cannot count it (the queue's
+//     leader out of reach: idleprobe.go). A consumer's attach unanswered
+//     within a quarter of ConfirmTimeout is tried again on a fresh channel
+//     (attachstall.go).
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
 //     (declare, a property the broker refuses), ErrMessageTooLarge (the

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/clustertest"
 )
 
 // scriptPath is scripts/partition.sh, found from this file.
@@ -26,18 +28,36 @@ func unavailable() string {
 		return "-short: no cluster in network namespaces"
 	case os.Geteuid() != 0:
 		return "needs root (network namespaces, bridges, veth pairs)"
-	case os.Getenv("RABBITMQ_LINE") != "" && os.Getenv("RABBITMQ_LINE") != "3.10":
-		// The namespaces' nodes run the machine's rabbitmq-server: one run
-		// per CI, on the 3.10 line (a second at once would find the
-		// namespaces taken).
-		return "the namespace cluster runs the machine's RabbitMQ 3.10: run on the 3.10 line"
 	}
-	for _, tool := range []string{"ip", "rabbitmq-server", "rabbitmqctl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Sprintf("needs %s: %v", tool, err)
+	if _, err := exec.LookPath("ip"); err != nil {
+		return fmt.Sprintf("needs ip: %v", err)
+	}
+	switch line := clustertest.Line(); line {
+	case "3.10":
+		for _, tool := range []string{"rabbitmq-server", "rabbitmqctl"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				return fmt.Sprintf("needs %s: %v", tool, err)
+			}
 		}
+	case "4.0":
+		if _, err := os.Stat(filepath.Join(clustertest.Chroot(), "usr/lib/rabbitmq/bin/rabbitmq-server")); err != nil {
+			return fmt.Sprintf("no RabbitMQ 4 in %q (scripts/rabbitmq4.sh install): %v", clustertest.Chroot(), err)
+		}
+	default:
+		return fmt.Sprintf("RABBITMQ_LINE %q: 3.10 or 4.0", line)
 	}
 	return ""
+}
+
+// scriptEnv is the script's environment for the line under test. Each line
+// has namespaces, links and subnets of its own, so that CI can run both at
+// once; 4.0's nodes run in its chroot.
+func scriptEnv() []string {
+	env := os.Environ()
+	if clustertest.Line() == "4.0" {
+		env = append(env, "PARTITION_PREFIX=rq4p", "PARTITION_NETS=10.221 10.222", "PARTITION_CHROOT="+clustertest.Chroot())
+	}
+	return env
 }
 
 // script runs scripts/partition.sh with args, bounded.
@@ -45,6 +65,7 @@ func script(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", append([]string{scriptPath()}, args...)...)
+	cmd.Env = scriptEnv()
 	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	return string(out), err

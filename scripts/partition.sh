@@ -10,7 +10,8 @@
 #
 # Nodes rabbit1@10.220.0.1 .. rabbit3@10.220.0.3 (long names: inter-node
 # traffic takes the node links only); clients connect from the root
-# namespace to amqp://guest:guest@10.219.0.N:5672/.
+# namespace to amqp://guest:guest@10.219.0.N:5672/ (the defaults' subnets;
+# see PARTITION_NETS).
 #
 #   partition.sh up MODE [OWNER_PID]  a fresh cluster, cluster_partition_handling=MODE
 #                                   (pause_minority, autoheal, ignore). Leftovers of a run
@@ -27,27 +28,76 @@
 #   partition.sh reap               down, if the owner of what exists is gone
 #
 # Environment: PARTITION_PREFIX (default rqpt: namespaces rqptns1..3, links rqptc1..3,
-# rqptn1..3, bridges rqptbc, rqptbn; never the recipe's partdev*), PARTITION_DIR (node data
-# and logs, default /tmp/<prefix>-netns), PARTITION_TICKTIME (net_ticktime, default 10 s:
-# a partition is noticed in 7.5 to 12.5 s; RabbitMQ's default, 60 s, misses any shorter
-# than about 45 s). Every command is bounded by a timeout.
+# rqptn1..3, bridges rqptbc, rqptbn; never the recipe's partdev*), PARTITION_NETS (the first
+# two octets of the client and of the node subnet, default "10.219 10.220": clients on
+# 10.219.0.0/24, nodes on 10.220.0.0/24; a second cluster at once needs a prefix and subnets
+# of its own),
+# PARTITION_CHROOT (a chroot holding RabbitMQ, e.g. RabbitMQ 4 from scripts/rabbitmq4.sh:
+# the nodes run there as its rabbitmq user; default none: the machine's RabbitMQ),
+# PARTITION_DIR (node data and logs, default /tmp/<prefix>-netns, inside the chroot if any),
+# PARTITION_TICKTIME (net_ticktime, default 10 s: a partition is noticed in 7.5 to 12.5 s;
+# RabbitMQ's default, 60 s, misses any shorter than about 45 s). Every command is bounded by
+# a timeout.
 set -u
 P=${PARTITION_PREFIX:-rqpt}
-DIR=${PARTITION_DIR:-/tmp/$P-netns}
+CHROOT=${PARTITION_CHROOT:-}
+INNER=${PARTITION_DIR:-/tmp/$P-netns} # as the nodes see it
+DIR=$CHROOT$INNER                     # as this script sees it
 tick=${PARTITION_TICKTIME:-10}
+read -r CNET NNET <<<"${PARTITION_NETS:-10.219 10.220}"
 N="1 2 3"
 case $P in [a-z][a-z0-9]|[a-z][a-z0-9][a-z0-9]|[a-z][a-z0-9][a-z0-9][a-z0-9]) ;; *) echo "PARTITION_PREFIX: 2 to 4 lower-case letters or digits"; exit 2 ;; esac
+for net in "$CNET" "$NNET"; do
+  case $net in 10.2[0-4][0-9]) ;; *) echo "PARTITION_NETS: two of 10.200 .. 10.249"; exit 2 ;; esac
+done
+if [ -n "$CHROOT" ]; then
+  [ -x "$CHROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ] || { echo "no RabbitMQ in $CHROOT (scripts/rabbitmq4.sh install)"; exit 2; }
+  RUID=$(awk -F: '$1=="rabbitmq"{print $3}' "$CHROOT/etc/passwd")
+  RGID=$(awk -F: '$1=="rabbitmq"{print $4}' "$CHROOT/etc/passwd")
+  [ -n "$RUID" ] && [ -n "$RGID" ] || { echo "no rabbitmq user in $CHROOT/etc/passwd"; exit 2; }
+fi
 
-nodename() { echo "rabbit$1@10.220.0.$1"; }
+nodename() { echo "rabbit$1@$NNET.0.$1"; }
 node_env() {
-  local b=$DIR/n$1
+  local b=$INNER/n$1
   echo RABBITMQ_CONF_ENV_FILE=$b/rabbitmq-env.conf RABBITMQ_USE_LONGNAME=true RABBITMQ_NODENAME=$(nodename $1) \
     RABBITMQ_CONFIG_FILE=$b/rabbitmq.conf RABBITMQ_NODE_PORT=5672 RABBITMQ_DIST_PORT=25672 \
     RABBITMQ_MNESIA_BASE=$b/mnesia RABBITMQ_LOG_BASE=$b/log RABBITMQ_PID_FILE=$b/pid \
     RABBITMQ_FEATURE_FLAGS_FILE=$b/feature_flags RABBITMQ_ENABLED_PLUGINS_FILE=$b/enabled_plugins
 }
-rctl() { local i=$1; shift; ip netns exec ${P}ns$i env $(node_env $i) timeout ${T:-60} rabbitmqctl --longnames -n $(nodename $i) "$@"; }
+# in_ns N CMD...: CMD in node N's namespace with its environment; in the
+# chroot, as its rabbitmq user with nothing else in the environment.
+in_ns() {
+  local i=$1; shift
+  if [ -n "$CHROOT" ]; then
+    ip netns exec ${P}ns$i chroot --userspec="$RUID:$RGID" --groups="$RGID" "$CHROOT" /usr/bin/env -i \
+      HOME=/var/lib/rabbitmq PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 LANG=C.UTF-8 \
+      $(node_env $i) "$@"
+  else
+    ip netns exec ${P}ns$i env $(node_env $i) "$@"
+  fi
+}
+rctl() { local i=$1; shift; in_ns $i timeout ${T:-60} rabbitmqctl --longnames -n $(nodename $i) "$@"; }
 has_ns() { ip netns list 2>/dev/null | grep -qE "^${P}ns$1( |$)"; }
+
+# mounts: /proc, /sys and /dev in the chroot, for the nodes (kept when mounted already).
+mounts() {
+  mountpoint -q "$CHROOT/proc" || mount -t proc proc "$CHROOT/proc"
+  mountpoint -q "$CHROOT/sys" || mount -t sysfs sysfs "$CHROOT/sys"
+  mountpoint -q "$CHROOT/dev" || mount --bind /dev "$CHROOT/dev"
+}
+# unmount: undo mounts once no process has its root in the chroot (another
+# node of it, scripts/rabbitmq4.sh's or scripts/cluster.sh's, keeps them).
+unmount() {
+  local real p m
+  real=$(readlink -f "$CHROOT")
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$real" ] && return 0
+  done
+  for m in dev sys proc; do
+    if mountpoint -q "$CHROOT/$m"; then umount "$CHROOT/$m" 2>/dev/null || umount -l "$CHROOT/$m" || true; fi
+  done
+}
 
 exists() {
   for i in $N; do has_ns $i && return 0; done
@@ -65,7 +115,7 @@ owner_alive() {
 net_up() {
   set -e
   ip link add ${P}bc type bridge forward_delay 0 stp_state 0
-  ip addr add 10.219.0.254/24 dev ${P}bc
+  ip addr add $CNET.0.254/24 dev ${P}bc
   ip link set ${P}bc up
   ip link add ${P}bn type bridge forward_delay 0 stp_state 0
   ip link set ${P}bn up
@@ -76,15 +126,15 @@ net_up() {
     ip link add ${P}n$i type veth peer name ${P}n$i-i netns ${P}ns$i
     ip link set ${P}c$i master ${P}bc up
     ip link set ${P}n$i master ${P}bn up
-    ip -n ${P}ns$i addr add 10.219.0.$i/24 dev ${P}c$i-i
-    ip -n ${P}ns$i addr add 10.220.0.$i/24 dev ${P}n$i-i
+    ip -n ${P}ns$i addr add $CNET.0.$i/24 dev ${P}c$i-i
+    ip -n ${P}ns$i addr add $NNET.0.$i/24 dev ${P}n$i-i
     ip -n ${P}ns$i link set ${P}c$i-i up
     ip -n ${P}ns$i link set ${P}n$i-i up
   done
   set +e
 }
 
-launch() { ip netns exec ${P}ns$1 env $(node_env $1) rabbitmq-server -detached; }
+launch() { in_ns $1 rabbitmq-server -detached; }
 # await N: until node N runs (await_startup fails at once while the node is not reachable yet), 180 s at most.
 await() {
   local until=$(( $(date +%s) + 180 ))
@@ -100,6 +150,7 @@ up() {
   fi
   mkdir -p "$DIR"; chmod 755 "$DIR"; echo "$owner" >"$DIR/owner"
   net_up || { echo "network set-up failed"; down; exit 1; }
+  if [ -n "$CHROOT" ]; then mounts; fi
   for i in $N; do
     local b=$DIR/n$i; mkdir -p $b/mnesia $b/log
     printf 'listeners.tcp.default = 5672\nloopback_users = none\ncluster_partition_handling = %s\nnet_ticktime = %s\n' \
@@ -110,14 +161,14 @@ up() {
     fi
     echo "# empty on purpose: the machine's rabbitmq-env.conf binds epmd and the distribution to 127.0.0.1" >$b/rabbitmq-env.conf
     echo '[].' >$b/enabled_plugins
-    chown -R rabbitmq:rabbitmq $b
+    if [ -n "$CHROOT" ]; then chown -R "$RUID:$RGID" $b; else chown -R rabbitmq:rabbitmq $b; fi
   done
   # Node 1 boots alone, so that the others find it running and join it
   # (two blank nodes booting together could each form a cluster of their own).
   launch 1 && await 1 || exit 1
   launch 2 && launch 3 && await 2 && await 3 || exit 1
   wait_healthy 120 || { status; exit 1; }
-  echo "up: $(uris | paste -sd,) (cluster_partition_handling=$mode, net_ticktime=$tick, data in $DIR)"
+  echo "up: $(uris | paste -sd,) (cluster_partition_handling=$mode, net_ticktime=$tick, data in $DIR${CHROOT:+, RabbitMQ of $CHROOT})"
 }
 
 down() {
@@ -140,6 +191,7 @@ down() {
     ip link show $l >/dev/null 2>&1 && ip link del $l
   done
   rm -rf "$DIR"
+  if [ -n "$CHROOT" ]; then unmount; fi
   return 0
 }
 
@@ -172,7 +224,7 @@ wait_healthy() {
   echo "not healthy after ${1:-180} s"; return 1
 }
 
-uris() { for i in $N; do echo amqp://guest:guest@10.219.0.$i:5672/; done; }
+uris() { for i in $N; do echo amqp://guest:guest@$CNET.0.$i:5672/; done; }
 
 op=${1:-}; shift || true
 case $op in

@@ -11,7 +11,7 @@
 # detector finds our races whatever the broker, at five to ten times the CPU; the 4.0 line runs at full
 # speed beside it), then, without -race (on 3.10; 4.0's suite ran them), the tests that restart the broker
 # under watermill-amqp's own code or watermill's TestReconnect harness (see below); beside them, the packages that start nodes of their own
-# (cluster/, tls/, and on RabbitMQ 3.10 partition/, in network namespaces: root). Every phase runs
+# (cluster/, tls/, and partition/, whose nodes live in network namespaces: root). Every phase runs
 # and is reported even when an earlier one failed. Passing tests stay quiet: a line per package as it ends,
 # a progress line every minute while one runs, the output of each failed test, and at the very end a
 # summary naming each failed test with its line, phase and package. The whole output of each phase is kept
