@@ -18,8 +18,7 @@ import (
 // core/idleprobe.go) and leaves when the node counts no consumer of the
 // queue three times in a row: that must never happen while the leader
 // answers. Checked here the way the probe asks, and end to end: no
-// reconnect over the first probes (at about 3.75, 4.75, 6.75 and 10.75 s
-// of idleness).
+// reconnect over the first probes (at about 1, 2, 4 and 8 s of idleness).
 func TestIdleConsumerOfARemoteLeaderStays(t *testing.T) {
 	c := needCluster(t)
 	queue := brokertest.Name("idle-remote-leader")
