@@ -17,9 +17,13 @@ import (
 // channel. Each attach given up on in a row waits twice as long as the one
 // before, up to the bound of any reply: an attach merely slow (a quorum
 // queue's declaration on a loaded cluster) gets its time. The attach given
-// up on goes on in the background, bounded as any request is (awaitReply),
-// and closes the consumer it may start after all; the subscription waits for
-// it before it ends.
+// up on goes on in a goroutine of the session's (which its end frees), and
+// closes the consumer it may start after all, reporting no loss for it. It
+// is not bounded as other requests are (awaitReply cuts the connection
+// when one goes unanswered): its broker may answer only once a lost node is
+// declared down, up to 75 s with RabbitMQ's default net_ticktime, and the
+// fresh attach works meanwhile. Not for an auto-delete queue nor an
+// exclusive consumer (mayGiveUp): those wait as any request does.
 
 // attachBound is how long an attach may go unanswered, after stalls attaches
 // in a row were given up on: the stall bound (3.75 s by default, stretched
@@ -88,13 +92,21 @@ func (h *attachHandoff) giveUp() (o attachOutcome, arrived bool) {
 	}
 }
 
-// abandon closes the channel of a consumer whose attach was given up on:
-// its loss is no one's to report, and what it was sent goes back to the
-// queue.
+// abandon closes the channel of a consumer whose attach was given up on
+// (never started: its loss is no one's to report), and what it was sent
+// goes back to the queue. Not bounded by a reply's bound: a close the
+// broker answers late must not cut a connection on which the attach that
+// replaced it works; the session's end frees it at the latest.
 func (c *consumer) abandon() {
-	c.mu.Lock()
-	c.reported = true
-	c.mu.Unlock()
-	_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close)
+	_ = c.ch.Close()
 	<-c.dead
+}
+
+// mayGiveUp reports whether an attach of sub may be given up on: not for
+// an auto-delete queue (closing a late consumer that is its only one
+// deletes it) nor an exclusive consumer (the late one and the fresh one
+// would race for the queue).
+func (sub *subscription) mayGiveUp() bool {
+	cfg := sub.s.cfg.AMQP
+	return !cfg.QueueAutoDelete && !cfg.Consume.Exclusive
 }

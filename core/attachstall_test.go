@@ -12,8 +12,12 @@ import (
 
 // An attach the broker does not answer is given up on within its bound,
 // and the subscription attaches on a fresh channel; when the first attach
-// is answered after all, its consumer is closed, and no ConsumerLost is
-// reported for it.
+// is answered after all, its channel is closed, and no ConsumerLost is
+// reported for it: it was never the subscription's consumer (markStarted
+// is only for the one open hands over, so that a late consumer whose
+// channel the broker closes at once is not reported either; the scripted
+// peer's net.Pipe cannot carry that crossing of closes without a
+// deadlock of its own).
 func TestStalledAttachIsGivenUpOn(t *testing.T) {
 	const classQueue = 50
 	peer := newScriptedPeer(t)

@@ -20,7 +20,7 @@ type consumer struct {
 
 	mu       sync.Mutex
 	why      *amqp091.Error // why the channel closed; read without mu once dead is closed
-	started  bool           // basic.consume succeeded
+	started  bool           // taken by the subscription: see markStarted
 	reported bool           // its loss was reported
 }
 
@@ -77,9 +77,15 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 	if err != nil {
 		return fail(err)
 	}
-	// A consumer lost before it started (its topology refused, say) is a
-	// failed attach, not a loss: only one that started is reported, once,
-	// whether its channel closed before this point or after.
+	return c, nil // started by the subscription: see markStarted
+}
+
+// markStarted makes c's loss reportable, once the subscription took it as
+// its consumer (open): one lost before (its topology refused, say) is a
+// failed attach, and one whose attach was given up on is no one's loss
+// (attachstall.go). Reported once, whether its channel closed before this
+// point or after.
+func (c *consumer) markStarted(sub *subscription) {
 	c.mu.Lock()
 	c.started = true
 	report := c.why != nil && !c.reported
@@ -89,7 +95,6 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 	if report {
 		sub.reportLost(why)
 	}
-	return c, nil
 }
 
 // reportLost reports a consumer lost while the subscription runs: not one

@@ -32,7 +32,10 @@ import (
 // While the answers count it, it probes again after 1, 2, 4 and at most
 // every 8 s. Once an answer counts no consumer it asks every
 // leaveCheckEvery (half a second): it leaves about 2.5 s after its last
-// delivery. A leader that sits on the minority node itself still answers,
+// delivery. Having left a node so, it leaves no other for that until a
+// node counted it or delivered to it: a queue with no leader anywhere (its
+// majority lost) counts no consumer on any node, and hopping from node to
+// node would only cut the subscriptions to other queues each time. A leader that sits on the minority node itself still answers,
 // and counts the consumer: that case stays as it was (the README's
 // "Partitions").
 //
@@ -107,7 +110,11 @@ func (sub *subscription) probeIdle(c *consumer, p *idleProbe, heard, now time.Ti
 	if err != nil {
 		return false // the channel or the connection died: the consume loop sees it
 	}
-	if q.Consumers > 0 {
+	if q.Consumers > 0 || sub.leftUnseen {
+		// Counted; or not, right after leaving a node for that: then the
+		// queue may have no leader anywhere (its majority lost, an
+		// election), and leaving again would only hop from node to node.
+		sub.leftUnseen = sub.leftUnseen && q.Consumers == 0
 		p.unseen = 0
 		p.next = now.Add(p.every)
 		p.every = min(2*p.every, probeEveryMax)
@@ -118,6 +125,7 @@ func (sub *subscription) probeIdle(c *consumer, p *idleProbe, heard, now time.Ti
 	if p.unseen < unseenInARow {
 		return false
 	}
+	sub.leftUnseen = true
 	why := &queueLeaderUnreachableError{queue: sub.queue, idle: now.Sub(heard)}
 	sub.logger.Info("Leaving a node that cannot reach the queue's leader", watermill.LogFields{"reason": why.Error()}) // absorbed
 	c.sess.breakOff(why)

@@ -94,6 +94,21 @@ func TestConsumerLeavesANodeThatCannotSeeIt(t *testing.T) {
 		t.Fatalf("left after %d probes, want %d", n, unseenInARow)
 	}
 	peer.next(t) // and connects again
+	expectChange(t, changes, StateReconnecting, StateConnected, "")
+	// Where no node counts it (a queue with no leader anywhere), it stays
+	// on the next node: unseenInARow more probes there, and no change.
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < 2*unseenInARow && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling a counter the peer bumps
+	}
+	if n := probes.Load(); n < 2*unseenInARow {
+		t.Fatalf("%d probes in all: the consumer stopped probing on its next node", n)
+	}
+	select {
+	case c := <-changes:
+		t.Fatalf("it left its next node too (%s -> %s: %v): it would hop from node to node", c.From, c.To, c.Err)
+	default:
+	}
 }
 
 // One that the node counts stays, its probes further and further apart.

@@ -73,48 +73,54 @@ func (sess *session) keepPulse() {
 	}()
 }
 
-// startPulse sends a pulse, unless one is out already. Called by lanes and
-// keepPulse, which the session's wait group counts, so adding to it is
-// safe.
+// startPulse sends a pulse, unless one is out already or the session is
+// ending. Called by lanes, keepPulse and idle consumers (idleprobe.go).
 func (sess *session) startPulse() {
 	done := make(chan struct{})
 	if !sess.pulseOut.CompareAndSwap(nil, &done) {
 		return
 	}
-	sess.wg.Add(1)
-	go func() {
-		defer sess.wg.Done()
-		sent := time.Now()
-		err := sess.awaitReplyWithin("a pulse", sess.pace.stretch(pulseBound(sess.cfg.ConfirmTimeout)), func() error {
-			if sess.pulseCh == nil {
-				ch, err := sess.openChannel()
-				if err != nil {
-					return err
-				}
-				sess.pulseCh = ch
-			}
-			return sess.pulseCh.Qos(0, 0, false)
-		})
-		var reply *amqp091.Error
-		switch {
-		case err == nil:
-			sess.pace.observe(time.Since(sent))
-		case errors.Is(err, amqp091.ErrChannelMax):
-			// No channel to spare for a pulse (channel_max): none this
-			// time, and nothing learned.
-		case errors.As(err, &reply) && reply.Server && !sess.conn.IsClosed():
-			// The broker answered, if with a refusal: the link carries
-			// bytes both ways. Another channel next time.
-			sess.pulseCh = nil
-		default:
-			// Unanswered (the bound cut the link, or it was lost): what
-			// came back meanwhile is not believed.
-			sess.pulseCh = nil
-			sess.breakOff(fmt.Errorf("%w: a pulse failed: %v", errConnectionLost, err))
-		}
+	if !sess.goTracked(func() { sess.pulse(done) }) {
+		// Ending: no pulse to be had, so nothing that came back is
+		// believed, as when one fails.
+		sess.distrust.Store(true)
 		sess.pulseOut.Store(nil)
 		close(done)
-	}()
+	}
+}
+
+// pulse sends one, and closes done once it is answered or given up on.
+func (sess *session) pulse(done chan struct{}) {
+	sent := time.Now()
+	err := sess.awaitReplyWithin("a pulse", sess.pace.stretch(pulseBound(sess.cfg.ConfirmTimeout)), func() error {
+		if sess.pulseCh == nil {
+			ch, err := sess.openChannel()
+			if err != nil {
+				return err
+			}
+			sess.pulseCh = ch
+		}
+		return sess.pulseCh.Qos(0, 0, false)
+	})
+	var reply *amqp091.Error
+	switch {
+	case err == nil:
+		sess.pace.observe(time.Since(sent))
+	case errors.Is(err, amqp091.ErrChannelMax):
+		// No channel to spare for a pulse (channel_max): none this
+		// time, and nothing learned.
+	case errors.As(err, &reply) && reply.Server && !sess.conn.IsClosed():
+		// The broker answered, if with a refusal: the link carries
+		// bytes both ways. Another channel next time.
+		sess.pulseCh = nil
+	default:
+		// Unanswered (the bound cut the link, or it was lost): what
+		// came back meanwhile is not believed.
+		sess.pulseCh = nil
+		sess.breakOff(fmt.Errorf("%w: a pulse failed: %v", errConnectionLost, err))
+	}
+	sess.pulseOut.Store(nil)
+	close(done)
 }
 
 // pulseOutstanding is closed once the pulse out now is answered or given

@@ -32,6 +32,9 @@ type session struct {
 	stopping chan struct{} // closed by end: lanes and declarers quit
 	dead     chan struct{} // closed by end once they all have
 	wg       sync.WaitGroup
+	// trackMu orders goTracked's Add before end's close of stopping, so
+	// that no goroutine is added while end waits.
+	trackMu sync.Mutex
 
 	// Registered at creation, so no notification is ever missed; amqp091-go
 	// sends on them from its reader goroutine, so they are drained until it
@@ -78,7 +81,9 @@ func (sess *session) end(grace time.Duration) {
 	if sess.pub != nil {
 		sess.pub.topology.end()
 	}
+	sess.trackMu.Lock()
 	close(sess.stopping)
+	sess.trackMu.Unlock()
 	sess.wg.Add(1)
 	go func() {
 		defer sess.wg.Done()
@@ -127,6 +132,26 @@ func (sess *session) setBlocked(blocked bool) {
 func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
 	f := sess.flow.Load()
 	return f.blocked, f.changed
+}
+
+// goTracked runs f on a goroutine the session waits for when it ends, and
+// reports false (not running f) once it is ending: for callers the session
+// does not count (a subscription's goroutine), whose Add could otherwise
+// race end's Wait.
+func (sess *session) goTracked(f func()) bool {
+	sess.trackMu.Lock()
+	defer sess.trackMu.Unlock()
+	select {
+	case <-sess.stopping:
+		return false
+	default:
+	}
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // channelErr is errConnectionLost when the connection, or the channel under

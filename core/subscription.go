@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -36,9 +35,9 @@ type subscription struct {
 	// first, when Subscribe waits for it, gets the outcome of the first
 	// attempt to attach (nil: attached, or not connected); nil afterwards.
 	first chan<- error
-	// attaches counts the attaches still running, given up on or not (see
-	// open): run waits for them before it returns.
-	attaches sync.WaitGroup
+	// leftUnseen: its probe last left a node, and no node counted it or
+	// delivered to it since (idleprobe.go).
+	leftUnseen bool
 }
 
 // reportFirst hands Subscribe the outcome of the first attempt to attach,
@@ -64,7 +63,6 @@ func refusesSubscribe(err error) bool {
 }
 
 func (sub *subscription) run() {
-	defer sub.attaches.Wait() // bounded: see open
 	defer close(sub.out)
 	defer sub.s.sup.limit.opened(sub) // no refusal outlives it
 	// Paces the consumers that die as soon as they start (the broker
@@ -136,8 +134,6 @@ func (sub *subscription) attach() *consumer {
 			}
 			if errors.As(err, new(*attachStalledError)) {
 				stalls++
-			} else {
-				stalls = 0
 			}
 			if err == nil {
 				sub.s.sup.limit.opened(sub)
@@ -167,24 +163,32 @@ func (sub *subscription) attach() *consumer {
 }
 
 // open starts a consumer on sess, and waits for it at most bound (see
-// attachstall.go): an attach unanswered by then is abandoned, and open
-// returns an attachStalledError. The abandoned attach goes on in the
-// background, bounded as any request is (awaitReply), and closes the
-// consumer it may still start.
+// attachstall.go): an attach unanswered by then is given up on, and open
+// returns an attachStalledError. One that may not be given up on waits
+// within the bound of a reply, as any request does (awaitReply).
 func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
-	h := newAttachHandoff()
-	sub.attaches.Add(1)
-	go func() {
-		defer sub.attaches.Done()
-		var o attachOutcome
-		o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
-			o.c, err = sub.start(sess)
+	if !sub.mayGiveUp() {
+		var c *consumer
+		err := sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+			c, err = sub.start(sess)
 			return err
 		})
+		if err != nil {
+			return nil, sess.channelErr(err)
+		}
+		c.markStarted(sub)
+		return c, nil
+	}
+	h := newAttachHandoff()
+	if !sess.goTracked(func() {
+		var o attachOutcome
+		o.c, o.err = sub.start(sess)
 		if !h.deliver(o) && o.c != nil {
 			o.c.abandon()
 		}
-	}()
+	}) {
+		return nil, errConnectionLost
+	}
 	timer := time.NewTimer(bound)
 	defer timer.Stop()
 	var o attachOutcome
@@ -204,6 +208,7 @@ func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, er
 	if o.err != nil {
 		return nil, sess.channelErr(o.err)
 	}
+	o.c.markStarted(sub)
 	return o.c, nil
 }
 
@@ -264,6 +269,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			idle.Reset(idleAfter) // counted from the handler's verdict
 			heard = time.Now()
 			probe.reset(heard)
+			sub.leftUnseen = false
 		case <-c.dead:
 			return false
 		case <-c.sess.stopping:
@@ -309,6 +315,9 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	msg.SetContext(ctx)
 	fields := watermill.LogFields{"message_uuid": msg.UUID}
 
+	if sub.ctx.Err() != nil { // not offered to a reader still there: the channel closes, the message goes back
+		return true, true
+	}
 	select {
 	case sub.out <- msg:
 		sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
@@ -330,7 +339,9 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	case <-sub.ctx.Done():
 		// A verdict given before the cancel is sent: select picks at
 		// random among ready cases, and an ack dropped here would have the
-		// broker deliver a handled message again.
+		// broker deliver a handled message again. Then the subscription
+		// ends (stop), handing out nothing more.
+		stop = true
 		select {
 		case <-msg.Acked():
 			ack = true
@@ -349,9 +360,9 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	}
 	handler := message.HandlerNameFromCtx(msg.Context()) // set by a Router before its verdict
 	if ack {
-		return false, sub.settle(c, d.Ack(false), MessageAcked, handler)
+		return stop, sub.settle(c, d.Ack(false), MessageAcked, handler)
 	}
-	return false, sub.nack(c, d, "the handler nacked it", handler)
+	return stop, sub.nack(c, d, "the handler nacked it", handler)
 }
 
 // nack nacks d, requeueing it unless Consume.NoRequeueOnNack, for reason;
