@@ -35,9 +35,9 @@ import (
 // delivery. Having left a node so, it leaves no other for that until a
 // node counted it or delivered to it: a queue with no leader anywhere (its
 // majority lost) counts no consumer on any node, and hopping from node to
-// node would only cut the subscriptions to other queues each time. A leader that sits on the minority node itself still answers,
-// and counts the consumer: that case stays as it was (the README's
-// "Partitions").
+// node would only cut the subscriptions to other queues each time. A
+// leader that sits on the minority node itself still answers, and counts
+// the consumer: that case stays as it was (the README's "Partitions").
 //
 // The declaration is not for other queue types: a stream always reports no
 // consumer, and a classic queue's count comes from its own process, which
