@@ -18,12 +18,19 @@ import (
 // before, up to the bound of any reply: an attach merely slow (a quorum
 // queue's declaration on a loaded cluster) gets its time. The attach given
 // up on goes on in a goroutine of the session's (which its end frees), and
-// closes the consumer it may start after all, reporting no loss for it. It
-// is not bounded as other requests are (awaitReply cuts the connection
-// when one goes unanswered): its broker may answer only once a lost node is
-// declared down, up to 75 s with RabbitMQ's default net_ticktime, and the
-// fresh attach works meanwhile. Not for an auto-delete queue nor an
-// exclusive consumer (mayGiveUp): those wait as any request does.
+// closes the consumer it may start after all, reporting no loss for it.
+//
+// It stays bounded as any request is (awaitReply: unanswered within the
+// bound of a reply, 20 s by default, the connection is cut). A reply lost
+// on a link that lives (bytes dropped) would otherwise leave a consumer the
+// broker started, and that nobody reads, holding its prefetch of messages
+// unacked for as long as the connection lives: seen in
+// TestLostFramesToTheSubscriber, whose basic.consume-ok is dropped. The
+// price: an attach that the broker answers only once a lost node is
+// declared down, later than that bound (RabbitMQ's default net_ticktime,
+// 60 s), cuts the connection once, and the fresh consumer attaches again
+// on the next one. Not for an auto-delete queue nor an exclusive consumer
+// (mayGiveUp): those only wait as any request does.
 
 // attachBound is how long an attach may go unanswered, after stalls attaches
 // in a row were given up on: the stall bound (3.75 s by default, stretched
@@ -94,9 +101,9 @@ func (h *attachHandoff) giveUp() (o attachOutcome, arrived bool) {
 
 // abandon closes the channel of a consumer whose attach was given up on
 // (never started: its loss is no one's to report), and what it was sent
-// goes back to the queue. Not bounded by a reply's bound: a close the
-// broker answers late must not cut a connection on which the attach that
-// replaced it works; the session's end frees it at the latest.
+// goes back to the queue. The close's answer is not bounded: once the
+// broker read the close, its consumer is gone whatever becomes of the
+// answer, and the session's end frees the wait at the latest.
 func (c *consumer) abandon() {
 	_ = c.ch.Close()
 	<-c.dead

@@ -164,8 +164,8 @@ func (sub *subscription) attach() *consumer {
 
 // open starts a consumer on sess, and waits for it at most bound (see
 // attachstall.go): an attach unanswered by then is given up on, and open
-// returns an attachStalledError. One that may not be given up on waits
-// within the bound of a reply, as any request does (awaitReply).
+// returns an attachStalledError. The attach itself is bounded as any
+// request is (awaitReply). One that may not be given up on is only that.
 func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
 	if !sub.mayGiveUp() {
 		var c *consumer
@@ -182,7 +182,10 @@ func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, er
 	h := newAttachHandoff()
 	if !sess.goTracked(func() {
 		var o attachOutcome
-		o.c, o.err = sub.start(sess)
+		o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+			o.c, err = sub.start(sess)
+			return err
+		})
 		if !h.deliver(o) && o.c != nil {
 			o.c.abandon()
 		}
