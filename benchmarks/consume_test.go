@@ -1,0 +1,134 @@
+package benchmarks_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
+)
+
+// BenchmarkConsumeQuorum: a quorum queue preloaded with b.N 1 KiB messages
+// (not timed), then consumed, each message acked one by one, at the given
+// prefetch.
+//
+//   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
+//   - resilient: Subscriber.Subscribe with Consume.Qos.PrefetchCount =
+//     prefetch, msg.Ack() per message, read from the channel as a Router
+//     reads it (one at a time).
+//
+// On a cluster, point AMQP_URI at one of its nodes: the queue's leader is
+// that node (client-local), its followers the other two.
+func BenchmarkConsumeQuorum(b *testing.B) {
+	for _, prefetch := range []int{1, 16, 64, 256} {
+		prefix := fmt.Sprintf("quorum/prefetch=%d", prefetch)
+		b.Run(prefix+"/impl=raw", func(b *testing.B) {
+			q := preloaded(b, quorumArgs, b.N)
+			conn := brokertest.Dial(b)
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ch.Qos(prefetch, 0, false); err != nil {
+				b.Fatal(err)
+			}
+			var m measurement
+			m.begin(b)
+			deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for n := 0; n < b.N; n++ {
+				d, ok := <-deliveries
+				if !ok {
+					b.Fatalf("deliveries ended after %d of %d", n, b.N)
+				}
+				if err := d.Ack(false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			m.end(b, b.N)
+		})
+		b.Run(prefix+"/impl=resilient", func(b *testing.B) {
+			q := preloaded(b, quorumArgs, b.N)
+			cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+			cfg.Queue.Arguments = quorumArgs
+			cfg.Consume.Qos.PrefetchCount = prefetch
+			sub, err := resilient.NewSubscriber(resilient.Config{AMQP: cfg}, watermill.NopLogger{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var m measurement
+			m.begin(b)
+			msgs, err := sub.Subscribe(ctx, q)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for n := 0; n < b.N; n++ {
+				msg, ok := <-msgs
+				if !ok {
+					b.Fatalf("messages ended after %d of %d", n, b.N)
+				}
+				msg.Ack()
+			}
+			m.end(b, b.N)
+		})
+	}
+}
+
+var quorumArgs = amqp091.Table{"x-queue-type": "quorum"}
+
+// preloaded declares a durable queue with args for one case, deleted
+// after it, and fills it with n 1 KiB messages, confirmed.
+func preloaded(b *testing.B, args amqp091.Table, n int) string {
+	b.Helper()
+	conn := brokertest.Dial(b)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	name := brokertest.Name("bench-consume")
+	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
+		b.Fatal(err)
+	}
+	brokertest.DeleteQueues(b, name)
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := rawDeadline()
+	defer cancel()
+	pending := make([]*amqp091.DeferredConfirmation, 0, window)
+	wait := func() {
+		for _, dc := range pending {
+			if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+				b.Fatalf("preload: not confirmed: %v", err)
+			}
+		}
+		pending = pending[:0]
+	}
+	for i := 0; i < n; i++ {
+		pub, err := marshal(newMessage(1 << 10))
+		if err != nil {
+			b.Fatal(err)
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", name, false, false, pub)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if pending = append(pending, dc); len(pending) == window {
+			wait()
+		}
+	}
+	wait()
+	return name
+}
