@@ -104,7 +104,7 @@ type Config[A any] struct {
 	// it bounds a consumer's attach: one unanswered by then is tried again
 	// on a fresh channel (twice as long after each in a row). A fifth of
 	// it, at least 1 s, bounds a pulse on a link gone silent while
-	// confirms are owed, or while a consumer has had no delivery for 1 s
+	// confirms are owed, or while a consumer has had no delivery for 0.5 s
 	// (see the package doc). While the broker answers slowly (its confirms
 	// and pulses on the connection take more than a quarter of these
 	// bounds), the time-out, the stall and pulse bounds grow to four times

@@ -58,7 +58,7 @@
 //     confirm is believed until it is answered; unanswered, the connection
 //     is cut and the messages not yet reported are re-sent. A pulse also
 //     goes out every heartbeat interval, on subscribers too, and when a
-//     consumer with another URI to go to has had no delivery for 1 s. Such
+//     consumer with another URI to go to has had no delivery for 0.5 s. Such
 //     a consumer of a quorum queue also asks its node for the queue's
 //     consumer count, and leaves a node that cannot count it (the queue's
 //     leader out of reach: idleprobe.go). A consumer's attach unanswered

@@ -35,6 +35,8 @@ type Subscriber struct {
 	closeCtx  context.Context // cancelled by Close: every subscription ends
 	cancel    context.CancelFunc
 	closeOnce sync.Once
+
+	prefetch prefetchNotice // prefetchnotice.go
 }
 
 var (
@@ -129,6 +131,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 			"topic": topic, "amqp_queue_name": queue, "amqp_exchange_name": exchange,
 		}),
 	}
+	s.prefetch.check(sub)
 	var first chan error
 	if s.sup.live() != nil {
 		// Connected: wait for the first attach, so that a subscription
