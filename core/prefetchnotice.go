@@ -37,4 +37,5 @@ func (n *prefetchNotice) check(sub *subscription) {
 }
 
 // prefetchMeasured is what the README's table says, in a sentence.
-const prefetchMeasured = "Measured: MEASURE."
+const prefetchMeasured = "Measured (RabbitMQ 3.10, 1 KiB messages, a preloaded queue consumed alone): " +
+	"one node 2,000 to 2,300 messages/s at prefetch 1 against 20,000 at 64; a 3-node cluster 870 to 1,020 against 7,400 to 9,800."
