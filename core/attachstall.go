@@ -32,6 +32,63 @@ import (
 // on the next one. Not for an auto-delete queue nor an exclusive consumer
 // (mayGiveUp): those only wait as any request does.
 
+// open starts a consumer on sess, and waits for it at most bound: an
+// attach unanswered by then is given up on, and open returns an
+// attachStalledError. The attach itself is bounded as any request is
+// (startBounded). One that may not be given up on is only that.
+func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
+	if !sub.mayGiveUp() {
+		return sub.started(sess, sub.startBounded(sess))
+	}
+	h := newAttachHandoff()
+	if !sess.goTracked(func() {
+		o := sub.startBounded(sess)
+		if !h.deliver(o) && o.c != nil {
+			o.c.abandon()
+		}
+	}) {
+		return nil, errConnectionLost
+	}
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	var o attachOutcome
+	var givenUp error // what open returns if the attach is given up on
+	select {
+	case o = <-h.done:
+	case <-timer.C:
+		givenUp = &attachStalledError{queue: sub.queue, after: bound}
+	case <-sub.ctx.Done():
+		givenUp = errConnectionLost // the subscription ends: nothing to report
+	}
+	if givenUp != nil {
+		var arrived bool
+		if o, arrived = h.giveUp(); !arrived {
+			return nil, givenUp
+		}
+	}
+	return sub.started(sess, o)
+}
+
+// startBounded starts a consumer on sess within the bound of a reply (see
+// awaitReply).
+func (sub *subscription) startBounded(sess *session) (o attachOutcome) {
+	o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+		o.c, err = sub.start(sess)
+		return err
+	})
+	return o
+}
+
+// started takes the consumer of an attach that ended with o as the
+// subscription's, or says why there is none.
+func (sub *subscription) started(sess *session, o attachOutcome) (*consumer, error) {
+	if o.err != nil {
+		return nil, sess.channelErr(o.err)
+	}
+	o.c.markStarted(sub)
+	return o.c, nil
+}
+
 // attachBound is how long an attach may go unanswered, after stalls attaches
 // in a row were given up on: the stall bound (3.75 s by default, stretched
 // while the broker answers slowly), doubled per stall, at most the bound of

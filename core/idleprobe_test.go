@@ -74,21 +74,15 @@ func probingSubscriber(t *testing.T, peer *scriptedPeer, changes chan StateChang
 	return sub
 }
 
-// A consumer of a quorum queue whose node counts no consumer of it, three
-// probes in a row, while it is attached and has had no delivery, leaves
-// the node: the leader is out of reach.
+// A consumer of a quorum queue whose node counts no consumer of it,
+// unseenInARow probes in a row, while it is attached and has had no
+// delivery, leaves the node: the leader is out of reach.
 func TestConsumerLeavesANodeThatCannotSeeIt(t *testing.T) {
 	t.Parallel()
 	peer, probes := leaderPeer(t, func() uint32 { return 0 })
 	changes := make(chan StateChange, 16)
 	sub := quorumSubscriber(t, peer, changes)
-	peer.next(t)
-	expectChange(t, changes, StateConnecting, StateConnected, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := sub.Subscribe(ctx, "q"); err != nil {
-		t.Fatal(err)
-	}
+	subscribeConnected(t, peer, sub, changes)
 	expectChange(t, changes, StateConnected, StateReconnecting, "leader is out of reach")
 	if n := probes.Load(); n != unseenInARow {
 		t.Fatalf("left after %d probes, want %d", n, unseenInARow)
@@ -97,11 +91,7 @@ func TestConsumerLeavesANodeThatCannotSeeIt(t *testing.T) {
 	expectChange(t, changes, StateReconnecting, StateConnected, "")
 	// Where no node counts it (a queue with no leader anywhere), it stays
 	// on the next node: unseenInARow more probes there, and no change.
-	deadline := time.Now().Add(30 * time.Second)
-	for probes.Load() < 2*unseenInARow && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond) // polling a counter the peer bumps
-	}
-	if n := probes.Load(); n < 2*unseenInARow {
+	if n := awaitProbes(probes, 2*unseenInARow); n < 2*unseenInARow {
 		t.Fatalf("%d probes in all: the consumer stopped probing on its next node", n)
 	}
 	select {
@@ -111,30 +101,41 @@ func TestConsumerLeavesANodeThatCannotSeeIt(t *testing.T) {
 	}
 }
 
+// subscribeConnected waits for sub's connection to the peer, then
+// subscribes to "q" until the test ends.
+func subscribeConnected(t *testing.T, peer *scriptedPeer, sub *Subscriber, changes <-chan StateChange) {
+	t.Helper()
+	peer.next(t)
+	expectChange(t, changes, StateConnecting, StateConnected, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := sub.Subscribe(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitProbes waits, 30 s at most, until the peer counted n probes, and
+// returns how many it counted.
+func awaitProbes(probes *atomic.Int32, n int32) int32 {
+	deadline := time.Now().Add(30 * time.Second)
+	for probes.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling a counter the peer bumps
+	}
+	return probes.Load()
+}
+
 // One that the node counts stays, its probes further and further apart.
 func TestConsumerSeenStays(t *testing.T) {
 	t.Parallel()
 	peer, probes := leaderPeer(t, func() uint32 { return 1 })
 	changes := make(chan StateChange, 16)
 	sub := quorumSubscriber(t, peer, changes)
-	peer.next(t)
-	expectChange(t, changes, StateConnecting, StateConnected, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := sub.Subscribe(ctx, "q"); err != nil {
-		t.Fatal(err)
-	}
-	// Idle from about 0 s: probes at about 1, 2 and 4 s, then 8 s.
-	deadline := time.Now().Add(30 * time.Second)
-	for probes.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond) // polling a counter the peer bumps
-	}
+	subscribeConnected(t, peer, sub, changes)
+	// Idle from about 0 s: probes at about 0.5, 1.5 and 3.5 s, then 7.5 s.
+	awaitProbes(probes, 3)
 	start := time.Now()
-	for probes.Load() < 4 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if gap := time.Since(start); probes.Load() < 4 || gap < 3*time.Second {
-		t.Fatalf("%d probes; the third to the fourth took %s, want about 4 s: probes back off while the consumer is seen", probes.Load(), gap)
+	if n, gap := awaitProbes(probes, 4), time.Since(start); n < 4 || gap < 3*time.Second {
+		t.Fatalf("%d probes; the third to the fourth took %s, want about 4 s: probes back off while the consumer is seen", n, gap)
 	}
 	select {
 	case c := <-changes:
@@ -151,13 +152,7 @@ func TestIdleConsumerFindsADarkLink(t *testing.T) {
 	peer, _ := leaderPeer(t, func() uint32 { return 1 }, true)
 	changes := make(chan StateChange, 16)
 	sub := probingSubscriber(t, peer, changes, nil, 10*time.Minute)
-	peer.next(t)
-	expectChange(t, changes, StateConnecting, StateConnected, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := sub.Subscribe(ctx, "q"); err != nil {
-		t.Fatal(err)
-	}
+	subscribeConnected(t, peer, sub, changes)
 	expectChange(t, changes, StateConnected, StateReconnecting, "no reply to a pulse")
 	peer.next(t)
 }

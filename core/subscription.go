@@ -162,59 +162,6 @@ func (sub *subscription) attach() *consumer {
 	}
 }
 
-// open starts a consumer on sess, and waits for it at most bound (see
-// attachstall.go): an attach unanswered by then is given up on, and open
-// returns an attachStalledError. The attach itself is bounded as any
-// request is (awaitReply). One that may not be given up on is only that.
-func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
-	if !sub.mayGiveUp() {
-		var c *consumer
-		err := sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
-			c, err = sub.start(sess)
-			return err
-		})
-		if err != nil {
-			return nil, sess.channelErr(err)
-		}
-		c.markStarted(sub)
-		return c, nil
-	}
-	h := newAttachHandoff()
-	if !sess.goTracked(func() {
-		var o attachOutcome
-		o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
-			o.c, err = sub.start(sess)
-			return err
-		})
-		if !h.deliver(o) && o.c != nil {
-			o.c.abandon()
-		}
-	}) {
-		return nil, errConnectionLost
-	}
-	timer := time.NewTimer(bound)
-	defer timer.Stop()
-	var o attachOutcome
-	select {
-	case o = <-h.done:
-	case <-timer.C:
-		var arrived bool
-		if o, arrived = h.giveUp(); !arrived {
-			return nil, &attachStalledError{queue: sub.queue, after: bound}
-		}
-	case <-sub.ctx.Done():
-		var arrived bool
-		if o, arrived = h.giveUp(); !arrived {
-			return nil, errConnectionLost // the subscription ends: nothing to report
-		}
-	}
-	if o.err != nil {
-		return nil, sess.channelErr(o.err)
-	}
-	o.c.markStarted(sub)
-	return o.c, nil
-}
-
 // consume hands c's deliveries out one at a time until the channel or the
 // connection dies (false: attach again) or the subscription ends (true).
 //
