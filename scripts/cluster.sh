@@ -58,6 +58,8 @@
 # chowned to that user. start mounts /proc, /sys and /dev in the chroot if
 # they are not; stop unmounts them when no process is left in the chroot.
 set -euo pipefail
+# shellcheck source=scripts/lib-chroot.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib-chroot.sh"
 [ -n "${CLUSTER_TRACE:-}" ] && { PS4='+ ${EPOCHREALTIME} '; set -x; }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -113,16 +115,11 @@ epmd_names() { # the names registered with the nodes' epmd
     epmd -names 2>/dev/null
   fi
 }
-mounts() {
-  mountpoint -q "$chroot/proc" || mount -t proc proc "$chroot/proc"
-  mountpoint -q "$chroot/sys" || mount -t sysfs sysfs "$chroot/sys"
-  mountpoint -q "$chroot/dev" || mount --bind /dev "$chroot/dev"
-}
 # leave_chroot: end the chroot's epmd on our port when no name is left in
-# it, and unmount what mounts() mounted when no process runs in the chroot
+# it, and unmount what chroot_mount mounted when no process runs in the chroot
 # any more (other nodes of the chroot, scripts/rabbitmq4.sh's, keep both).
 leave_chroot() {
-  local real p ep m
+  local real ep
   real=$(readlink -f "$chroot")
   for ep in $(ss -Hltnp "sport = :$epmd_port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
     if [ "$(readlink "/proc/$ep/root")" = "$real" ] && [ "$(cat "/proc/$ep/comm" 2>/dev/null)" = epmd ] &&
@@ -131,12 +128,8 @@ leave_chroot() {
       for _ in $(seq 1 50); do [ -d "/proc/$ep" ] || break; sleep 0.1; done
     fi
   done
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$real" ] && return 0
-  done
-  for m in dev sys proc; do
-    if mountpoint -q "$chroot/$m"; then umount "$chroot/$m" 2>/dev/null || umount -l "$chroot/$m" || true; fi
-  done
+  chroot_user "$chroot" >/dev/null && return 0
+  chroot_unmount "$chroot" || true
 }
 
 load_settings() {
@@ -195,7 +188,7 @@ launch() {
   in=$(inner "$base")
   registered "$n" && die "a node $(node "$n") runs already"
   rm -f "$base/pid" # a killed node leaves it behind
-  if [ -n "$chroot" ]; then mounts; fi
+  if [ -n "$chroot" ]; then chroot_mount "$chroot"; fi
   tool_env=(
     RABBITMQ_NODENAME="$(node "$n")" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     RABBITMQ_NODE_PORT="$(port "$n")" RABBITMQ_DIST_PORT=$((dist_base + n))

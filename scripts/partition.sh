@@ -80,23 +80,14 @@ in_ns() {
 rctl() { local i=$1; shift; in_ns $i timeout ${T:-60} rabbitmqctl --longnames -n $(nodename $i) "$@"; }
 has_ns() { ip netns list 2>/dev/null | grep -qE "^${P}ns$1( |$)"; }
 
-# mounts: /proc, /sys and /dev in the chroot, for the nodes (kept when mounted already).
-mounts() {
-  mountpoint -q "$CHROOT/proc" || mount -t proc proc "$CHROOT/proc"
-  mountpoint -q "$CHROOT/sys" || mount -t sysfs sysfs "$CHROOT/sys"
-  mountpoint -q "$CHROOT/dev" || mount --bind /dev "$CHROOT/dev"
-}
-# unmount: undo mounts once no process has its root in the chroot (another
-# node of it, scripts/rabbitmq4.sh's or scripts/cluster.sh's, keeps them).
+# shellcheck source=scripts/lib-chroot.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib-chroot.sh"
+# unmount: undo chroot_mount once no process has its root in the chroot
+# (another node of it, scripts/rabbitmq4.sh's or scripts/cluster.sh's,
+# keeps the mounts).
 unmount() {
-  local real p m
-  real=$(readlink -f "$CHROOT")
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$real" ] && return 0
-  done
-  for m in dev sys proc; do
-    if mountpoint -q "$CHROOT/$m"; then umount "$CHROOT/$m" 2>/dev/null || umount -l "$CHROOT/$m" || true; fi
-  done
+  chroot_user "$CHROOT" >/dev/null && return 0
+  chroot_unmount "$CHROOT" || true
 }
 
 exists() {
@@ -150,7 +141,7 @@ up() {
   fi
   mkdir -p "$DIR"; chmod 755 "$DIR"; echo "$owner" >"$DIR/owner"
   net_up || { echo "network set-up failed"; down; exit 1; }
-  if [ -n "$CHROOT" ]; then mounts; fi
+  if [ -n "$CHROOT" ]; then chroot_mount "$CHROOT"; fi
   for i in $N; do
     local b=$DIR/n$i; mkdir -p $b/mnesia $b/log
     printf 'listeners.tcp.default = 5672\nloopback_users = none\ncluster_partition_handling = %s\nnet_ticktime = %s\n' \

@@ -66,6 +66,8 @@ CONF=/etc/rabbitmq/$NAME.conf             # inside the chroot
 PIDFILE=/var/lib/rabbitmq/mnesia/$NODE.pid # inside the chroot
 STARTLOG=/var/log/rabbitmq/$NAME-start.log # inside the chroot
 
+# shellcheck source=scripts/lib-chroot.sh
+source "$(dirname "$SELF")/lib-chroot.sh"
 say() { printf '%s\n' "$*" >&2; }
 die() { say "rabbitmq4.sh: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (chroot and mount need it)"
@@ -75,27 +77,14 @@ installed() {
     chroot "$DIR" dpkg-query -W -f='${db:Status-Status}' rabbitmq-server 2>/dev/null | grep -qx installed
 }
 
-mounts() {
-  mountpoint -q "$DIR/proc" || mount -t proc proc "$DIR/proc"
-  mountpoint -q "$DIR/sys" || mount -t sysfs sysfs "$DIR/sys"
-  mountpoint -q "$DIR/dev" || mount --bind /dev "$DIR/dev"
-}
-
 # Unmount, unless a process (another node from the same directory) still has its root in the chroot.
 unmounts() {
-  local p real
-  real=$(readlink -f "$DIR")
-  for p in /proc/[0-9]*; do
-    if [ "$(readlink "$p/root" 2>/dev/null)" = "$real" ]; then
-      say "a process still runs in $DIR (pid ${p#/proc/}): /proc, /sys, /dev stay mounted"
-      return 0
-    fi
-  done
-  local m
-  for m in dev sys proc; do
-    mountpoint -q "$DIR/$m" && { umount "$DIR/$m" 2>/dev/null || umount -l "$DIR/$m"; }
-  done
-  return 0
+  local pid
+  if pid=$(chroot_user "$DIR"); then
+    say "a process still runs in $DIR (pid $pid): /proc, /sys, /dev stay mounted"
+    return 0
+  fi
+  chroot_unmount "$DIR"
 }
 
 # in_chroot CMD...: runs CMD in the chroot as its rabbitmq user, with the node's environment and nothing else.
@@ -147,7 +136,7 @@ install_chroot() {
     chroot "$DIR" useradd -r -u "$RUID" -g rabbitmq -d /var/lib/rabbitmq -M -s /usr/sbin/nologin \
       -c "RabbitMQ messaging server" rabbitmq 2>/dev/null # (a warning: the uid is above SYS_UID_MAX)
   fi
-  mounts
+  chroot_mount "$DIR"
   say "apt-get install rabbitmq-server in the chroot"
   chroot "$DIR" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
     sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends rabbitmq-server && apt-get clean' \
@@ -176,7 +165,7 @@ usage_lines() {
 
 start() {
   install_chroot
-  mounts
+  chroot_mount "$DIR"
   if node_pid >/dev/null && ctl -q await_startup >/dev/null 2>&1; then
     say "$NODE already runs (pid $(node_pid)) on 127.0.0.1:$PORT"
     usage_lines
