@@ -94,3 +94,15 @@ func TestStalledAttachIsGivenUpOn(t *testing.T) {
 		t.Fatalf("ConsumerLost reported %d times for a consumer given up on", lostCount)
 	}
 }
+
+// The bound of an attach is the stall bound, doubled per attach given up
+// on that the broker answered after all (a slow broker), at most the bound
+// of a reply; attaches still unanswered (a stuck one) do not count.
+func TestAttachBound(t *testing.T) {
+	sess := &session{cfg: &settings{Config[Wiring]{ConfirmTimeout: 15 * time.Second, Heartbeat: 10 * time.Second}}}
+	for late, want := range []time.Duration{3750 * time.Millisecond, 7500 * time.Millisecond, 15 * time.Second, 20 * time.Second, 20 * time.Second} {
+		if got := attachBound(sess, late); got != want {
+			t.Errorf("after %d late answers: %s, want %s", late, got, want)
+		}
+	}
+}

@@ -102,7 +102,8 @@ type Config[A any] struct {
 	// declaration, a consumer started), at least two heartbeat intervals:
 	// past it the connection is deemed broken and replaced. A quarter of
 	// it bounds a consumer's attach: one unanswered by then is tried again
-	// on a fresh channel (twice as long after each in a row). A fifth of
+	// on a fresh channel (twice as long after each one the broker
+	// answered after all: a slow broker, not a stuck one). A fifth of
 	// it, at least 1 s, bounds a pulse on a link gone silent while
 	// confirms are owed, or while a consumer has had no delivery for 0.5 s
 	// (see the package doc). While the broker answers slowly (its confirms

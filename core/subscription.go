@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -38,6 +39,9 @@ type subscription struct {
 	// leftUnseen: its probe last left a node, and no node counted it or
 	// delivered to it since (idleprobe.go).
 	leftUnseen bool
+	// lateAttaches counts the attaches given up on that the broker
+	// answered after all, since the last attach (attachstall.go).
+	lateAttaches atomic.Int32
 }
 
 // reportFirst hands Subscribe the outcome of the first attempt to attach,
@@ -116,7 +120,6 @@ const minConsumerLife = time.Second
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
 	b := sub.s.cfg.Reconnect.newBackoff()
-	stalls := 0 // attaches in a row given up on: each waits twice as long
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -128,14 +131,12 @@ func (sub *subscription) attach() *consumer {
 			// keep waiting, the supervisor keeps dialing.
 			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
 		} else {
-			c, err := sub.open(sess, attachBound(sess, stalls))
+			c, err := sub.open(sess, attachBound(sess, int(sub.lateAttaches.Load())))
 			if sub.reportFirst(err) {
 				return nil // Subscribe returns err
 			}
-			if errors.As(err, new(*attachStalledError)) {
-				stalls++
-			}
 			if err == nil {
+				sub.lateAttaches.Store(0)
 				sub.s.sup.limit.opened(sub)
 				return c
 			}
