@@ -153,6 +153,7 @@ func (s *supervisor) run(sess *session) {
 			s.setState(StateClosed, nil, sess.uri)
 			return
 		}
+		s.dialer.lost(sess.uri, lost)
 		sess.end(0) // the connection is gone: nothing to close gracefully
 		sess = nil
 	}

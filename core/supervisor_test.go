@@ -1,6 +1,9 @@
 package core
 
 import (
+	"context"
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,3 +91,24 @@ func (nopMarshaler) Marshal(*message.Message) (amqp091.Publishing, error) {
 	return amqp091.Publishing{}, nil
 }
 func (nopMarshaler) Unmarshal(amqp091.Delivery) (*message.Message, error) { return nil, nil }
+
+// A round starts after the node last connected to, and tries the nodes out
+// of reach lately (a failed dial, a connection lost) after the others; a
+// node left on purpose (it answers, but confirms nothing) is not out of
+// reach. Seen in a partition: node 1 isolated, nodes 2 and 3 each left for
+// confirming nothing while the cluster recovered; the round after node 3
+// must not spend a DialTimeout on node 1 before node 2.
+func TestDialOrderTriesNodesOutOfReachLast(t *testing.T) {
+	uris := []string{"amqp://guest:guest@n1:5672/", "amqp://guest:guest@n2:5672/", "amqp://guest:guest@n3:5672/"}
+	d := newDialer(&settings{Config[Wiring]{AMQP: Wiring{URI: uris[0]}, FailoverURIs: uris[1:], FailoverInOrder: true}}, context.Background())
+	d.lost(redactURI(uris[0]), errors.New("a pulse failed"))
+	d.lost(redactURI(uris[1]), &unconfirmingNodeError{after: 7500 * time.Millisecond})
+	now := time.Now()
+	d.next = 0 // after node 3
+	if got := d.order(now); !slices.Equal(got, []int{1, 2, 0}) {
+		t.Fatalf("order %v, want [1 2 0]: node 1, out of reach, last", got)
+	}
+	if got := d.order(now.Add(outOfReachFor)); !slices.Equal(got, []int{0, 1, 2}) {
+		t.Fatalf("order %v a minute later, want [0 1 2]", got)
+	}
+}
