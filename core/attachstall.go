@@ -78,7 +78,7 @@ func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, er
 // startBounded starts a consumer on sess within the bound of a reply (see
 // awaitReply).
 func (sub *subscription) startBounded(sess *session) (o attachOutcome) {
-	o.err = sess.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+	o.err = sess.trust.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
 		o.c, err = sub.start(sess)
 		return err
 	})

@@ -9,25 +9,56 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // scriptedLane plays a lane for an attempt, without a broker: it claims
-// what it is handed and reports an outcome chosen by decide, after a random
-// delay, following the lane's rules (a cut attempt's later messages are held
-// back). It records what it acked.
+// what it is handed and tells a fact chosen by decide, after a random
+// delay, following the lane's rules (a stopped attempt's later messages are
+// not sent). It records what it acked.
 type scriptedLane struct {
-	intake chan *handoff
+	queue  chan *handoff
 	dead   chan struct{}
-	decide func(*rand.Rand, *outgoing) outcomeKind
+	decide func(*rand.Rand, *outgoing) laneAnswer
 
 	mu      sync.Mutex
 	acked   map[string]bool
 	handled map[string]int // claimed, by UUID
 }
 
-func newScriptedLane(decide func(*rand.Rand, *outgoing) outcomeKind) *scriptedLane {
+// laneAnswer is what a scripted lane tells of a message.
+type laneAnswer int
+
+const (
+	answerAcked laneAnswer = iota
+	answerNacked
+	answerLost     // with its channel, for the connection's loss
+	answerSuspect  // with its channel, for a reason that names no message
+	answerReturned // by its own queue
+	answerRefused  // too large to send
+)
+
+// fact is the fact a lane tells for a.
+func (a laneAnswer) fact() fact {
+	switch a {
+	case answerAcked:
+		return fact{kind: factAcked}
+	case answerNacked:
+		return fact{kind: factNacked}
+	case answerSuspect:
+		return fact{kind: factLost, cause: &amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - invalid message: {delivery_mode_unknown,7}", Server: true}, channelOnly: true}
+	case answerReturned:
+		return fact{kind: factReturned, returned: amqp091.Return{ReplyCode: 312, ReplyText: "NO_ROUTE"}}
+	case answerRefused:
+		return fact{kind: factRefused, cause: ErrMessageTooLarge}
+	}
+	return fact{kind: factLost, cause: errConnectionLost}
+}
+
+func newScriptedLane(decide func(*rand.Rand, *outgoing) laneAnswer) *scriptedLane {
 	return &scriptedLane{
-		intake:  make(chan *handoff, 16),
+		queue:   make(chan *handoff, 16),
 		dead:    make(chan struct{}),
 		decide:  decide,
 		acked:   make(map[string]bool),
@@ -42,7 +73,7 @@ func (l *scriptedLane) run(seed uint64, stop <-chan struct{}) {
 	var held []*handoff
 	defer func() {
 		for _, d := range held {
-			d.report(outcomeLost, errConnectionLost)
+			d.tell(fact{kind: factLost, cause: errConnectionLost})
 		}
 		close(l.dead)
 	}()
@@ -50,46 +81,38 @@ func (l *scriptedLane) run(seed uint64, stop <-chan struct{}) {
 		select {
 		case <-stop:
 			return
-		case d := <-l.intake:
+		case d := <-l.queue:
 			if !d.claim() {
 				continue
 			}
 			l.mu.Lock()
 			l.handled[d.msg.uuid]++
 			l.mu.Unlock()
-			if d.att.cut.Load() {
-				d.report(outcomeLost, errHeldBack)
+			if d.callStopped() {
+				d.tell(fact{kind: factUnsent, cause: errHeldBack})
 				continue
 			}
 			held = append(held, d)
 		case <-time.After(time.Duration(rng.IntN(200)) * time.Microsecond):
 		}
-		// Settle some of what is held, oldest first.
+		// Answer some of what is held, oldest first.
 		for len(held) > 0 && rng.IntN(3) > 0 {
 			d := held[0]
 			held = held[1:]
-			kind := l.decide(rng, d.msg)
-			var err error
-			switch kind {
-			case outcomeAcked:
+			answer := l.decide(rng, d.msg)
+			if answer == answerAcked {
 				l.mu.Lock()
 				l.acked[d.msg.uuid] = true
 				l.mu.Unlock()
-			case outcomeFailed:
-				err = ErrMessageTooLarge
-			case outcomeReturned:
-				err = errors.New("312 NO_ROUTE")
-			default:
-				err = errConnectionLost
 			}
-			d.report(kind, err)
-			if kind == outcomeLost {
+			d.tell(answer.fact())
+			if answer == answerLost {
 				// Lost with its channel, as in a real lane: every later
 				// message in flight on it is lost too, never confirmed
 				// ahead of it (when it was, under -race, the retry skipped
 				// messages 11 to 13 of TestAttemptCutKeepsCallOrder).
 				for _, later := range held {
-					later.report(outcomeLost, errConnectionLost)
+					later.tell(fact{kind: factLost, cause: errConnectionLost})
 				}
 				held = nil
 			}
@@ -105,10 +128,10 @@ func newOutgoing(n int) []*outgoing {
 	return msgs
 }
 
-// checkSettlement asserts the attempt's invariants: each message ended in
+// checkDecisions asserts the attempt's invariants: each message ended in
 // exactly one of confirmed, retry and failed; every message not listed in
 // retry or failed was acked by the lane; retry is in call order.
-func checkSettlement(t *testing.T, a *attempt, msgs []*outgoing, lane *scriptedLane) {
+func checkDecisions(t *testing.T, a *attempt, msgs []*outgoing, lane *scriptedLane) {
 	t.Helper()
 	if a.open != 0 {
 		t.Fatalf("%d messages still open after run", a.open)
@@ -160,17 +183,17 @@ func TestAttemptCancelledContextsAreCountedOnce(t *testing.T) {
 				cancels = append(cancels, cancel)
 			}
 		}
-		lane := newScriptedLane(func(*rand.Rand, *outgoing) outcomeKind { return outcomeAcked })
+		lane := newScriptedLane(func(*rand.Rand, *outgoing) laneAnswer { return answerAcked })
 		stop := make(chan struct{})
 		go lane.run(uint64(round), stop)
 
 		a := newAttempt(msgs, 0)
 		ctx, watch, release := watchedContext(msgs)
-		a.run(ctx, lane.intake, lane.dead, watch)
+		a.run(ctx, lane.queue, lane.dead, watch)
 		release()
 		close(stop)
 		<-lane.dead
-		checkSettlement(t, a, msgs, lane)
+		checkDecisions(t, a, msgs, lane)
 		for _, f := range a.failed {
 			if f.msg.index%2 == 1 {
 				t.Fatalf("round %d: %s has no deadline, yet failed: %v", round, f.msg.uuid, f.err)
@@ -191,7 +214,7 @@ func watchedContext(msgs []*outgoing) (context.Context, *contextWatch, func()) {
 }
 
 // Random outcomes, random cancellations, a call deadline and a session that
-// dies mid-attempt: whatever happens, every message is settled once and
+// dies mid-attempt: whatever happens, every message is decided once and
 // only acked ones go unlisted.
 func TestAttemptRandomized(t *testing.T) {
 	for round := range 300 {
@@ -204,8 +227,8 @@ func TestAttemptRandomized(t *testing.T) {
 				m.ctx = ctx
 			}
 		}
-		kinds := []outcomeKind{outcomeAcked, outcomeAcked, outcomeAcked, outcomeNacked, outcomeLost, outcomeSuspect, outcomeReturned, outcomeFailed}
-		lane := newScriptedLane(func(rng *rand.Rand, _ *outgoing) outcomeKind { return kinds[rng.IntN(len(kinds))] })
+		answers := []laneAnswer{answerAcked, answerAcked, answerAcked, answerNacked, answerLost, answerSuspect, answerReturned, answerRefused}
+		lane := newScriptedLane(func(rng *rand.Rand, _ *outgoing) laneAnswer { return answers[rng.IntN(len(answers))] })
 		stop := make(chan struct{})
 		go lane.run(uint64(round), stop)
 		// The session dies at a random moment, or never.
@@ -218,10 +241,10 @@ func TestAttemptRandomized(t *testing.T) {
 		a := newAttempt(msgs, rng.IntN(3)-1)
 		ctx, watch, release := watchedContext(msgs)
 		deadline, cancel := context.WithTimeout(ctx, time.Duration(1+rng.IntN(10))*time.Millisecond)
-		a.run(deadline, lane.intake, lane.dead, watch)
+		a.run(deadline, lane.queue, lane.dead, watch)
 		cancel()
 		release()
-		checkSettlement(t, a, msgs, lane)
+		checkDecisions(t, a, msgs, lane)
 	}
 }
 
@@ -229,18 +252,18 @@ func TestAttemptRandomized(t *testing.T) {
 // the attempt hands none over: they are all sent again, in order.
 func TestAttemptCutKeepsCallOrder(t *testing.T) {
 	msgs := newOutgoing(100)
-	lane := newScriptedLane(func(_ *rand.Rand, m *outgoing) outcomeKind {
+	lane := newScriptedLane(func(_ *rand.Rand, m *outgoing) laneAnswer {
 		if m.index == 10 {
-			return outcomeLost
+			return answerLost
 		}
-		return outcomeAcked
+		return answerAcked
 	})
 	stop := make(chan struct{})
 	defer close(stop)
 	go lane.run(1, stop)
 	a := newAttempt(msgs, 0)
-	a.run(context.Background(), lane.intake, lane.dead, nil)
-	checkSettlement(t, a, msgs, lane)
+	a.run(context.Background(), lane.queue, lane.dead, nil)
+	checkDecisions(t, a, msgs, lane)
 	if len(a.retry) == 0 || a.retry[0].index != 10 {
 		t.Fatalf("retry starts at %v, want the lost message 10", a.retry)
 	}
@@ -260,13 +283,13 @@ func TestAttemptNackPolicy(t *testing.T) {
 	}{{0, 100, false}, {2, 1, false}, {2, 2, true}, {-1, 0, true}} {
 		msgs := newOutgoing(1)
 		msgs[0].nacks = c.nacksBefore
-		lane := newScriptedLane(func(*rand.Rand, *outgoing) outcomeKind { return outcomeNacked })
+		lane := newScriptedLane(func(*rand.Rand, *outgoing) laneAnswer { return answerNacked })
 		stop := make(chan struct{})
 		go lane.run(1, stop)
 		a := newAttempt(msgs, c.maxRetries)
-		a.run(context.Background(), lane.intake, lane.dead, nil)
+		a.run(context.Background(), lane.queue, lane.dead, nil)
 		close(stop)
-		checkSettlement(t, a, msgs, lane)
+		checkDecisions(t, a, msgs, lane)
 		failed := len(a.failed) == 1 && errors.Is(a.failed[0].err, ErrNacked)
 		if failed != c.wantFailed || a.nacks != 1 {
 			t.Fatalf("MaxNackRetries %d after %d nacks: failed %v, want %v", c.maxRetries, c.nacksBefore, failed, c.wantFailed)
@@ -285,9 +308,9 @@ func TestAttemptConfirmBeatsAnEndedContext(t *testing.T) {
 		a := newAttempt(msgs, 0)
 		for i := range a.handoffs {
 			a.handoffs[i].claim()
-			a.handoffs[i].report(outcomeAcked, nil)
+			a.handoffs[i].tell(fact{kind: factAcked})
 		}
-		never := make(chan *handoff) // no lane reads: only the results and ctx are ready
+		never := make(chan *handoff) // no lane reads: only the facts and ctx are ready
 		a.run(ended, never, nil, nil)
 		if a.confirmed != len(msgs) {
 			t.Fatalf("round %d: %d of %d confirmed; failed %v", round, a.confirmed, len(msgs), a.failed)

@@ -73,6 +73,10 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 		failed = append(failed, a.failed...)
 		remaining = a.retry
 		p.reportAttempt(a)
+		// What the fates of its messages ask of the call (fate.go).
+		for _, exchange := range a.suspectExchanges {
+			sess.pub.topology.suspectExchange(exchange)
+		}
 		if a.returns > 0 {
 			sess.pub.topology.forget(topic)
 		}

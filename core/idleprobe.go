@@ -99,14 +99,14 @@ func (sub *subscription) probeIdle(c *consumer, p *idleProbe, heard, now time.Ti
 	if now.Before(p.next) {
 		return false
 	}
-	c.sess.startPulse() // none if one is out; a failed one cuts the link
+	c.sess.trust.startPulse() // none if one is out; a failed one cuts the link
 	if !sub.limit.quorum {
 		p.next = now.Add(p.every)
 		p.every = min(2*p.every, probeEveryMax)
 		return false
 	}
 	var q amqp091.Queue
-	err := c.sess.awaitReply("a passive declaration of "+sub.queue, func() (err error) {
+	err := c.sess.trust.awaitReply("a passive declaration of "+sub.queue, func() (err error) {
 		q, err = c.ch.QueueDeclarePassive(sub.queue, false, false, false, false, nil)
 		return err
 	})
@@ -131,6 +131,6 @@ func (sub *subscription) probeIdle(c *consumer, p *idleProbe, heard, now time.Ti
 	sub.leftUnseen = true
 	why := &queueLeaderUnreachableError{queue: sub.queue, idle: now.Sub(heard)}
 	sub.logger.Info("Leaving a node that cannot reach the queue's leader", watermill.LogFields{"reason": why.Error()}) // absorbed
-	c.sess.breakOff(why)
+	c.sess.trust.breakOff(why)
 	return true
 }

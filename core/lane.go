@@ -9,17 +9,23 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
+// Why a lane ended a channel of its own accord, the connection alive: what
+// the channel owed is sent again on a fresh one at once.
 var (
 	errConfirmTimeout = errors.New("confirm timeout: channel deemed stuck")
-	// errHeldBack: not sent, because an earlier message of the same call
-	// must be sent again first.
-	errHeldBack = fmt.Errorf("%w: held back behind an earlier message of the call", errConnectionLost)
 	// errReplaced: the lane replaced a channel the broker nacked on.
-	errReplaced = fmt.Errorf("%w: channel replaced after a nack", errConnectionLost)
+	errReplaced = errors.New("channel replaced after a nack")
 	// errStalled: the lane replaced a channel that confirmed nothing for
 	// stallBound while it owed confirms.
-	errStalled = fmt.Errorf("%w: channel replaced after confirming nothing for a while", errConnectionLost)
+	errStalled = errors.New("channel replaced after confirming nothing for a while")
 )
+
+// errHeldBack: not sent, because an earlier message of the same call must
+// be sent again first.
+var errHeldBack = errors.New("held back behind an earlier message of the call")
+
+// errTurnLost: not sent, because its channel ended before its turn came.
+var errTurnLost = errors.New("not sent: its channel ended before its turn")
 
 // How long a lane waits before reopening a channel, at first.
 const channelReopenBackoff = 50 * time.Millisecond
@@ -28,35 +34,42 @@ const channelReopenBackoff = 50 * time.Millisecond
 // claims handoffs from its queue, writes them, and matches the broker's
 // confirms to them by delivery tag, with up to MaxInFlight unconfirmed at
 // once. Nothing else touches the channel, so no lock is held around the
-// network. When the channel dies, the lane reports every unconfirmed
-// handoff to its caller (to be re-sent, or failed when the broker's reason
-// names it) and, while the connection lives, opens another.
+// network. It reports facts only (acked, nacked, returned, lost, not sent:
+// fact.go) to each handoff's attempt; what they mean for the message is
+// decided in fate.go. When the channel dies, the lane reports every handoff
+// it still holds as lost and, while the connection lives, opens another.
 //
-// A handoff marked solo (in flight when the broker closed a channel
-// without saying which message was at fault) is sent alone: the lane waits
-// until nothing else is in flight, sends it, and sends nothing more until
-// it is settled. If the channel dies then, it was the culprit. A body larger
-// than any the broker took on this connection goes alone too, so that a
-// size the broker refuses costs no other message (sizelimit.go).
+// A handoff marked alone (a suspect: in flight when the broker closed a
+// channel without saying which message was at fault) is sent alone: the
+// lane parks it until nothing else is in flight, sends it, and sends
+// nothing more until the broker answered it. If the channel dies then, it
+// was the culprit. A body larger than any the broker took on this
+// connection goes alone too, so that a size the broker refuses costs no
+// other message (sizelimit.go).
+//
+// A confirm is reported only when the session's trust says it may be
+// (trust.go): not while a pulse is out, nor once the connection was
+// broken off.
 type lane struct {
-	sess    *session
-	id      int
-	queue   chan *handoff // handoffs waiting to be claimed
-	logger  watermill.LoggerAdapter
+	sess   *session
+	id     int
+	queue  chan *handoff // handoffs waiting to be claimed
+	size   *sizeLimit    // what the connection learned of max_message_size
+	logger watermill.LoggerAdapter
+
 	pending inFlight
-	held    *handoff // a claimed solo handoff, waiting for pending to empty
+	// parked is a claimed handoff waiting for pending to empty: one that
+	// goes alone, or a mandatory message whose ID is in flight already.
+	parked *handoff
 	// returned holds mandatory messages the broker returned, by message ID,
 	// until their ack arrives (a return always precedes its ack). A return
 	// carries no delivery tag, only the message: so that it is pinned on
 	// the right one, no two mandatory messages with one ID are in flight on
 	// a channel at once (the same message published twice at once: the
-	// second is held until the channel is empty). mandatoryIDs counts those
-	// in flight.
+	// second is parked until the channel is empty). mandatoryIDs counts
+	// those in flight.
 	returned     map[string]amqp091.Return
 	mandatoryIDs map[string]int
-	// resumedAt is when the broker last unblocked the connection: time spent
-	// blocked does not count against ConfirmTimeout.
-	resumedAt time.Time
 	// heardAt is when the channel was opened or last confirmed a message:
 	// one that owes confirms and hears nothing for stallBound is replaced.
 	heardAt time.Time
@@ -87,6 +100,7 @@ func newLane(sess *session, id int) *lane {
 		sess:     sess,
 		id:       id,
 		queue:    make(chan *handoff, sess.cfg.MaxInFlight),
+		size:     &sess.pub.size,
 		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
 		returned: make(map[string]amqp091.Return),
 
@@ -99,7 +113,7 @@ func (l *lane) run() {
 	for {
 		ch := l.open()
 		if ch == nil {
-			l.failPending(nil, false)
+			l.lose(nil, false)
 			return
 		}
 		// A new channel: whatever ended the last one (a nack, a time-out, the
@@ -109,7 +123,7 @@ func (l *lane) run() {
 		cause := l.serve(ch)
 		// amqp091-go marks the connection closed before it closes its
 		// channels: a channel that died alone sees it open.
-		l.failPending(cause, !l.sess.conn.IsClosed())
+		l.lose(cause, !l.sess.conn.IsClosed())
 		if cause == nil {
 			return
 		}
@@ -142,7 +156,7 @@ func (l *lane) open() *amqp091.Channel {
 	wait := channelReopenBackoff
 	for {
 		var ch *amqp091.Channel
-		err := l.sess.awaitReply("a publishing channel's opening", func() (err error) {
+		err := l.sess.trust.awaitReply("a publishing channel's opening", func() (err error) {
 			if ch, err = l.sess.openChannel(); err != nil {
 				return err
 			}
@@ -176,17 +190,18 @@ type laneKey int
 
 // canTake reports whether the lane may claim another handoff now.
 func (l *lane) canTake(window int) bool {
-	if l.replace || l.held != nil || l.pending.len() >= window {
+	if l.replace || l.parked != nil || l.pending.len() >= window {
 		return false
 	}
 	head := l.pending.oldest()
-	return head == nil || !head.solo // nothing goes out beside a solo one
+	return head == nil || !head.alone // nothing goes out beside one that goes alone
 }
 
 // serve runs the channel until it dies, returning why, or until the session
 // ends, returning nil.
 func (l *lane) serve(ch *amqp091.Channel) error {
 	window := l.sess.cfg.MaxInFlight
+	trust := &l.sess.trust
 	// Confirms are read from each message's DeferredConfirmation, oldest
 	// first, rather than from NotifyPublish: amqp091-go hands a NotifyPublish
 	// listener one confirmation per tag, arming a timer for each, so a
@@ -197,22 +212,16 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 	watchdog := time.NewTicker(pulseAfter / 2)
 	defer watchdog.Stop()
 
-	wasBlocked := false
 	for {
-		blocked, flowChanged := l.sess.flowNow()
-		if wasBlocked && !blocked {
-			l.resumedAt = time.Now()
-		}
-		wasBlocked = blocked
-		var intake <-chan *handoff
+		blocked, flowChanged := trust.flowNow()
+		var claimable <-chan *handoff
 		if !blocked && l.canTake(window) {
-			intake = l.queue
+			claimable = l.queue
 		}
-		// No confirm is reported while a pulse is out (pulse.go): wait for
-		// its answer first.
+		// A confirm that arrived waits while a pulse is out (trust.go).
 		var oldestDone <-chan struct{}
-		pulse := l.sess.pulseOutstanding()
-		if head := l.pending.oldest(); head != nil && pulse == nil && !l.sess.distrust.Load() {
+		believable, pulse := trust.gate()
+		if head := l.pending.oldest(); head != nil && believable {
 			oldestDone = head.dc.Done()
 		}
 		select {
@@ -220,7 +229,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			return nil
 		case <-flowChanged:
 		case <-pulse:
-		case d := <-intake:
+		case d := <-claimable:
 			l.take(ch, d)
 			if len(l.queue) > 0 && l.canTake(window) {
 				// A run is queued behind it (a batch, or many callers): take
@@ -262,38 +271,36 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.retire(ch, returns)
 				return errReplaced
 			}
-			if l.pending.len() == 0 && l.held != nil {
-				d := l.held
-				l.held = nil
+			if l.pending.len() == 0 && l.parked != nil {
+				d := l.parked
+				l.parked = nil
 				l.send(ch, d)
 			}
 		case e, ok := <-closed:
 			l.readConfirmsAfterClose(returns)
 			return closeCause(e, ok)
 		case <-watchdog.C:
-			if blocked, _ := l.sess.flowNow(); blocked {
+			if blocked, _ := trust.flowNow(); blocked {
 				continue
 			}
 			head := l.pending.oldest()
 			if head == nil {
 				continue
 			}
-			owedFor := time.Since(later(head.sentAt, l.resumedAt))
-			if owedFor > pulseAfter && l.sess.sock.silentFor() > pulseAfter {
-				l.sess.startPulse() // dark, or busy? See pulse.go.
-			}
-			if isDone(head.dc.Done()) || l.sess.pulseOutstanding() != nil {
+			owedFor := trust.waitedSince(head.sentAt)
+			trust.owed(owedFor) // dark, or busy? A pulse tells.
+			if isDone(head.dc.Done()) || trust.pulseOutstanding() != nil {
 				continue // a confirm a pulse holds, or one being read
 			}
 			// As configured, unless the broker answers slowly (pace.go).
 			confirmTimeout := l.sess.pace.stretch(l.sess.cfg.ConfirmTimeout)
 			if leave := leaveBound(confirmTimeout); l.unheard > 0 && l.sess.canLeaveNode() &&
-				time.Since(later(later(l.waitingSince, l.sess.lastConfirm()), l.resumedAt)) > leave {
+				trust.waitedSince(later(l.waitingSince, l.sess.lastConfirm())) > leave {
 				// Nothing confirmed on this connection for leaveBound,
 				// though its channels were replaced meanwhile (stalled):
 				// leave the node for another URI. See unconfirming.go.
 				noteNodeLeft(l.sess.uri) // for a Subscriber on it (nodesleft.go)
-				l.sess.breakOff(&unconfirmingNodeError{after: leave})
+				trust.breakOff(&unconfirmingNodeError{after: leave})
 				continue // the connection's end follows
 			}
 			if owedFor > confirmTimeout {
@@ -303,7 +310,7 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 				l.giveUpOn(ch, returns)
 				return errConfirmTimeout
 			}
-			if stalled := time.Since(later(later(head.sentAt, l.heardAt), l.resumedAt)); stalled > stallBound(confirmTimeout) && !l.sess.sock.writing() {
+			if stalled := trust.waitedSince(later(head.sentAt, l.heardAt)); stalled > stallBound(confirmTimeout) && !l.sess.sock.writing() {
 				l.logger.Info("No confirm on the channel for a while: replacing it to re-send", watermill.LogFields{
 					"unconfirmed": l.pending.len(), "stalled": stalled.Round(time.Millisecond).String()})
 				l.giveUpOn(ch, returns)
@@ -325,7 +332,7 @@ func (l *lane) giveUpOn(ch *amqp091.Channel, returns <-chan amqp091.Return) {
 
 // retire gives up on ch at once, without waiting for the broker: the
 // confirms that arrived are reported, what is still owed stays pending for
-// failPending (sent again on a fresh channel now), and ch is closed in the
+// lose (sent again on a fresh channel now), and ch is closed in the
 // background (closeInBackground). A stuck channel never holds a message:
 // its broker may answer the close only much later (a channel bound to a
 // quorum queue leader on the far side of a partition answers after the
@@ -335,21 +342,14 @@ func (l *lane) retire(ch *amqp091.Channel, returns <-chan amqp091.Return) {
 	var owed inFlight
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
-		if isDone(d.dc.Done()) && l.sess.confirmsBelievable() && (d.dc.Acked() || !ch.IsClosed()) {
-			l.report(d, d.dc.Acked(), returns)
+		if isDone(d.dc.Done()) && l.sess.trust.believable() && (d.dc.Acked() || !ch.IsClosed()) {
+			l.answered(d, d.dc.Acked(), returns)
 			continue
 		}
 		owed.push(d)
 	}
 	l.pending = owed
 	l.sess.closeInBackground(ch)
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // closeCause is why a channel closed, from its close notification.
@@ -360,10 +360,9 @@ func closeCause(e *amqp091.Error, ok bool) error {
 	return errConnectionLost
 }
 
-// take claims d and sends it, unless its caller gave up on it, or an earlier
-// message of its call must be sent again first, or it must go alone (a
-// suspect), or a mandatory message with its ID is in flight: then it is held
-// until the channel is empty.
+// take claims d and sends it, unless its caller gave up on it, or it is
+// larger than the broker takes, or it must go alone, or a mandatory message
+// with its ID is in flight: then it is parked until the channel is empty.
 func (l *lane) take(ch *amqp091.Channel, d *handoff) {
 	if !d.claim() {
 		return // its caller gave up on it
@@ -374,23 +373,23 @@ func (l *lane) take(ch *amqp091.Channel, d *handoff) {
 	// A body larger than any the broker took on this connection goes alone
 	// too: if the broker refuses it, it loses no other message its channel
 	// (sizelimit.go).
-	d.solo = d.solo || l.sess.pub.size.alone(len(d.msg.publishing.Body))
-	if l.pending.len() > 0 && (d.solo || d.msg.mandatory && l.mandatoryIDs[d.msg.publishing.MessageId] > 0) {
-		l.held = d
+	d.alone = d.alone || l.size.alone(len(d.msg.publishing.Body))
+	if l.pending.len() > 0 && (d.alone || d.msg.mandatory && l.mandatoryIDs[d.msg.publishing.MessageId] > 0) {
+		l.parked = d
 		return
 	}
 	l.send(ch, d)
 }
 
-// refuseOversized fails d at once when its body is larger than the limit
+// refuseOversized refuses d at once when its body is larger than the limit
 // the broker named when it refused another one on this connection: sent,
 // it would only close the channel again.
 func (l *lane) refuseOversized(d *handoff) bool {
 	n := len(d.msg.publishing.Body)
-	limit, over := l.sess.pub.size.over(n)
+	limit, over := l.size.over(n)
 	if over {
-		d.report(outcomeFailed, fmt.Errorf("%w: %s has %d bytes, more than the broker's max_message_size (%d, as it said when it refused a message on this connection); not sent",
-			ErrMessageTooLarge, d.msg.uuid, n, limit))
+		d.tell(fact{kind: factRefused, cause: fmt.Errorf("%w: %s has %d bytes, more than the broker's max_message_size (%d, as it said when it refused a message on this connection); not sent",
+			ErrMessageTooLarge, d.msg.uuid, n, limit)})
 	}
 	return over
 }
@@ -411,20 +410,20 @@ func (l *lane) forgetMandatoryID(d *handoff) {
 
 func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 	m := d.msg
-	if d.att.cut.Load() {
-		d.report(outcomeLost, errHeldBack)
+	if d.callStopped() {
+		d.tell(fact{kind: factUnsent, cause: errHeldBack})
 		return
 	}
 	if err := m.ctx.Err(); err != nil {
-		d.report(outcomeFailed, messageContextEnded(m))
+		d.tell(fact{kind: factRefused, cause: messageContextEnded(m)})
 		return
 	}
 	if l.refuseOversized(d) {
 		return
 	}
 	if frameMax := l.sess.conn.Config.FrameSize; frameMax > 0 && m.headerFrame > frameMax {
-		d.report(outcomeFailed, fmt.Errorf("%w: %s has %d bytes of properties and headers, more than the connection's frame_max (%d), which would close the connection",
-			ErrMessageTooLarge, m.uuid, m.headerFrame, frameMax))
+		d.tell(fact{kind: factRefused, cause: fmt.Errorf("%w: %s has %d bytes of properties and headers, more than the connection's frame_max (%d), which would close the connection",
+			ErrMessageTooLarge, m.uuid, m.headerFrame, frameMax)})
 		return
 	}
 	dc, err := ch.PublishWithDeferredConfirm(m.exchange, m.routingKey, m.mandatory, false, m.publishing)
@@ -432,23 +431,138 @@ func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 		// A write error: the channel or connection is going, and its close
 		// notification follows. (What amqp091-go cannot encode never gets
 		// here: Publish validates properties and headers first.)
-		d.report(outcomeLost, fmt.Errorf("%w: %w", errConnectionLost, err))
+		d.tell(fact{kind: factLost, cause: fmt.Errorf("%w: %w", errConnectionLost, err)})
 		return
 	}
 	if dc == nil {
 		// amqp091-go gives none when the channel is not in confirm mode,
 		// which open made sure of; never wait on nothing.
-		d.report(outcomeLost, fmt.Errorf("%w: channel not in confirm mode", errConnectionLost))
+		d.tell(fact{kind: factLost, cause: fmt.Errorf("%w: channel not in confirm mode", errConnectionLost)})
 		return
 	}
 	d.dc, d.sentAt = dc, time.Now()
 	l.pending.push(d)
-	if l.sess.sock.silentFor() > pulseAfter {
-		// Sent on a link silent for a while (idle, or dark): a pulse
-		// after it, before its confirm is believed. See pulse.go.
-		l.sess.startPulse()
-	}
+	l.sess.trust.sent()
 	if m.mandatory {
 		l.mandatoryIDs[m.publishing.MessageId]++
 	}
+}
+
+// readConfirms reports the oldest messages whose confirmation has arrived, in
+// order, and stops at the first still waiting. It returns false when it
+// meets a confirmation resolved negatively because the channel ended
+// (amqp091-go resolves every outstanding one so when a channel closes): that
+// is no nack, and stays pending for lose.
+func (l *lane) readConfirms(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
+	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
+		if !l.sess.trust.believable() {
+			return true // a pulse is out: the lane waits for it
+		}
+		select {
+		case <-head.dc.Done():
+		default:
+			return true
+		}
+		// A channel marks itself closed before it resolves its confirmations.
+		if !head.dc.Acked() && ch.IsClosed() {
+			return false
+		}
+		l.answered(l.pending.pop(), head.dc.Acked(), returns)
+	}
+	return true
+}
+
+// readConfirmsAfterClose reports, once the channel is closed, the messages the
+// broker confirmed before it closed, unless the session's trust holds them
+// (a pulse out or unanswered); the others stay pending for lose.
+// amqp091-go resolves every outstanding confirmation as it closes a
+// channel, so the wait is short; it ends with the session anyway.
+func (l *lane) readConfirmsAfterClose(returns <-chan amqp091.Return) {
+	var unconfirmed inFlight
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		select {
+		case <-d.dc.Done():
+			if d.dc.Acked() && l.sess.trust.believable() {
+				l.answered(d, true, returns)
+				continue
+			}
+		case <-l.sess.stopping:
+		}
+		unconfirmed.push(d)
+	}
+	l.pending = unconfirmed
+}
+
+// collectReturns takes the returns the broker sent so far. amqp091-go hands
+// a return over before it resolves the ack of the same message, so
+// collecting them once that ack is seen attributes every one.
+func (l *lane) collectReturns(returns <-chan amqp091.Return) {
+	for {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				return
+			}
+			l.returned[r.MessageId] = r
+		default:
+			return
+		}
+	}
+}
+
+// answered tells d's attempt how the broker answered it: acked, nacked, or
+// returned (and acked).
+func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
+	l.forgetMandatoryID(d)
+	m := d.msg
+	if m.mandatory {
+		l.collectReturns(returns)
+	}
+	r, wasReturned := l.returned[m.publishing.MessageId]
+	if wasReturned {
+		delete(l.returned, m.publishing.MessageId)
+	}
+	switch {
+	case !acked:
+		l.replace = l.replace || time.Since(l.openedAt) >= nackReplaceMinAge
+		d.tell(fact{kind: factNacked})
+	case wasReturned && m.mandatory:
+		d.tell(fact{kind: factReturned, returned: r})
+	default:
+		d.tell(fact{kind: factAcked})
+	}
+	if acked {
+		l.sess.pace.observe(l.sess.trust.waitedSince(d.sentAt))
+		l.size.took(len(m.publishing.Body))
+		l.heardAt, l.unheard = time.Now(), 0
+		l.sess.confirmed()
+	}
+	if l.pending.len() == 0 {
+		clear(l.returned)
+	}
+}
+
+// lose reports every handoff the lane holds once its channel is gone
+// (cause, nil when the session ends; channelOnly: the connection lives):
+// those in flight as lost, the one parked as not sent. A size limit the
+// broker named in cause is learned first: larger bodies are refused before
+// they are sent from now on, on every lane of the connection.
+func (l *lane) lose(cause error, channelOnly bool) {
+	if cause == nil {
+		cause = errConnectionLost
+	}
+	if limit := blameFor(cause).sizeLimit; limit > 0 {
+		l.size.refuse(limit)
+	}
+	for l.pending.len() > 0 {
+		d := l.pending.pop()
+		l.forgetMandatoryID(d)
+		d.tell(fact{kind: factLost, cause: cause, channelOnly: channelOnly})
+	}
+	if l.parked != nil {
+		l.parked.tell(fact{kind: factUnsent, cause: errTurnLost})
+		l.parked = nil
+	}
+	clear(l.returned)
 }

@@ -68,6 +68,6 @@ func (sub *subscription) followPublisherOff(c *consumer, heard time.Time) bool {
 	}
 	sub.logger.Info("Leaving a node a publisher of this process left, with nothing delivered since", // absorbed
 		watermill.LogFields{"silent": time.Since(heard).Round(time.Millisecond).String()})
-	c.sess.breakOff(&nodeLeftError{})
+	c.sess.trust.breakOff(&nodeLeftError{})
 	return true
 }

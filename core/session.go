@@ -42,15 +42,12 @@ type session struct {
 	closed   chan *amqp091.Error
 	blocking chan amqp091.Blocking
 
-	flow atomic.Pointer[flowState] // read by every lane at every step: no lock
-
-	brokenBy atomic.Pointer[error]         // set by breakOff: why the socket was cut
 	closedBy atomic.Pointer[amqp091.Error] // set by the supervisor: why the broker closed the connection
 	// confirmedAt is when a message was last confirmed on the connection
 	// (UnixNano; its opening at first): see unconfirming.go.
 	confirmedAt atomic.Int64
-	pace        pace // how fast the broker answers: see pace.go
-	pulseState
+	pace        pace  // how fast the broker answers: see pace.go
+	trust       trust // whether its confirms can be believed: see trust.go
 }
 
 func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapter) *session {
@@ -66,7 +63,7 @@ func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapt
 		stopping: make(chan struct{}),
 		dead:     make(chan struct{}),
 	}
-	sess.flow.Store(&flowState{changed: make(chan struct{})})
+	sess.trust.init(sess)
 	sess.confirmed()
 	return sess
 }
@@ -112,28 +109,6 @@ func (sess *session) end(grace time.Duration) {
 	close(sess.dead)
 }
 
-// flowState is whether the broker blocks the connection, and the channel
-// closed when that changes.
-type flowState struct {
-	blocked bool
-	changed chan struct{}
-}
-
-// setBlocked is called by the supervisor goroutine only.
-func (sess *session) setBlocked(blocked bool) {
-	old := sess.flow.Load()
-	if old.blocked == blocked {
-		return
-	}
-	sess.flow.Store(&flowState{blocked: blocked, changed: make(chan struct{})})
-	close(old.changed)
-}
-
-func (sess *session) flowNow() (blocked bool, changed <-chan struct{}) {
-	f := sess.flow.Load()
-	return f.blocked, f.changed
-}
-
 // goTracked runs f on a goroutine the session waits for when it ends, and
 // reports false (not running f) once it is ending: for callers the session
 // does not count (a subscription's goroutine), whose Add could otherwise
@@ -160,7 +135,7 @@ func (sess *session) goTracked(f func()) bool {
 // closed asynchronously: right after a reset, calls already fail with raw
 // network errors while IsClosed is still false, so the error itself decides.
 func (sess *session) channelErr(err error) error {
-	if why := sess.brokenCause(); why != nil {
+	if why := sess.trust.brokenCause(); why != nil {
 		return why // matches errConnectionLost
 	}
 	if isTransientQueueRefusal(err) {

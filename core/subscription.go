@@ -85,7 +85,7 @@ func (sub *subscription) run() {
 		sub.logger.Info("Consuming", watermill.LogFields{"connection": c.sess.id})
 		started := time.Now()
 		stopping := sub.consume(c)
-		_ = c.sess.awaitReply("a consuming channel's closing", c.ch.Close) // unacked deliveries go back to the queue
+		_ = c.sess.trust.awaitReply("a consuming channel's closing", c.ch.Close) // unacked deliveries go back to the queue
 		<-c.dead
 		if c.cancelled && c.why == nil && !stopping {
 			// Its channel lived on: reported here, not on its closing.

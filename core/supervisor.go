@@ -238,7 +238,7 @@ func (s *supervisor) logReconnected(sess *session, attempts int) {
 func (s *supervisor) countResent(n int) { s.resent.Add(int64(n)) }
 
 func (s *supervisor) install(sess *session) {
-	sess.keepPulse()
+	sess.trust.keepPulse()
 	if s.startSession != nil {
 		s.startSession(sess)
 	}
@@ -281,7 +281,7 @@ func (s *supervisor) watch(sess *session) error {
 		case <-s.stopping:
 			return nil
 		case err, ok := <-sess.closed:
-			if why := sess.brokenCause(); why != nil {
+			if why := sess.trust.brokenCause(); why != nil {
 				return why
 			}
 			if !ok || err == nil {
@@ -294,7 +294,7 @@ func (s *supervisor) watch(sess *session) error {
 				blocked = nil // closed with the connection: sess.closed says why
 				continue
 			}
-			sess.setBlocked(b.Active)
+			sess.trust.setBlocked(b.Active)
 			if b.Active {
 				s.logger.Info("AMQP connection blocked by the broker: sending paused", watermill.LogFields{"reason": b.Reason})
 				s.setState(StateBlocked, fmt.Errorf("blocked: %s", b.Reason), sess.uri)

@@ -161,7 +161,7 @@ func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.C
 	if sess.pub != nil && sess.conn.Config.ChannelMax == 1 {
 		return fmt.Errorf("%w: channel_max is 1 and the publishing channel holds it: none is left to declare %s on", ErrChannelLimit, topic)
 	}
-	err := sess.awaitReply("a declaration of "+topic, func() error {
+	err := sess.trust.awaitReply("a declaration of "+topic, func() error {
 		ch, err := sess.openChannel()
 		if err != nil {
 			return err

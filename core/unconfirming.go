@@ -87,6 +87,6 @@ func (sess *session) closeInBackground(ch *amqp091.Channel) {
 	sess.wg.Add(1) // the lane calling this is counted: safe
 	go func() {
 		defer sess.wg.Done()
-		_ = sess.awaitReply("a replaced publishing channel's closing", ch.Close)
+		_ = sess.trust.awaitReply("a replaced publishing channel's closing", ch.Close)
 	}()
 }

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +11,35 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
+
+// outgoing is one message of a Publish call, marshaled and validated once,
+// and owned by that call's goroutine across every attempt to send it.
+type outgoing struct {
+	index      int // in the Publish call
+	uuid       string
+	ctx        context.Context
+	exchange   string
+	routingKey string
+	// mandatory: sent with the mandatory flag, because the user asked for
+	// it or because ownQueue.
+	mandatory bool
+	// ownQueue: it goes to a queue the publisher declares itself, so a
+	// return means the queue vanished under the live connection: declare it
+	// again and re-send, rather than let the broker confirm and drop it.
+	ownQueue bool
+	// exclusive: it goes to an exclusive queue, a subscriber's, that exists
+	// only while its connection holds it (Publisher.subscriberQueue).
+	exclusive   bool
+	publishing  amqp091.Publishing
+	headerFrame int // the size of its header frame (frame.go)
+
+	slot    int // its handoff's index in the current attempt
+	nacks   int // broker nacks so far
+	returns int // returns from its own queue so far
+	// suspect: in flight when the broker closed a channel for a reason
+	// that names no message (fate.go): sent alone from then on.
+	suspect bool
+}
 
 // prepare marshals and validates every message before any is sent.
 func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgoing, error) {
