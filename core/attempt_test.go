@@ -205,7 +205,7 @@ func TestAttemptCancelledContextsAreCountedOnce(t *testing.T) {
 	}
 }
 
-// watchedContext is a call's context the way callContext makes it, without
+// watchedContext is a call's context the way call.context makes it, without
 // a publisher.
 func watchedContext(msgs []*outgoing) (context.Context, *contextWatch, func()) {
 	base, cancel := context.WithCancelCause(context.Background())

@@ -24,9 +24,21 @@ const (
 	nackBackoffBase = 50 * time.Millisecond
 )
 
-// publish runs attempts until every message is confirmed or failed, and
+// call is one Publish call, from its messages' preparation to its answer:
+// it runs attempts (attempt.go) on the current connection's lanes, applies
+// what the fates of their messages ask of it (fate.go: a pause after
+// nacks, a declaration again, an exchange to check), and answers nil only
+// once every message was confirmed.
+type call struct {
+	p     *Publisher
+	topic string
+	batch []*outgoing
+}
+
+// run runs attempts until every message is confirmed or failed, and
 // returns nil only if every one was confirmed.
-func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
+func (c *call) run() (err error) {
+	p, topic, batch := c.p, c.topic, c.batch
 	start := time.Now()
 	p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
 	defer func() {
@@ -34,7 +46,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 			p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err, Handler: handlerOf(batch)})
 		}
 	}()
-	ctx, watch, release := p.callContext(batch)
+	ctx, watch, release := c.context()
 	defer release()
 
 	var failed []failure
@@ -51,7 +63,7 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 			failed = failAll(failed, remaining, refused.(error))
 			break
 		}
-		if err := sess.pub.topology.ensure(ctx, topic, batch[0].exchange, p.declareTopic); err != nil {
+		if err := sess.pub.topology.ensure(ctx, topic, batch[0].exchange, p.buildTopic); err != nil {
 			if isTransientQueueRefusal(err) {
 				p.refusedTopics.Store(topic, err)
 			}
@@ -72,14 +84,8 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 		a.run(ctx, lane.queue, sess.dead, watch)
 		failed = append(failed, a.failed...)
 		remaining = a.retry
-		p.reportAttempt(a)
-		// What the fates of its messages ask of the call (fate.go).
-		for _, exchange := range a.suspectExchanges {
-			sess.pub.topology.suspectExchange(exchange)
-		}
-		if a.returns > 0 {
-			sess.pub.topology.forget(topic)
-		}
+		c.report(a)
+		c.apply(a, sess)
 		switch {
 		case len(remaining) == 0:
 		case a.nacks > 0:
@@ -97,7 +103,20 @@ func (p *Publisher) publish(topic string, batch []*outgoing) (err error) {
 	if len(failed) == 0 {
 		return nil
 	}
-	return p.publishError(topic, failed)
+	return c.fail(failed)
+}
+
+// apply does what the fates of a's messages ask of the call before its
+// next attempt, on the connection they were sent on: check a suspect
+// exchange, declare a topic whose queue vanished again. (The pause after
+// nacks is run's.)
+func (c *call) apply(a *attempt, sess *session) {
+	for _, exchange := range a.suspectExchanges {
+		sess.pub.topology.suspectExchange(exchange)
+	}
+	if a.returns > 0 {
+		sess.pub.topology.forget(c.topic)
+	}
 }
 
 // handlerOf names the Router handler whose output batch is, "" if none.
@@ -108,8 +127,9 @@ func handlerOf(batch []*outgoing) string {
 	return message.HandlerNameFromCtx(batch[0].ctx)
 }
 
-// reportAttempt emits what an attempt's messages came to.
-func (p *Publisher) reportAttempt(a *attempt) {
+// report emits what an attempt's messages came to.
+func (c *call) report(a *attempt) {
+	p := c.p
 	p.sup.countResent(len(a.retry))
 	if p.cfg.OnEvent == nil {
 		return
@@ -141,11 +161,12 @@ func failAll(failed []failure, msgs []*outgoing, err error) []failure {
 	return failed
 }
 
-// callContext is the context of one Publish call, which ends when Close
-// gives up on it (its cause is ErrClosed), after PublishTimeout, or once
-// every message's Context() has ended; and the watch of the messages'
-// contexts (nil when none can end).
-func (p *Publisher) callContext(batch []*outgoing) (ctx context.Context, watch *contextWatch, release func()) {
+// context is the context of the call, which ends when Close gives up on it
+// (its cause is ErrClosed), after PublishTimeout, or once every message's
+// Context() has ended; and the watch of the messages' contexts (nil when
+// none can end).
+func (c *call) context() (ctx context.Context, watch *contextWatch, release func()) {
+	p, batch := c.p, c.batch
 	base, cancelBase := context.WithCancelCause(p.abortCtx)
 	// The bound starts now, before the watch of many contexts is set up.
 	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
@@ -179,10 +200,12 @@ func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) {
 	}
 }
 
-// publishError names the failed messages in call order, with the most
-// telling cause: a permanent one if any, so that IsPermanent errs on the
-// side of not retrying a publish that cannot succeed.
-func (p *Publisher) publishError(topic string, failed []failure) error {
+// fail is the call's answer when messages failed: a PublishError naming
+// them in call order, with the most telling cause: a permanent one if any,
+// so that IsPermanent errs on the side of not retrying a publish that
+// cannot succeed.
+func (c *call) fail(failed []failure) error {
+	p, topic := c.p, c.topic
 	slices.SortFunc(failed, func(x, y failure) int { return x.msg.index - y.msg.index })
 	ids := make([]string, len(failed))
 	var cause error

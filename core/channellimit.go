@@ -1,12 +1,10 @@
 package core
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // channelLimit is the one way a Publisher's lanes and a Subscriber's
@@ -28,17 +26,6 @@ type channelLimit struct {
 
 func newChannelLimit(cfg *settings, logger watermill.LoggerAdapter) *channelLimit {
 	return &channelLimit{cfg: cfg, logger: logger, refused: make(map[any]error)}
-}
-
-// openChannel opens a channel on sess, or fails with ErrChannelLimit naming
-// the negotiated channel_max when none is left.
-func (sess *session) openChannel() (*amqp091.Channel, error) {
-	ch, err := sess.conn.Channel()
-	if errors.Is(err, amqp091.ErrChannelMax) {
-		return nil, fmt.Errorf("%w: the connection has %d channel(s) open, as many as the broker's channel_max allows: %w",
-			ErrChannelLimit, sess.conn.Config.ChannelMax, err)
-	}
-	return ch, err
 }
 
 // refusedBy records that who (named what, for the log) could not open a

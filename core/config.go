@@ -1,12 +1,8 @@
 package core
 
 import (
-	"errors"
-	"fmt"
 	"strings"
 	"time"
-
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // Defaults of the knobs of Config, each documented on its field. Each
@@ -155,20 +151,6 @@ type Config[A any] struct {
 	OnStateChange func(StateChange)
 }
 
-// Backoff is the exponential backoff with jitter between dial attempts.
-// Reconnecting never gives up before Close.
-type Backoff struct {
-	// InitialWait before the first redial. Default 100 ms.
-	InitialWait time.Duration
-	// MaxWait caps the wait between attempts. Default 3 s.
-	MaxWait time.Duration
-	// Multiplier grows the wait after each failed attempt. Default 2.
-	Multiplier float64
-	// Jitter randomizes each wait by ±Jitter×wait. Default 0.5; NoJitter
-	// (-1) for none.
-	Jitter float64
-}
-
 // ValidatePublisher reports every problem of cfg, read through w, for a
 // Publisher, at once; ValidateSubscriber for a Subscriber. The front doors'
 // Config.Validate call them. Errors match ErrConfig and never contain a
@@ -180,95 +162,6 @@ func ValidatePublisher[A any](cfg Config[A], w Wiring) error {
 // ValidateSubscriber: see ValidatePublisher.
 func ValidateSubscriber[A any](cfg Config[A], w Wiring) error {
 	return newSettings(cfg, w, defaultSubscriberConnectionName).validate(false)
-}
-
-// validate checks what a publisher (publishing) or a subscriber needs.
-func (c *settings) validate(publishing bool) error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	uris := append([]string{c.AMQP.URI}, c.FailoverURIs...)
-	for i, uri := range uris {
-		if uri == "" {
-			if i == 0 {
-				add("AMQP.Connection.AmqpURI is empty")
-			} else {
-				add("FailoverURIs[%d] is empty", i-1)
-			}
-			continue
-		}
-		parsed, err := amqp091.ParseURI(uri)
-		switch {
-		case err != nil:
-			// The parser's own text may quote a piece of the password (a '#',
-			// '/' or '?' in it ends the authority early): none of it here.
-			add("URI %s cannot be parsed (%s); percent-encode reserved characters in the user name and password", redactURI(uri), uriProblem(err))
-		case parsed.Port < 1 || parsed.Port > 65535:
-			add("URI %s: port %d out of range", redactURI(uri), parsed.Port)
-		}
-	}
-	if c.AMQP.Marshaler == nil {
-		add("AMQP.Marshaler is nil")
-	}
-	if c.AMQP.ExchangeName == nil {
-		add("AMQP.Exchange.GenerateName is nil")
-	}
-	if publishing {
-		if c.AMQP.RoutingKey == nil {
-			add("AMQP.Publish.GenerateRoutingKey is nil")
-		}
-		if c.AMQP.Immediate {
-			add("AMQP.Publish.Immediate is not supported by RabbitMQ")
-		}
-		if c.AMQP.Transactional {
-			add("AMQP.Publish.Transactional is not supported: publisher confirms are always on")
-		}
-	} else if c.AMQP.QueueName == nil {
-		add("AMQP.Queue.GenerateName is nil")
-	}
-	if c.AMQP.AMQPConfig != nil && c.AMQP.AMQPConfig.Recovery != nil {
-		add("AMQP.Connection.AmqpConfig.Recovery must be nil: this publisher owns reconnection")
-	}
-	for name, d := range map[string]time.Duration{
-		"Heartbeat": c.Heartbeat, "DialTimeout": c.DialTimeout, "PublishTimeout": c.PublishTimeout,
-		"ConfirmTimeout": c.ConfirmTimeout, "CloseTimeout": c.CloseTimeout,
-		"Reconnect.InitialWait": c.Reconnect.InitialWait, "Reconnect.MaxWait": c.Reconnect.MaxWait,
-	} {
-		if d < 0 {
-			add("%s is negative (%s)", name, d)
-		}
-	}
-	if c.Reconnect.MaxWait > 0 && c.Reconnect.InitialWait > c.Reconnect.MaxWait {
-		add("Reconnect.InitialWait (%s) exceeds Reconnect.MaxWait (%s)", c.Reconnect.InitialWait, c.Reconnect.MaxWait)
-	}
-	if c.Reconnect.Multiplier != 0 && c.Reconnect.Multiplier < 1 {
-		add("Reconnect.Multiplier must be at least 1, got %v", c.Reconnect.Multiplier)
-	}
-	if (c.Reconnect.Jitter < 0 || c.Reconnect.Jitter > 1) && c.Reconnect.Jitter != NoJitter {
-		add("Reconnect.Jitter must be within [0, 1] or NoJitter, got %v", c.Reconnect.Jitter)
-	}
-	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
-		add("Heartbeat must be at least 1s (AMQP counts whole seconds), got %s", c.Heartbeat)
-	}
-	if c.ConfirmTimeout > 0 && c.ConfirmTimeout < 100*time.Millisecond {
-		add("ConfirmTimeout must be at least 100ms, got %s", c.ConfirmTimeout)
-	}
-	if c.Channels < 0 || c.Channels > 1024 {
-		add("Channels must be within [1, 1024], got %d", c.Channels)
-	}
-	if c.MaxInFlight < 0 || c.MaxInFlight > 65535 {
-		add("MaxInFlight must be within [1, 65535], got %d", c.MaxInFlight)
-	}
-	if c.MaxNackRetries < -1 {
-		add("MaxNackRetries must be -1 (none) or more, got %d", c.MaxNackRetries)
-	}
-	if c.MaxMessageSize < 0 {
-		add("MaxMessageSize is negative (%d)", c.MaxMessageSize)
-	}
-	if len(errs) == 0 {
-		return nil
-	}
-	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
 }
 
 // uriProblem names what amqp091-go found wrong with a URI, without quoting

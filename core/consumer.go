@@ -4,7 +4,6 @@ import (
 	"errors"
 	"sync"
 
-	"github.com/ThreeDotsLabs/watermill"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -28,62 +27,10 @@ type consumer struct {
 // the broker cancelled it (basic.cancel: its queue was deleted).
 var errConsumerCancelled = errors.New("consumer cancelled by the broker")
 
-// start opens a channel, declares the topology on it, sets the prefetch
-// and starts consuming. A failure at any step closes the channel.
-func (sub *subscription) start(sess *session) (*consumer, error) {
-	cfg := sub.s.cfg.AMQP
-	ch, err := sess.openChannel()
-	if err != nil {
-		return nil, err
-	}
-	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
-	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
-	go func() { // ends when amqp091-go closes the notification channel
-		for e := range closed {
-			if sess.conn.IsClosed() { // part of the connection's loss, which the supervisor logs
-				sub.logger.Debug("Channel closed with its connection", watermill.LogFields{"reason": e.Error()})
-			} else {
-				sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
-			}
-			c.mu.Lock()
-			c.why = e
-			report := c.started && !c.reported
-			c.reported = c.reported || report
-			c.mu.Unlock()
-			if report {
-				sub.reportLost(e)
-			}
-		}
-		close(c.dead)
-	}()
-	fail := func(err error) (*consumer, error) {
-		_ = ch.Close()
-		<-c.dead
-		return nil, err
-	}
-	if err := cfg.BuildTopology(ch, sub.topic, sub.queue, sub.exchange, sub.logger); err != nil {
-		return fail(err)
-	}
-	if q := cfg.Consume; q.PrefetchCount != 0 || q.PrefetchSize != 0 {
-		// Per consumer, whatever Qos.Global says: this channel has one
-		// consumer, so it is the same limit, and quorum queues refuse a
-		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
-		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
-			return fail(err)
-		}
-	}
-	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
-		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
-	if err != nil {
-		return fail(err)
-	}
-	return c, nil // started by the subscription: see markStarted
-}
-
 // markStarted makes c's loss reportable, once the subscription took it as
 // its consumer (open): one lost before (its topology refused, say) is a
 // failed attach, and one whose attach was given up on is no one's loss
-// (attachstall.go). Reported once, whether its channel closed before this
+// (attachhandoff.go). Reported once, whether its channel closed before this
 // point or after.
 func (c *consumer) markStarted(sub *subscription) {
 	c.mu.Lock()
@@ -97,10 +44,12 @@ func (c *consumer) markStarted(sub *subscription) {
 	}
 }
 
-// reportLost reports a consumer lost while the subscription runs: not one
-// that Close or the subscription's end takes down.
-func (sub *subscription) reportLost(why error) {
-	if sub.ctx.Err() == nil {
-		sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: why})
-	}
+// abandon closes the channel of a consumer whose attach was given up on
+// (never started: its loss is no one's to report), and what it was sent
+// goes back to the queue. The close's answer is not bounded: once the
+// broker read the close, its consumer is gone whatever becomes of the
+// answer, and the session's end frees the wait at the latest.
+func (c *consumer) abandon() {
+	_ = c.ch.Close()
+	<-c.dead
 }

@@ -1,3 +1,36 @@
+// Where things live: one type per file, named after it, and its methods
+// with it. From the bottom up:
+//
+//	the link        socket.go (the TCP socket under amqp091-go: cut, cork,
+//	                silence), frame.go, tls.go, dial.go (dialer: URIs, their
+//	                order, the handshake), redact.go
+//	the connection  supervisor.go (dials, watches, redials; owns the
+//	                session), session.go (one live connection and what dies
+//	                with it), trust.go (whether its confirms can be believed:
+//	                pulses, reply bounds, breaking off, time blocked),
+//	                pace.go, channellimit.go, unconfirming.go (nodes that
+//	                answer but do not confirm), nodesleft.go, state.go,
+//	                backoff.go
+//	publishing      publisher.go, outgoing.go (a message marshaled and
+//	                checked, and prepare, which builds it), call.go (one
+//	                Publish: attempts, and what their messages' fates ask),
+//	                attempt.go (one try on one lane), handoff.go (a message
+//	                handed to a lane), lane.go (a confirm-mode channel and its
+//	                goroutine), inflight.go, fact.go (what a lane saw become
+//	                of a message), fate.go (what that means: the only place
+//	                that decides), blame.go (which message a channel's close
+//	                names), sizelimit.go, topology.go, publishing.go (the
+//	                publisher's part of a session), contextwatch.go,
+//	                closing.go
+//	consuming       subscriber.go, subscription.go (one topic's goroutine:
+//	                attach, consume, hand out, ack), consumer.go (one
+//	                channel's consumer), attachhandoff.go (an attach given
+//	                up on), idleprobe.go, prefetchnotice.go, unmarshal.go,
+//	                deliverylimit.go
+//	the contract    config.go, settings.go, wiring.go, errors.go,
+//	                brokerreply.go (what each reply code means), events.go,
+//	                supervised.go
+
 // Package core is a watermill message.Publisher for RabbitMQ that keeps
 // publishing through connection faults and returns nil only for messages the
 // broker has confirmed, and a message.Subscriber that keeps consuming through
@@ -63,7 +96,7 @@
 //     consumer count, and leaves a node that cannot count it (the queue's
 //     leader out of reach: idleprobe.go). A consumer's attach unanswered
 //     within a quarter of ConfirmTimeout is tried again on a fresh channel
-//     (attachstall.go).
+//     (attachhandoff.go).
 //   - Permanent faults fail fast with typed errors and no retry loop:
 //     ErrAccessRefused, ErrNotFound (exchange, vhost), ErrPreconditionFailed
 //     (declare, a property the broker refuses), ErrMessageTooLarge (the
@@ -120,8 +153,11 @@
 // Each live connection is a session: Config.Channels publishing lanes, each a
 // confirm-mode channel owned by exactly one goroutine, which writes the
 // messages handed to it, with up to Config.MaxInFlight unconfirmed, and
-// settles them in delivery-tag order from their deferred confirmations,
-// waiting on the oldest only, so that a multiple-ack wakes it once. The lane
+// matches the broker's answers to them in delivery-tag order from their
+// deferred confirmations, waiting on the oldest only, so that a
+// multiple-ack wakes it once. It reports a confirm only when the session's
+// trust allows (trust.go: never while a pulse is out, nor once the
+// connection was broken off). The lane
 // drains every notification channel it registers, and sizes them to its
 // window, so amqp091-go never blocks on it. amqp091-go writes each publish
 // to the socket on its own; a lane with a run of messages queued corks the
@@ -136,13 +172,14 @@
 // lane), hands the messages to one lane as one attempt, and waits. Each
 // message of an attempt ends it confirmed, to be sent again, or failed, and
 // is counted once, whichever comes first of the lane's report, the end of
-// its Context() and the loss of the session. A lane whose channel dies
-// reports every unconfirmed message back: when the broker's reason names
-// the culprits (an exchange, a size limit, a user_id, an expiration) those
-// fail; when it names none, every message in flight becomes a suspect, sent
-// alone next time. The others go to the next attempt, on a new channel or
-// connection, in call order. Config.OnEvent reports what happens, for
-// metrics.
+// its Context() and the loss of the session. The lane reports facts only
+// (acked, nacked, returned, lost with its channel); fate.go alone decides
+// what each means. A lane whose channel dies reports every unconfirmed
+// message lost: when the broker's reason names the culprits (an exchange, a
+// size limit, a user_id, an expiration) those fail; when it names none,
+// every message in flight becomes a suspect, sent alone next time. The
+// others go to the next attempt, on a new channel or connection, in call
+// order. Config.OnEvent reports what happens, for metrics.
 //
 // # Consuming
 //

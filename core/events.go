@@ -200,10 +200,3 @@ var errorClasses = []struct {
 // isTimeoutText: amqp091-go reports a read deadline that expired (a silent
 // peer) as a FrameError whose reason is the socket error's text.
 func isTimeoutText(reason string) bool { return strings.HasSuffix(reason, "i/o timeout") }
-
-// emit sends e to the configured OnEvent, if any.
-func (c *settings) emit(e Event) {
-	if c.OnEvent != nil {
-		c.OnEvent(e)
-	}
-}

@@ -19,7 +19,7 @@ import (
 // consumer with another URI to go to that has had no delivery for
 // probeAfterIdle probes:
 //
-//   - it asks for a pulse at once (pulse.go): a dark link is cut within the
+//   - it asks for a pulse at once (trust.go): a dark link is cut within the
 //     pulse's bound (3 s by default);
 //   - for a quorum queue, it asks its node how many consumers the queue
 //     has (a passive declaration on its channel). RabbitMQ answers with
@@ -90,12 +90,12 @@ func (e *queueLeaderUnreachableError) Error() string {
 // next one.
 func (*queueLeaderUnreachableError) Unwrap() error { return errConnectionLost }
 
-// probeIdle probes c's node when a probe is due (heard: c's last delivery,
+// probe probes c's node when a probe is due (heard: c's last delivery,
 // or its start), and breaks the connection off once the node counted no
 // consumer of the queue unseenInARow times in a row; it reports whether it
 // did. Called on each leave check, only for a session that can leave its
 // node.
-func (sub *subscription) probeIdle(c *consumer, p *idleProbe, heard, now time.Time) (left bool) {
+func (p *idleProbe) probe(sub *subscription, c *consumer, heard, now time.Time) (left bool) {
 	if now.Before(p.next) {
 		return false
 	}

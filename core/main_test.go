@@ -3,11 +3,12 @@ package core
 import (
 	"testing"
 
-	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"go.uber.org/goleak"
 )
 
-// Most tests here need no broker (a scripted peer stands in for it); the
-// few that do are marked with brokertest.Need. Goroutine leaks fail the run.
+// No test here needs a broker: a scripted AMQP peer (peer_test.go) or a
+// scripted lane (attempt_test.go) stands in for it, so the package runs
+// where no RabbitMQ does. Goroutine leaks fail the run.
 func TestMain(m *testing.M) {
-	brokertest.Main(m, nil)
+	goleak.VerifyTestMain(m)
 }

@@ -3,8 +3,6 @@ package core
 import (
 	"sync"
 	"time"
-
-	"github.com/ThreeDotsLabs/watermill"
 )
 
 // A consumer on the minority side of a partition (autoheal, or
@@ -57,17 +55,4 @@ func leaveChecks(sess *session) (tick <-chan time.Time, stop func()) {
 	}
 	t := time.NewTicker(leaveCheckEvery)
 	return t.C, t.Stop
-}
-
-// followPublisherOff breaks c's connection off when a Publisher of this
-// process left its node after heard, the consumer's last delivery (or its
-// start), and reports whether it did.
-func (sub *subscription) followPublisherOff(c *consumer, heard time.Time) bool {
-	if !nodeLeftSince(c.sess.uri, heard) {
-		return false
-	}
-	sub.logger.Info("Leaving a node a publisher of this process left, with nothing delivered since", // absorbed
-		watermill.LogFields{"silent": time.Since(heard).Round(time.Millisecond).String()})
-	c.sess.trust.breakOff(&nodeLeftError{})
-	return true
 }

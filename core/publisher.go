@@ -35,7 +35,7 @@ type Publisher struct {
 	abandonedMu sync.Mutex
 	abandoned   []string // UUIDs left unconfirmed because of Close
 
-	declareTopic func(*amqp091.Channel, string) error // p.declare, bound once
+	buildTopic func(*amqp091.Channel, string) error // p.buildTopology, bound once
 
 	// refusedTopics holds, by topic, why the broker refused its transient
 	// queue (brokerreply.go): it is not declared again by this publisher,
@@ -68,7 +68,7 @@ func NewPublisher[A any](config Config[A], w Wiring, logger watermill.LoggerAdap
 		login:        loginUser(cfg),
 		timeoutCause: fmt.Errorf("%w (%s)", errPublishTimeout, cfg.PublishTimeout),
 	}
-	p.declareTopic = p.declare
+	p.buildTopic = p.buildTopology
 	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
 	connection, err := startSupervised(cfg, logger, startPublishing)
 	if err != nil {
@@ -107,7 +107,7 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	return p.publish(topic, batch)
+	return (&call{p: p, topic: topic, batch: batch}).run()
 }
 
 // refused reports a call that failed before anything was sent.
@@ -149,8 +149,9 @@ func (p *Publisher) subscriberQueue(topic, exchange, routingKey string) string {
 	return ""
 }
 
-// declare is the topology of topic, run once per topic per connection.
-func (p *Publisher) declare(ch *amqp091.Channel, topic string) error {
+// buildTopology declares the topology of topic on ch, run once per topic
+// per connection.
+func (p *Publisher) buildTopology(ch *amqp091.Channel, topic string) error {
 	if exchange := p.cfg.AMQP.ExchangeName(topic); exchange != "" {
 		return p.cfg.AMQP.DeclareExchange(ch, exchange)
 	}

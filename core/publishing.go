@@ -19,7 +19,7 @@ type publishing struct {
 // startPublishing starts sess's publishing part: Config.Channels lanes,
 // fewer if the broker's channel_max says so (two channels stay: for
 // declarations, and for pulses), and at least one. With channel_max 2
-// there is no channel for a pulse (none is sent: see pulse.go); with 1,
+// there is no channel for a pulse (none is sent: see trust.go); with 1,
 // none to declare topology on either: a Publish that must declare fails
 // with ErrChannelLimit (channellimit.go).
 func startPublishing(sess *session) {

@@ -1,6 +1,8 @@
 package core
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,4 +154,64 @@ func (sess *session) channelErr(err error) error {
 		return errConnectionLost
 	}
 	return classifyBroker(err)
+}
+
+// openChannel opens a channel on sess, or fails with ErrChannelLimit naming
+// the negotiated channel_max when none is left.
+func (sess *session) openChannel() (*amqp091.Channel, error) {
+	ch, err := sess.conn.Channel()
+	if errors.Is(err, amqp091.ErrChannelMax) {
+		return nil, fmt.Errorf("%w: the connection has %d channel(s) open, as many as the broker's channel_max allows: %w",
+			ErrChannelLimit, sess.conn.Config.ChannelMax, err)
+	}
+	return ch, err
+}
+
+// declareOnFreshChannel uses a channel of its own, so that a declaration the
+// broker rejects (which closes the channel) harms no lane.
+//
+// With channel_max 1 a publisher's lane holds the connection's only
+// channel: a declaration fails at once with ErrChannelLimit, rather than
+// race the lane for it (and win or lose by timing alone).
+func (sess *session) declareOnFreshChannel(topic string, build func(*amqp091.Channel, string) error) error {
+	if sess.pub != nil && sess.conn.Config.ChannelMax == 1 {
+		return fmt.Errorf("%w: channel_max is 1 and the publishing channel holds it: none is left to declare %s on", ErrChannelLimit, topic)
+	}
+	err := sess.trust.awaitReply("a declaration of "+topic, func() error {
+		ch, err := sess.openChannel()
+		if err != nil {
+			return err
+		}
+		err = build(ch, topic)
+		_ = ch.Close() // declared or not, the channel has done its job
+		return err
+	})
+	if err == nil {
+		return nil
+	}
+	return sess.channelErr(err)
+}
+
+// canLeaveNode reports whether there is another URI to fail over to.
+func (sess *session) canLeaveNode() bool { return len(sess.cfg.FailoverURIs) > 0 }
+
+// confirmed records that the broker confirmed a message on this connection.
+func (sess *session) confirmed() { sess.confirmedAt.Store(time.Now().UnixNano()) }
+
+// lastConfirm is when the broker last confirmed a message on this
+// connection, or when the connection opened.
+func (sess *session) lastConfirm() time.Time { return time.Unix(0, sess.confirmedAt.Load()) }
+
+// closeInBackground closes a channel a lane gave up on, waiting for the
+// broker's close-ok in a goroutine of the session, so that no one else
+// waits. It is bounded as any request is (awaitReply: unanswered within
+// replyBound, the connection is deemed broken and cut, as a lost reply
+// means bytes were lost), and it ends with the session at the latest: the
+// session's end cuts the socket, which frees the wait.
+func (sess *session) closeInBackground(ch *amqp091.Channel) {
+	sess.wg.Add(1) // the lane calling this is counted: safe
+	go func() {
+		defer sess.wg.Done()
+		_ = sess.trust.awaitReply("a replaced publishing channel's closing", ch.Close)
+	}()
 }

@@ -13,7 +13,7 @@ import "sync/atomic"
 //     body up to it is safe, and goes out pipelined as usual;
 //   - a larger body goes alone on its channel (a lane waits until nothing
 //     else is in flight, sends it, and sends nothing more until it is
-//     settled), so that a refusal costs no other message; confirmed, it
+//     answered), so that a refusal costs no other message; confirmed, it
 //     raises taken. Over a connection's life only the bodies that are
 //     larger than every one before go alone: a handful, for sizes that
 //     vary at random (the records of a random sequence: about ln n of n);

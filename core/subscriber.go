@@ -190,7 +190,7 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 			}
 			return err
 		}
-		err = s.declare(ctx, sess, topic, queue, exchange)
+		err = s.declareTopology(ctx, sess, topic, queue, exchange)
 		if s.closeCtx.Err() != nil {
 			return ErrClosed
 		}
@@ -248,14 +248,14 @@ func (s *Subscriber) declareIfConnected(ctx context.Context, topic, queue, excha
 	if sess == nil {
 		return errConnectionLost
 	}
-	return s.declare(ctx, sess, topic, queue, exchange)
+	return s.declareTopology(ctx, sess, topic, queue, exchange)
 }
 
-// declare declares topic's topology on sess, on a goroutine of its own, and
+// declareTopology declares topic's topology on sess, on a goroutine of its own, and
 // waits for it or for ctx: a declaration on a link that froze lasts until
 // the socket is cut, and its caller need not wait that long. The caller
 // holds s.subs, so that Close waits for the goroutine too.
-func (s *Subscriber) declare(ctx context.Context, sess *session, topic, queue, exchange string) error {
+func (s *Subscriber) declareTopology(ctx context.Context, sess *session, topic, queue, exchange string) error {
 	done := make(chan error, 1)
 	s.subs.Add(1)
 	go func() {

@@ -40,7 +40,7 @@ type subscription struct {
 	// delivered to it since (idleprobe.go).
 	leftUnseen bool
 	// lateAttaches counts the attaches given up on that the broker
-	// answered after all, since the last attach (attachstall.go).
+	// answered after all, since the last attach (attachhandoff.go).
 	lateAttaches atomic.Int32
 }
 
@@ -190,7 +190,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	for {
 		select {
 		case now := <-leaveCheck:
-			if sub.followPublisherOff(c, heard) || sub.probeIdle(c, &probe, heard, now) {
+			if sub.followPublisherOff(c, heard) || probe.probe(sub, c, heard, now) {
 				return false
 			}
 		case <-idleOver:
@@ -356,3 +356,143 @@ func (sub *subscription) settle(c *consumer, err error, what EventKind, handler 
 // idleReattach is how long a consumer may go without a delivery before it
 // attaches again: five heartbeat intervals (50 s by default).
 func idleReattach(heartbeat time.Duration) time.Duration { return 5 * heartbeat }
+
+// open starts a consumer on sess, and waits for it at most bound: an
+// attach unanswered by then is given up on, and open returns an
+// attachStalledError. The attach itself is bounded as any request is
+// (startBounded). One that may not be given up on is only that.
+func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
+	if !sub.mayGiveUp() {
+		return sub.started(sess, sub.startBounded(sess))
+	}
+	h := newAttachHandoff()
+	if !sess.goTracked(func() {
+		o := sub.startBounded(sess)
+		if !h.deliver(o) && o.c != nil {
+			sub.lateAttaches.Add(1)
+			o.c.abandon()
+		}
+	}) {
+		return nil, errConnectionLost
+	}
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	var o attachOutcome
+	var givenUp error // what open returns if the attach is given up on
+	select {
+	case o = <-h.done:
+	case <-timer.C:
+		givenUp = &attachStalledError{queue: sub.queue, after: bound}
+	case <-sub.ctx.Done():
+		givenUp = errConnectionLost // the subscription ends: nothing to report
+	}
+	if givenUp != nil {
+		var arrived bool
+		if o, arrived = h.giveUp(); !arrived {
+			return nil, givenUp
+		}
+	}
+	return sub.started(sess, o)
+}
+
+// startBounded starts a consumer on sess within the bound of a reply (see
+// awaitReply).
+func (sub *subscription) startBounded(sess *session) (o attachOutcome) {
+	o.err = sess.trust.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
+		o.c, err = sub.start(sess)
+		return err
+	})
+	return o
+}
+
+// started takes the consumer of an attach that ended with o as the
+// subscription's, or says why there is none.
+func (sub *subscription) started(sess *session, o attachOutcome) (*consumer, error) {
+	if o.err != nil {
+		return nil, sess.channelErr(o.err)
+	}
+	o.c.markStarted(sub)
+	return o.c, nil
+}
+
+// mayGiveUp reports whether an attach of sub may be given up on: not for
+// an auto-delete queue (closing a late consumer that is its only one
+// deletes it) nor an exclusive consumer (the late one and the fresh one
+// would race for the queue).
+func (sub *subscription) mayGiveUp() bool {
+	cfg := sub.s.cfg.AMQP
+	return !cfg.QueueAutoDelete && !cfg.Consume.Exclusive
+}
+
+// start opens a channel, declares the topology on it, sets the prefetch
+// and starts consuming. A failure at any step closes the channel.
+func (sub *subscription) start(sess *session) (*consumer, error) {
+	cfg := sub.s.cfg.AMQP
+	ch, err := sess.openChannel()
+	if err != nil {
+		return nil, err
+	}
+	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	go func() { // ends when amqp091-go closes the notification channel
+		for e := range closed {
+			if sess.conn.IsClosed() { // part of the connection's loss, which the supervisor logs
+				sub.logger.Debug("Channel closed with its connection", watermill.LogFields{"reason": e.Error()})
+			} else {
+				sub.logger.Info("Channel closed", watermill.LogFields{"reason": e.Error()})
+			}
+			c.mu.Lock()
+			c.why = e
+			report := c.started && !c.reported
+			c.reported = c.reported || report
+			c.mu.Unlock()
+			if report {
+				sub.reportLost(e)
+			}
+		}
+		close(c.dead)
+	}()
+	fail := func(err error) (*consumer, error) {
+		_ = ch.Close()
+		<-c.dead
+		return nil, err
+	}
+	if err := cfg.BuildTopology(ch, sub.topic, sub.queue, sub.exchange, sub.logger); err != nil {
+		return fail(err)
+	}
+	if q := cfg.Consume; q.PrefetchCount != 0 || q.PrefetchSize != 0 {
+		// Per consumer, whatever Qos.Global says: this channel has one
+		// consumer, so it is the same limit, and quorum queues refuse a
+		// global one (540 NOT_IMPLEMENTED, closing the whole connection).
+		if err := ch.Qos(q.PrefetchCount, q.PrefetchSize, false); err != nil {
+			return fail(err)
+		}
+	}
+	c.deliveries, err = ch.Consume(sub.queue, cfg.Consume.Consumer, false,
+		cfg.Consume.Exclusive, cfg.Consume.NoLocal, cfg.Consume.NoWait, cfg.Consume.Arguments)
+	if err != nil {
+		return fail(err)
+	}
+	return c, nil // started by the subscription: see markStarted
+}
+
+// reportLost reports a consumer lost while the subscription runs: not one
+// that Close or the subscription's end takes down.
+func (sub *subscription) reportLost(why error) {
+	if sub.ctx.Err() == nil {
+		sub.s.cfg.emit(Event{Kind: ConsumerLost, Err: why})
+	}
+}
+
+// followPublisherOff breaks c's connection off when a Publisher of this
+// process left its node after heard, the consumer's last delivery (or its
+// start), and reports whether it did.
+func (sub *subscription) followPublisherOff(c *consumer, heard time.Time) bool {
+	if !nodeLeftSince(c.sess.uri, heard) {
+		return false
+	}
+	sub.logger.Info("Leaving a node a publisher of this process left, with nothing delivered since", // absorbed
+		watermill.LogFields{"silent": time.Since(heard).Round(time.Millisecond).String()})
+	c.sess.trust.breakOff(&nodeLeftError{})
+	return true
+}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/cenkalti/backoff/v5"
 )
 
 // supervisor owns the AMQP connection: it dials, watches NotifyClose and
@@ -157,18 +156,6 @@ func (s *supervisor) run(sess *session) {
 		sess.end(0) // the connection is gone: nothing to close gracefully
 		sess = nil
 	}
-}
-
-// newBackoff is a fresh backoff with these settings, for one loop of
-// retries.
-func (r Backoff) newBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = r.InitialWait
-	b.MaxInterval = r.MaxWait
-	b.Multiplier = r.Multiplier
-	b.RandomizationFactor = r.Jitter
-	b.Reset()
-	return b
 }
 
 // redial dials with a fresh exponential backoff until it connects or the

@@ -3,7 +3,6 @@ package core
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -81,7 +80,7 @@ func isDone(ch <-chan struct{}) bool {
 
 // ensure declares what topic needs, once per connection. A failed
 // declaration is forgotten, so the next publish tries again.
-func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, declare func(*amqp091.Channel, string) error) error {
+func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, build func(*amqp091.Channel, string) error) error {
 	c.mu.Lock()
 	if c.ended {
 		c.mu.Unlock()
@@ -94,7 +93,7 @@ func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, decl
 		c.sess.wg.Add(1)
 		// Declared on a goroutine of the session's, not the caller's, so a
 		// caller whose context ends never waits on a stuck RPC.
-		go c.declare(topic, e, c.suspect[exchange], declare)
+		go c.declareEntry(topic, e, c.suspect[exchange], build)
 	}
 	c.mu.Unlock()
 	if isDone(e.done) { // declared already, the usual case
@@ -124,11 +123,13 @@ func (c *topologyCache) ensure(ctx context.Context, topic, exchange string, decl
 	}
 }
 
-func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, declare func(*amqp091.Channel, string) error) {
+// declareEntry runs e, the declaration of topic (build, checking the
+// exchange when it is a suspect: verify), and records how it went.
+func (c *topologyCache) declareEntry(topic string, e *topologyEntry, verify bool, build func(*amqp091.Channel, string) error) {
 	defer c.sess.wg.Done()
 	defer close(e.done)
 	e.err = c.sess.declareOnFreshChannel(topic, func(ch *amqp091.Channel, topic string) error {
-		if err := declare(ch, topic); err != nil || !verify {
+		if err := build(ch, topic); err != nil || !verify {
 			return err
 		}
 		// Type and flags are not checked by a passive declare.
@@ -149,29 +150,4 @@ func (c *topologyCache) declare(topic string, e *topologyEntry, verify bool, dec
 			c.sess.logger.Info("Cannot declare topology yet", watermill.LogFields{"topic": topic, "reason": e.err.Error()})
 		}
 	}
-}
-
-// declareOnFreshChannel uses a channel of its own, so that a declaration the
-// broker rejects (which closes the channel) harms no lane.
-//
-// With channel_max 1 a publisher's lane holds the connection's only
-// channel: a declaration fails at once with ErrChannelLimit, rather than
-// race the lane for it (and win or lose by timing alone).
-func (sess *session) declareOnFreshChannel(topic string, declare func(*amqp091.Channel, string) error) error {
-	if sess.pub != nil && sess.conn.Config.ChannelMax == 1 {
-		return fmt.Errorf("%w: channel_max is 1 and the publishing channel holds it: none is left to declare %s on", ErrChannelLimit, topic)
-	}
-	err := sess.trust.awaitReply("a declaration of "+topic, func() error {
-		ch, err := sess.openChannel()
-		if err != nil {
-			return err
-		}
-		err = declare(ch, topic)
-		_ = ch.Close() // declared or not, the channel has done its job
-		return err
-	})
-	if err == nil {
-		return nil
-	}
-	return sess.channelErr(err)
 }

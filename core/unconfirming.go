@@ -3,8 +3,6 @@ package core
 import (
 	"fmt"
 	"time"
-
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // Channels and nodes that answer but do not confirm.
@@ -66,27 +64,3 @@ func (e *unconfirmingNodeError) Error() string {
 // Unwrap makes it a lost connection: what was in flight is re-sent on the
 // next one.
 func (e *unconfirmingNodeError) Unwrap() error { return errConnectionLost }
-
-// canLeaveNode reports whether there is another URI to fail over to.
-func (sess *session) canLeaveNode() bool { return len(sess.cfg.FailoverURIs) > 0 }
-
-// confirmed records that the broker confirmed a message on this connection.
-func (sess *session) confirmed() { sess.confirmedAt.Store(time.Now().UnixNano()) }
-
-// lastConfirm is when the broker last confirmed a message on this
-// connection, or when the connection opened.
-func (sess *session) lastConfirm() time.Time { return time.Unix(0, sess.confirmedAt.Load()) }
-
-// closeInBackground closes a channel a lane gave up on, waiting for the
-// broker's close-ok in a goroutine of the session, so that no one else
-// waits. It is bounded as any request is (awaitReply: unanswered within
-// replyBound, the connection is deemed broken and cut, as a lost reply
-// means bytes were lost), and it ends with the session at the latest: the
-// session's end cuts the socket, which frees the wait.
-func (sess *session) closeInBackground(ch *amqp091.Channel) {
-	sess.wg.Add(1) // the lane calling this is counted: safe
-	go func() {
-		defer sess.wg.Done()
-		_ = sess.trust.awaitReply("a replaced publishing channel's closing", ch.Close)
-	}()
-}

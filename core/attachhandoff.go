@@ -37,64 +37,6 @@ import (
 // on the next one. Not for an auto-delete queue nor an exclusive consumer
 // (mayGiveUp): those only wait as any request does.
 
-// open starts a consumer on sess, and waits for it at most bound: an
-// attach unanswered by then is given up on, and open returns an
-// attachStalledError. The attach itself is bounded as any request is
-// (startBounded). One that may not be given up on is only that.
-func (sub *subscription) open(sess *session, bound time.Duration) (*consumer, error) {
-	if !sub.mayGiveUp() {
-		return sub.started(sess, sub.startBounded(sess))
-	}
-	h := newAttachHandoff()
-	if !sess.goTracked(func() {
-		o := sub.startBounded(sess)
-		if !h.deliver(o) && o.c != nil {
-			sub.lateAttaches.Add(1)
-			o.c.abandon()
-		}
-	}) {
-		return nil, errConnectionLost
-	}
-	timer := time.NewTimer(bound)
-	defer timer.Stop()
-	var o attachOutcome
-	var givenUp error // what open returns if the attach is given up on
-	select {
-	case o = <-h.done:
-	case <-timer.C:
-		givenUp = &attachStalledError{queue: sub.queue, after: bound}
-	case <-sub.ctx.Done():
-		givenUp = errConnectionLost // the subscription ends: nothing to report
-	}
-	if givenUp != nil {
-		var arrived bool
-		if o, arrived = h.giveUp(); !arrived {
-			return nil, givenUp
-		}
-	}
-	return sub.started(sess, o)
-}
-
-// startBounded starts a consumer on sess within the bound of a reply (see
-// awaitReply).
-func (sub *subscription) startBounded(sess *session) (o attachOutcome) {
-	o.err = sess.trust.awaitReply("the start of a consumer of "+sub.queue, func() (err error) {
-		o.c, err = sub.start(sess)
-		return err
-	})
-	return o
-}
-
-// started takes the consumer of an attach that ended with o as the
-// subscription's, or says why there is none.
-func (sub *subscription) started(sess *session, o attachOutcome) (*consumer, error) {
-	if o.err != nil {
-		return nil, sess.channelErr(o.err)
-	}
-	o.c.markStarted(sub)
-	return o.c, nil
-}
-
 // attachBound is how long an attach may go unanswered, after late attaches
 // given up on were answered after all: the stall bound (3.75 s by default,
 // stretched while the broker answers slowly), doubled per late answer, at
@@ -160,23 +102,4 @@ func (h *attachHandoff) giveUp() (o attachOutcome, arrived bool) {
 		h.givenUp = true
 		return o, false
 	}
-}
-
-// abandon closes the channel of a consumer whose attach was given up on
-// (never started: its loss is no one's to report), and what it was sent
-// goes back to the queue. The close's answer is not bounded: once the
-// broker read the close, its consumer is gone whatever becomes of the
-// answer, and the session's end frees the wait at the latest.
-func (c *consumer) abandon() {
-	_ = c.ch.Close()
-	<-c.dead
-}
-
-// mayGiveUp reports whether an attach of sub may be given up on: not for
-// an auto-delete queue (closing a late consumer that is its only one
-// deletes it) nor an exclusive consumer (the late one and the fresh one
-// would race for the queue).
-func (sub *subscription) mayGiveUp() bool {
-	cfg := sub.s.cfg.AMQP
-	return !cfg.QueueAutoDelete && !cfg.Consume.Exclusive
 }
