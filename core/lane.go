@@ -95,12 +95,14 @@ type lane struct {
 // nackReplaceMinAge is how old a channel must be for a nack to replace it.
 const nackReplaceMinAge = time.Second
 
-func newLane(sess *session, id int) *lane {
+// newLane is lane id of sess; size is what the connection learns of
+// max_message_size, shared by its lanes.
+func newLane(sess *session, id int, size *sizeLimit) *lane {
 	return &lane{
 		sess:     sess,
 		id:       id,
 		queue:    make(chan *handoff, sess.cfg.MaxInFlight),
-		size:     &sess.pub.size,
+		size:     size,
 		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
 		returned: make(map[string]amqp091.Return),
 

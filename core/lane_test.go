@@ -12,7 +12,7 @@ import (
 func laneWithPending(msgs []*outgoing) (*lane, *attempt) {
 	sess := &session{cfg: &settings{Config[Wiring]{MaxInFlight: 8}}, logger: watermill.NopLogger{}, stopping: make(chan struct{})}
 	sess.pub = &publishing{topology: newTopologyCache(sess)}
-	l := newLane(sess, 0)
+	l := newLane(sess, 0, &sess.pub.size)
 	a := newAttempt(msgs, 0)
 	for i := range a.handoffs {
 		d := &a.handoffs[i]
