@@ -35,9 +35,8 @@ type attempt struct {
 	failed    []failure
 
 	// What the call does before its next attempt (see fate).
-	nacks            int // messages nacked: back off
-	returns          int // messages back from their own queue: declare it again
-	suspectExchanges []string
+	nacks   int // messages nacked: back off
+	returns int // messages back from their own queue: declare it again
 }
 
 type failure struct {
@@ -195,9 +194,6 @@ func (a *attempt) decide(f fact) {
 	}
 	if fate.returned {
 		a.returns++
-	}
-	if fate.suspectExchange != "" {
-		a.suspectExchanges = append(a.suspectExchanges, fate.suspectExchange)
 	}
 }
 

@@ -110,7 +110,7 @@ func (l *scriptedLane) run(seed uint64, stop <-chan struct{}) {
 				// Lost with its channel, as in a real lane: every later
 				// message in flight on it is lost too, never confirmed
 				// ahead of it (when it was, under -race, the retry skipped
-				// messages 11 to 13 of TestAttemptCutKeepsCallOrder).
+				// messages 11 to 13 of TestAttemptStopKeepsCallOrder).
 				for _, later := range held {
 					later.tell(fact{kind: factLost, cause: errConnectionLost})
 				}
@@ -213,7 +213,7 @@ func watchedContext(msgs []*outgoing) (context.Context, *contextWatch, func()) {
 	return base, watch, func() { watch.stop(); cancel(nil) }
 }
 
-// Random outcomes, random cancellations, a call deadline and a session that
+// Random facts, random cancellations, a call deadline and a session that
 // dies mid-attempt: whatever happens, every message is decided once and
 // only acked ones go unlisted.
 func TestAttemptRandomized(t *testing.T) {
@@ -250,7 +250,7 @@ func TestAttemptRandomized(t *testing.T) {
 
 // Once a message is lost, the lane writes no later message of the call, and
 // the attempt hands none over: they are all sent again, in order.
-func TestAttemptCutKeepsCallOrder(t *testing.T) {
+func TestAttemptStopKeepsCallOrder(t *testing.T) {
 	msgs := newOutgoing(100)
 	lane := newScriptedLane(func(_ *rand.Rand, m *outgoing) laneAnswer {
 		if m.index == 10 {

@@ -27,8 +27,8 @@ const (
 // call is one Publish call, from its messages' preparation to its answer:
 // it runs attempts (attempt.go) on the current connection's lanes, applies
 // what the fates of their messages ask of it (fate.go: a pause after
-// nacks, a declaration again, an exchange to check), and answers nil only
-// once every message was confirmed.
+// nacks, a declaration again), and answers nil only once every message was
+// confirmed.
 type call struct {
 	p     *Publisher
 	topic string
@@ -107,13 +107,9 @@ func (c *call) run() (err error) {
 }
 
 // apply does what the fates of a's messages ask of the call before its
-// next attempt, on the connection they were sent on: check a suspect
-// exchange, declare a topic whose queue vanished again. (The pause after
-// nacks is run's.)
+// next attempt, on the connection they were sent on: declare a topic whose
+// queue vanished again. (The pause after nacks is run's.)
 func (c *call) apply(a *attempt, sess *session) {
-	for _, exchange := range a.suspectExchanges {
-		sess.pub.topology.suspectExchange(exchange)
-	}
 	if a.returns > 0 {
 		sess.pub.topology.forget(c.topic)
 	}

@@ -164,14 +164,14 @@
 // socket for the run, so that the run leaves in one write (bounded to 256
 // KiB), which saves system calls here and reads at the broker. No lock is held
 // across network I/O: callers hand messages to a lane through a channel and
-// wait for their outcomes on a channel of their own.
+// wait for the facts of their messages on a channel of their own.
 //
 // Publish runs on the caller's goroutine: it marshals and validates every
 // message, waits for a connection, ensures the topic's topology (declared on
 // a goroutine and channel of the session's, so a broker refusal harms no
 // lane), hands the messages to one lane as one attempt, and waits. Each
 // message of an attempt ends it confirmed, to be sent again, or failed, and
-// is counted once, whichever comes first of the lane's report, the end of
+// is counted once, whichever comes first of the lane's fact, the end of
 // its Context() and the loss of the session. The lane reports facts only
 // (acked, nacked, returned, lost with its channel); fate.go alone decides
 // what each means. A lane whose channel dies reports every unconfirmed

@@ -64,8 +64,9 @@ var (
 	ErrNotConfirmed = errors.New("resilient: message not confirmed")
 )
 
-// errConnectionLost marks an attempt cut short by the loss of its
-// connection or channel: the messages are re-sent after the reconnect.
+// errConnectionLost: the connection, or the channel under an operation,
+// was lost (or deemed broken and cut): what was in flight is re-sent
+// after the reconnect.
 var errConnectionLost = errors.New("connection lost")
 
 var permanentErrors = []error{

@@ -8,6 +8,11 @@ import (
 // What becomes of a message: every fact a lane (or an attempt) reports about
 // one, read here and nowhere else. A nack, a return, a channel's loss and a
 // connection's loss each read top to bottom in fateOf.
+//
+// What a channel's close teaches about the connection itself (the broker's
+// max_message_size, an exchange it says is missing or refused) the lane
+// records at once, for every lane and call of the connection (lane.lose);
+// what it means for each message is decided here.
 
 // fate is what a fact means for its message, and what the call must do
 // about it before its next attempt. Exactly one of confirmed, resend and
@@ -18,9 +23,8 @@ type fate struct {
 	err       error // it failed: not sent again
 
 	// What the call does before its next attempt.
-	nacked          bool   // the broker refused for now: back off
-	returned        bool   // its own queue is gone: declare the topic again
-	suspectExchange string // the broker named this exchange missing or refused: check it when declaring
+	nacked   bool // the broker refused for now: back off
+	returned bool // its own queue is gone: declare the topic again
 }
 
 // maxReturns is how many times a message may come back from the
@@ -86,33 +90,60 @@ func fateOf(f fact, maxNackRetries int) fate {
 // (channelOnly) is the culprit. Not when the whole connection closed: other
 // lanes had messages in flight on it too.
 func lostFate(f fact) fate {
+	switch readLoss(f) {
+	case lossCulprit:
+		return fate{err: classifyBroker(f.cause)}
+	case lossSuspect:
+		f.d.msg.suspect = true
+		return fate{resend: true}
+	default:
+		// Merely in flight on a channel that ended (the connection's loss,
+		// or another message's fault), or a publish to an exchange that is
+		// missing: the lane had the topology cache check it, and the next
+		// attempt declares it again.
+		return fate{resend: true}
+	}
+}
+
+// A message's part in its channel's loss.
+type lossPart int
+
+const (
+	lossInnocent lossPart = iota // sent again
+	lossSuspect                  // sent again, alone
+	lossCulprit                  // fails: the broker's reason names it
+)
+
+// readLoss reads f, a factLost, without changing anything: named by the
+// broker's reason (a missing exchange aside, which is declared again), a
+// suspect alone on its channel when the broker closed it for a reason that
+// names no one, a suspect, or innocent.
+func readLoss(f fact) lossPart {
 	b := blameFor(f.cause)
 	culprit := b.culprit != nil && b.culprit(f.d.msg)
 	unattributed := b.culprit == nil && isPermanentBroker(f.cause)
 	switch {
 	case culprit && errors.Is(classifyBroker(f.cause), ErrNotFound):
-		// A missing exchange: the next attempt declares it again, checking
-		// that it exists.
-		return fate{resend: true, suspectExchange: b.exchange}
+		return lossInnocent
 	case culprit, unattributed && f.d.alone && f.channelOnly:
-		return fate{err: classifyBroker(f.cause), suspectExchange: b.exchange}
+		return lossCulprit
 	case unattributed:
-		f.d.msg.suspect = true
-		return fate{resend: true}
-	default:
-		// Merely in flight on a channel that ended: the connection's loss,
-		// or another message's fault.
-		return fate{resend: true}
+		return lossSuspect
 	}
+	return lossInnocent
 }
 
 // stopsItsCall reports whether, once f is known, the lane must write no
 // more of its attempt's messages: f may mean that its message is sent
-// again, so the later ones go back too and follow it in call order.
+// again, so the later ones go back too and follow it in call order. A
+// message that fails (a refusal, a return from a queue not its own, the
+// culprit of its channel's loss) does not stop it.
 func (f fact) stopsItsCall() bool {
 	switch f.kind {
-	case factNacked, factLost, factUnsent:
+	case factNacked, factUnsent:
 		return true
+	case factLost:
+		return readLoss(f) != lossCulprit
 	case factReturned:
 		return f.d.msg.ownQueue
 	}

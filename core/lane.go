@@ -51,11 +51,14 @@ const channelReopenBackoff = 50 * time.Millisecond
 // (trust.go): not while a pulse is out, nor once the connection was
 // broken off.
 type lane struct {
-	sess   *session
-	id     int
-	queue  chan *handoff // handoffs waiting to be claimed
-	size   *sizeLimit    // what the connection learned of max_message_size
-	logger watermill.LoggerAdapter
+	sess  *session
+	id    int
+	queue chan *handoff // handoffs waiting to be claimed
+	size  *sizeLimit    // what the connection learned of max_message_size
+	// exchanges is the connection's topology cache, told of an exchange
+	// the broker says is missing or refused (and nothing else).
+	exchanges exchangeSuspicion
+	logger    watermill.LoggerAdapter
 
 	pending inFlight
 	// parked is a claimed handoff waiting for pending to empty: one that
@@ -95,16 +98,23 @@ type lane struct {
 // nackReplaceMinAge is how old a channel must be for a nack to replace it.
 const nackReplaceMinAge = time.Second
 
+// exchangeSuspicion is what a lane may tell the connection's topology
+// cache: an exchange the broker named missing or refused, to be checked
+// on a channel of its own when a topic publishing to it is declared next.
+type exchangeSuspicion interface{ suspectExchange(exchange string) }
+
 // newLane is lane id of sess; size is what the connection learns of
-// max_message_size, shared by its lanes.
-func newLane(sess *session, id int, size *sizeLimit) *lane {
+// max_message_size and exchanges its topology cache, both shared by its
+// lanes.
+func newLane(sess *session, id int, size *sizeLimit, exchanges exchangeSuspicion) *lane {
 	return &lane{
-		sess:     sess,
-		id:       id,
-		queue:    make(chan *handoff, sess.cfg.MaxInFlight),
-		size:     size,
-		logger:   sess.logger.With(watermill.LogFields{"lane": id}),
-		returned: make(map[string]amqp091.Return),
+		sess:      sess,
+		id:        id,
+		queue:     make(chan *handoff, sess.cfg.MaxInFlight),
+		size:      size,
+		exchanges: exchanges,
+		logger:    sess.logger.With(watermill.LogFields{"lane": id}),
+		returned:  make(map[string]amqp091.Return),
 
 		mandatoryIDs: make(map[string]int),
 	}
@@ -547,15 +557,22 @@ func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
 
 // lose reports every handoff the lane holds once its channel is gone
 // (cause, nil when the session ends; channelOnly: the connection lives):
-// those in flight as lost, the one parked as not sent. A size limit the
-// broker named in cause is learned first: larger bodies are refused before
-// they are sent from now on, on every lane of the connection.
+// those in flight as lost, the one parked as not sent. What cause teaches
+// about the connection is recorded first, for every lane and call of it,
+// whoever waits for the messages: a size limit the broker named (larger
+// bodies are refused before they are sent from now on), an exchange it
+// says is missing or refused (checked on a channel of its own from now
+// on).
 func (l *lane) lose(cause error, channelOnly bool) {
 	if cause == nil {
 		cause = errConnectionLost
 	}
-	if limit := blameFor(cause).sizeLimit; limit > 0 {
-		l.size.refuse(limit)
+	b := blameFor(cause)
+	if b.sizeLimit > 0 {
+		l.size.refuse(b.sizeLimit)
+	}
+	if b.exchange != "" {
+		l.exchanges.suspectExchange(b.exchange)
 	}
 	for l.pending.len() > 0 {
 		d := l.pending.pop()

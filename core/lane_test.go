@@ -12,7 +12,7 @@ import (
 func laneWithPending(msgs []*outgoing) (*lane, *attempt) {
 	sess := &session{cfg: &settings{Config[Wiring]{MaxInFlight: 8}}, logger: watermill.NopLogger{}, stopping: make(chan struct{})}
 	sess.pub = &publishing{topology: newTopologyCache(sess)}
-	l := newLane(sess, 0, &sess.pub.size)
+	l := newLane(sess, 0, &sess.pub.size, sess.pub.topology)
 	a := newAttempt(msgs, 0)
 	for i := range a.handoffs {
 		d := &a.handoffs[i]
@@ -51,6 +51,17 @@ func TestLoseTellsEveryMessageInFlight(t *testing.T) {
 	}
 	if limit, over := l.size.over(11); !over || limit != 10 {
 		t.Fatalf("size limit %d (over: %v), want the broker's 10 learned", limit, over)
+	}
+}
+
+// An exchange the broker says is missing is suspected at once, for every
+// call of the connection, whoever waits for the message that named it.
+func TestLoseSuspectsAMissingExchange(t *testing.T) {
+	l, a := laneWithPending(newOutgoing(1))
+	l.lose(&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no exchange 'gone' in vhost '/'", Server: true}, true)
+	<-a.facts
+	if !l.sess.pub.topology.suspect["gone"] {
+		t.Fatal("the missing exchange is not suspected")
 	}
 }
 

@@ -32,7 +32,7 @@ func startPublishing(sess *session) {
 	sess.pub = pub
 	sess.wg.Add(len(pub.lanes))
 	for i := range pub.lanes {
-		pub.lanes[i] = newLane(sess, i, &pub.size)
+		pub.lanes[i] = newLane(sess, i, &pub.size, pub.topology)
 		go pub.lanes[i].run()
 	}
 }

@@ -58,10 +58,11 @@ import (
 // # Time blocked
 //
 // A broker under a resource alarm blocks the connection: it stops reading
-// from it. No bound counts that time: a request's bound starts again once
-// the broker unblocks, no pulse is started while it blocks, and a lane
-// measures how long a confirm is owed from the later of its sending and the
-// last unblocking (waitedSince).
+// from it. No bound counts that time: a request's bound (a pulse's too)
+// starts again once the broker unblocks, neither keepPulse nor a lane's
+// watchdog starts a pulse while it blocks, and a lane measures how long a
+// confirm is owed from the later of its sending and the last unblocking
+// (waitedSince), whether or not it was looking when the broker unblocked.
 type trust struct {
 	sess *session
 
@@ -168,20 +169,17 @@ func (t *trust) keepPulse() {
 			case <-sess.stopping:
 				return
 			case <-tick.C:
-				t.startPulse()
+				if blocked, _ := t.flowNow(); !blocked { // a blocked broker reads nothing
+					t.startPulse()
+				}
 			}
 		}
 	}()
 }
 
-// startPulse sends a pulse, unless one is out already, the broker blocks
-// the connection (it reads nothing: a pulse would only hold the confirms
-// it sends meanwhile), or the session is ending. Called by lanes,
-// keepPulse and idle consumers (idleprobe.go).
+// startPulse sends a pulse, unless one is out already or the session is
+// ending. Called by lanes, keepPulse and idle consumers (idleprobe.go).
 func (t *trust) startPulse() {
-	if blocked, _ := t.flowNow(); blocked {
-		return
-	}
 	done := make(chan struct{})
 	if !t.pulseOut.CompareAndSwap(nil, &done) {
 		return
