@@ -35,6 +35,7 @@ type handoff struct {
 	// Owned by the lane once claimed.
 	dc     *amqp091.DeferredConfirmation
 	sentAt time.Time
+	pulses uint64 // trust.pulseCount when sent
 }
 
 func (d *handoff) claim() bool   { return d.state.CompareAndSwap(handoffQueued, handoffTaken) }

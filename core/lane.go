@@ -452,7 +452,7 @@ func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 		d.tell(fact{kind: factLost, cause: fmt.Errorf("%w: channel not in confirm mode", errConnectionLost)})
 		return
 	}
-	d.dc, d.sentAt = dc, time.Now()
+	d.dc, d.sentAt, d.pulses = dc, time.Now(), l.sess.trust.pulseCount()
 	l.pending.push(d)
 	l.sess.trust.sent()
 	if m.mandatory {
@@ -545,7 +545,9 @@ func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
 		d.tell(fact{kind: factAcked})
 	}
 	if acked {
-		l.sess.pace.observe(l.sess.trust.waitedSince(d.sentAt))
+		if !l.sess.trust.pulsedSince(d.pulses) { // a pulse may have held it
+			l.sess.pace.observe(l.sess.trust.waitedSince(d.sentAt))
+		}
 		l.size.took(len(m.publishing.Body))
 		l.heardAt, l.unheard = time.Now(), 0
 		l.sess.confirmed()

@@ -70,6 +70,7 @@ type trust struct {
 	// on; nil when none is out.
 	pulseOut atomic.Pointer[chan struct{}]
 	pulseCh  *amqp091.Channel // only touched by the one pulse out at a time
+	pulses   atomic.Uint64    // pulses started: see pulsedSince
 	// broken is set by breakOff, for good: nothing from this connection is
 	// believed any more. brokenBy is why it cut the socket.
 	broken   atomic.Bool
@@ -107,6 +108,15 @@ func (t *trust) believable() bool {
 	open, _ := t.gate()
 	return open
 }
+
+// pulseCount is how many pulses were started so far: a lane notes it when it
+// sends a message, and pulsedSince tells whether a pulse may have held its
+// confirm.
+func (t *trust) pulseCount() uint64 { return t.pulses.Load() }
+
+// pulsedSince reports whether a pulse started after pulseCount returned n:
+// a confirm that waited for it says how fast the pulse was, not the broker.
+func (t *trust) pulsedSince(n uint64) bool { return t.pulses.Load() != n }
 
 // pulseOutstanding is closed once the pulse out now is answered or given
 // up on; nil when none is out.
@@ -184,6 +194,7 @@ func (t *trust) startPulse() {
 	if !t.pulseOut.CompareAndSwap(nil, &done) {
 		return
 	}
+	t.pulses.Add(1)
 	if !t.sess.goTracked(func() { t.pulse(done) }) {
 		// Ending: no pulse to be had, so nothing that came back is
 		// believed, as when one fails.
@@ -197,7 +208,8 @@ func (t *trust) startPulse() {
 func (t *trust) pulse(done chan struct{}) {
 	sess := t.sess
 	sent := time.Now()
-	err := t.awaitReplyWithin("a pulse", sess.pace.stretch(pulseBound(sess.cfg.ConfirmTimeout)), func() error {
+	bound := sess.pace.stretch(pulseBound(sess.cfg.ConfirmTimeout))
+	err := t.awaitReplyWithin("a pulse", bound, func() error {
 		if t.pulseCh == nil {
 			ch, err := sess.openChannel()
 			if err != nil {
@@ -210,7 +222,13 @@ func (t *trust) pulse(done chan struct{}) {
 	var reply *amqp091.Error
 	switch {
 	case err == nil:
-		sess.pace.observe(time.Since(sent))
+		// Answered past its bound, the pulse waited out a block (the
+		// bound starts again then): that time is the alarm's, not the
+		// broker's pace, even before the supervisor has seen the
+		// unblocking.
+		if took := t.waitedSince(sent); took <= bound {
+			sess.pace.observe(took)
+		}
 	case errors.Is(err, amqp091.ErrChannelMax):
 		// No channel to spare for a pulse (channel_max): none this
 		// time, and nothing learned.
@@ -218,6 +236,12 @@ func (t *trust) pulse(done chan struct{}) {
 		// The broker answered, if with a refusal: the link carries
 		// bytes both ways. Another channel next time.
 		t.pulseCh = nil
+	case sess.conn.IsClosed():
+		// The connection closed under it (the broker closed it, or a
+		// heartbeat found it dead): what came back meanwhile is not
+		// believed, and the supervisor reports the close's own cause.
+		t.pulseCh = nil
+		t.broken.Store(true)
 	default:
 		// Unanswered (the bound cut the link, or it was lost): what
 		// came back meanwhile is not believed.

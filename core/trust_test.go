@@ -90,14 +90,14 @@ func answerPulse(l *peerLink, channel uint16) { l.send(channel, classBasic, 11) 
 
 // publishOne publishes one message through a publisher of one lane on p
 // (ConfirmTimeout 2 s: a pulse bound of 1 s; no other URI) once it is
-// connected, and returns when Publish returned, and its error. The
-// connections lost are sent on lost.
-func publishOne(t *testing.T, p *pulsePeer, lost chan<- error) (time.Time, error) {
+// connected, and returns when Publish returned, the publisher, and
+// Publish's error. The connections lost are sent on lost.
+func publishOne(t *testing.T, p *pulsePeer, lost chan<- error) (time.Time, *Publisher, error) {
 	t.Helper()
 	pub := unconfirmingPublisher(t, p.scriptedPeer, false, lost)
 	p.next(t)
 	err := pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("payload")))
-	return time.Now(), err
+	return time.Now(), pub, err
 }
 
 // expectAnsweredFirst checks that Publish returned nil on the first link
@@ -138,7 +138,7 @@ func TestTrustAPulseSwallowed(t *testing.T) {
 		ackFirst(l, msgChannel) // and the pulse is left unanswered
 	})
 	lost := make(chan error, 16)
-	_, err := publishOne(t, peer, lost)
+	_, _, err := publishOne(t, peer, lost)
 	if err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
@@ -173,14 +173,15 @@ func TestTrustAPulseAnsweredLate(t *testing.T) {
 		answerPulse(l, pulseChannel)
 	})
 	lost := make(chan error, 16)
-	returned, err := publishOne(t, peer, lost)
+	returned, _, err := publishOne(t, peer, lost)
 	expectAnsweredFirst(t, peer, returned, err, answered, lost)
 }
 
 // A pulse answered only after the broker blocked the connection for longer
 // than the pulse's bound: time blocked does not count against the pulse,
 // so the connection is kept, and the ack is reported once the pulse is
-// answered.
+// answered. Nor is it taken for the broker's latency: the bounds are not
+// stretched for it (pace.go).
 func TestTrustABlockAcrossAPulse(t *testing.T) {
 	answered := make(chan time.Time, 1)
 	peer := newPulsePeer(t, func(l *peerLink, msgChannel, pulseChannel uint16) {
@@ -192,6 +193,10 @@ func TestTrustABlockAcrossAPulse(t *testing.T) {
 		answerPulse(l, pulseChannel)
 	})
 	lost := make(chan error, 16)
-	returned, err := publishOne(t, peer, lost)
+	returned, pub, err := publishOne(t, peer, lost)
 	expectAnsweredFirst(t, peer, returned, err, answered, lost)
+	bound := pulseBound(2 * time.Second)
+	if stretched := pub.sup.live().pace.stretch(bound); stretched != bound {
+		t.Fatalf("a pulse's bound is %s after the block, want %s: time blocked was taken for the broker's latency", stretched, bound)
+	}
 }
