@@ -49,7 +49,7 @@ func (a laneAnswer) fact() fact {
 	case answerSuspect:
 		return fact{kind: factLost, cause: &amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - invalid message: {delivery_mode_unknown,7}", Server: true}, channelOnly: true}
 	case answerReturned:
-		return fact{kind: factReturned, returned: amqp091.Return{ReplyCode: 312, ReplyText: "NO_ROUTE"}}
+		return fact{kind: factReturned, returned: &amqp091.Return{ReplyCode: 312, ReplyText: "NO_ROUTE"}}
 	case answerRefused:
 		return fact{kind: factRefused, cause: ErrMessageTooLarge}
 	}

@@ -10,8 +10,10 @@ import amqp091 "github.com/rabbitmq/amqp091-go"
 type fact struct {
 	d    *handoff
 	kind factKind
-	// returned is the broker's basic.return (factReturned).
-	returned amqp091.Return
+	// returned is the broker's basic.return (factReturned). A pointer: a
+	// fact is copied through a channel for every message, a return is
+	// rare, and the attempt's channel is buffered for all of its messages.
+	returned *amqp091.Return
 	// cause is why the channel ended (factLost), why the message was not
 	// sent (factUnsent, factRefused), or why no one waits for it any more
 	// (factAbandoned).

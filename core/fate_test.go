@@ -99,7 +99,7 @@ func TestFateOfAnswers(t *testing.T) {
 	msgs[1].ownQueue = false
 	a := newAttempt(msgs, 0)
 	own, other := &a.handoffs[0], &a.handoffs[1]
-	ret := amqp091.Return{ReplyCode: 312, ReplyText: "NO_ROUTE"}
+	ret := &amqp091.Return{ReplyCode: 312, ReplyText: "NO_ROUTE"}
 	own.msg.publishing.Body = make([]byte, 100)
 	tooLarge := &amqp091.Error{Code: 406, Reason: "PRECONDITION_FAILED - message size 100 is larger than configured max size 10", Server: true}
 	for _, c := range []struct {

@@ -540,7 +540,8 @@ func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
 		l.replace = l.replace || time.Since(l.openedAt) >= nackReplaceMinAge
 		d.tell(fact{kind: factNacked})
 	case wasReturned && m.mandatory:
-		d.tell(fact{kind: factReturned, returned: r})
+		returned := r // on the heap only when returned: r is read for every message
+		d.tell(fact{kind: factReturned, returned: &returned})
 	default:
 		d.tell(fact{kind: factAcked})
 	}
