@@ -14,8 +14,8 @@ import (
 )
 
 // BenchmarkConsumeQuorum: a quorum queue preloaded with b.N 1 KiB messages
-// (not timed), then consumed, each message acked one by one, at the given
-// prefetch.
+// (not timed), then consumed, each message acked one by one (AckBatch 1:
+// the figures of "Running on a cluster"), at the given prefetch.
 //
 //   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
 //   - resilient: Subscriber.Subscribe with Consume.Qos.PrefetchCount =
@@ -27,62 +27,114 @@ import (
 func BenchmarkConsumeQuorum(b *testing.B) {
 	for _, prefetch := range []int{1, 16, 64, 256} {
 		prefix := fmt.Sprintf("quorum/prefetch=%d", prefetch)
-		b.Run(prefix+"/impl=raw", func(b *testing.B) {
-			q := preloaded(b, quorumArgs, b.N)
-			conn := brokertest.Dial(b)
-			defer conn.Close()
-			ch, err := conn.Channel()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := ch.Qos(prefetch, 0, false); err != nil {
-				b.Fatal(err)
-			}
-			var m measurement
-			m.begin(b)
-			deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for n := 0; n < b.N; n++ {
-				d, ok := <-deliveries
-				if !ok {
-					b.Fatalf("deliveries ended after %d of %d", n, b.N)
-				}
-				if err := d.Ack(false); err != nil {
-					b.Fatal(err)
-				}
-			}
-			m.end(b, b.N)
-		})
-		b.Run(prefix+"/impl=resilient", func(b *testing.B) {
-			q := preloaded(b, quorumArgs, b.N)
-			cfg := amqp.NewDurableQueueConfig(brokertest.URI())
-			cfg.Queue.Arguments = quorumArgs
-			cfg.Consume.Qos.PrefetchCount = prefetch
-			sub, err := resilient.NewSubscriber(resilient.Config{AMQP: cfg}, watermill.NopLogger{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sub.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var m measurement
-			m.begin(b)
-			msgs, err := sub.Subscribe(ctx, q)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for n := 0; n < b.N; n++ {
-				msg, ok := <-msgs
-				if !ok {
-					b.Fatalf("messages ended after %d of %d", n, b.N)
-				}
-				msg.Ack()
-			}
-			m.end(b, b.N)
-		})
+		b.Run(prefix+"/impl=raw", func(b *testing.B) { benchRawConsume(b, quorumArgs, prefetch, 1) })
+		b.Run(prefix+"/impl=resilient", func(b *testing.B) { benchConsume(b, quorumArgs, prefetch, 1) })
 	}
+}
+
+// BenchmarkConsume: a classic durable queue preloaded with b.N 1 KiB
+// messages (not timed), then consumed at prefetch 1, 100 and 500.
+//
+//   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
+//   - raw-batched: the same, acking with multiple set every ackEvery
+//     deliveries (the subscriber's default batch, at most half the
+//     prefetch), and once none is ready: the way the subscriber batches.
+//   - resilient: Subscriber.Subscribe with Consume.Qos.PrefetchCount =
+//     prefetch and the default AckBatch, msg.Ack() per message, read as a
+//     Router reads (one at a time).
+//   - resilient-unbatched: the same with AckBatch 1 (each ack at once).
+func BenchmarkConsume(b *testing.B) {
+	for _, prefetch := range []int{1, 100, 500} {
+		prefix := fmt.Sprintf("classic/prefetch=%d", prefetch)
+		ackEvery := min(32, prefetch/2) // the subscriber's default AckBatch, capped as it caps it
+		b.Run(prefix+"/impl=raw", func(b *testing.B) { benchRawConsume(b, nil, prefetch, 1) })
+		b.Run(prefix+"/impl=raw-batched", func(b *testing.B) { benchRawConsume(b, nil, prefetch, ackEvery) })
+		b.Run(prefix+"/impl=resilient", func(b *testing.B) { benchConsume(b, nil, prefetch, 0) })
+		b.Run(prefix+"/impl=resilient-unbatched", func(b *testing.B) { benchConsume(b, nil, prefetch, 1) })
+	}
+}
+
+// benchRawConsume consumes b.N preloaded messages (queue arguments args)
+// with amqp091-go, acking every ackEvery deliveries with multiple set (1:
+// each on its own), and whenever no delivery is ready.
+func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
+	q := preloaded(b, args, b.N)
+	conn := brokertest.Dial(b)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	var m measurement
+	m.begin(b)
+	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var next *amqp091.Delivery // taken while peeking for one ready
+	held := 0
+	for n := 0; n < b.N; n++ {
+		d := next
+		if d == nil {
+			got, ok := <-deliveries
+			if !ok {
+				b.Fatalf("deliveries ended after %d of %d", n, b.N)
+			}
+			d = &got
+		}
+		next = nil
+		held++
+		if held < ackEvery && n < b.N-1 {
+			select {
+			case got, ok := <-deliveries: // one ready: hold the ack
+				if !ok {
+					b.Fatalf("deliveries ended after %d of %d", n+1, b.N)
+				}
+				next = &got
+				continue
+			default: // none ready: ack what is held
+			}
+		}
+		if err := ch.Ack(d.DeliveryTag, held > 1); err != nil {
+			b.Fatal(err)
+		}
+		held = 0
+	}
+	m.end(b, b.N)
+}
+
+// benchConsume consumes b.N preloaded messages (queue arguments args)
+// through the Subscriber at prefetch, with AckBatch ackBatch (0: the
+// default).
+func benchConsume(b *testing.B, args amqp091.Table, prefetch, ackBatch int) {
+	q := preloaded(b, args, b.N)
+	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
+	cfg.Queue.Arguments = args
+	cfg.Consume.Qos.PrefetchCount = prefetch
+	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: cfg, AckBatch: ackBatch}, watermill.NopLogger{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var m measurement
+	m.begin(b)
+	msgs, err := sub.Subscribe(ctx, q)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for n := 0; n < b.N; n++ {
+		msg, ok := <-msgs
+		if !ok {
+			b.Fatalf("messages ended after %d of %d", n, b.N)
+		}
+		msg.Ack()
+	}
+	m.end(b, b.N)
 }
 
 var quorumArgs = amqp091.Table{"x-queue-type": "quorum"}

@@ -15,6 +15,8 @@ const (
 	defaultPublishTimeout           = 30 * time.Second
 	defaultConfirmTimeout           = 15 * time.Second
 	defaultCloseTimeout             = 10 * time.Second
+	defaultAckBatch                 = 32
+	defaultAckBatchWait             = 10 * time.Millisecond
 	defaultMaxMessageSize           = 512 << 20 // RabbitMQ's hard cap on max_message_size: no broker takes more
 	defaultReconnectWait            = 100 * time.Millisecond
 	defaultReconnectMaxWait         = 3 * time.Second
@@ -135,6 +137,24 @@ type Config[A any] struct {
 	// ErrMessageTooLarge, before they are sent, and alone. Set it to the
 	// broker's limit to fail such messages before the first refusal.
 	MaxMessageSize int
+
+	// AckBatch is how many of the handler's acks a Subscriber may hold back
+	// and send as one basic.ack with multiple set, which acks every
+	// delivery of the channel up to the last: one frame for the broker to
+	// handle instead of one per message (on a quorum queue, one Raft
+	// command). At most half the prefetch count (Consume.Qos.PrefetchCount)
+	// is held, so that the broker keeps delivering meanwhile: with
+	// watermill-amqp's prefetch of 1, every ack goes at once. Held acks go
+	// out after AckBatchWait, as soon as no delivery is ready when the
+	// handler is done (it is idle), before a nack, and when the consumer
+	// stops (Close, the subscription's context, an attach again).
+	// At-least-once is kept: when the channel dies before its acks went,
+	// the broker delivers those messages again (at most AckBatch duplicates
+	// per fault). Default 32; 1 sends each ack at once.
+	AckBatch int
+	// AckBatchWait is how long a Subscriber may hold an ack back (see
+	// AckBatch). Default 10 ms.
+	AckBatchWait time.Duration
 
 	// OnEvent, when set, is told what the publisher or subscriber does
 	// (Publish calls, confirms, nacks, re-sends, state changes, reconnects,

@@ -16,6 +16,7 @@ type consumer struct {
 	dead       chan struct{} // closed once the channel is closed, for any reason
 	cancelled  bool          // its deliveries ended: the broker cancelled it, or its channel died
 	lastTag    uint64        // of the last delivery read
+	acks       ackBatch      // acks held back, owned by the subscription's goroutine (ackbatch.go)
 
 	mu       sync.Mutex
 	why      *amqp091.Error // why the channel closed; read without mu once dead is closed

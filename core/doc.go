@@ -24,8 +24,9 @@
 //	                closing.go
 //	consuming       subscriber.go, subscription.go (one topic's goroutine:
 //	                attach, consume, hand out, ack), consumer.go (one
-//	                channel's consumer), attachhandoff.go (an attach given
-//	                up on), idleprobe.go, prefetchnotice.go, unmarshal.go,
+//	                channel's consumer), ackbatch.go (acks held back, sent
+//	                as one), attachhandoff.go (an attach given up on),
+//	                idleprobe.go, prefetchnotice.go, unmarshal.go,
 //	                deliverylimit.go
 //	the contract    config.go, settings.go, wiring.go, errors.go,
 //	                brokerreply.go (what each reply code means), events.go,
@@ -196,6 +197,10 @@
 //
 //   - At-least-once: a delivery is acked only after the handler Acks the
 //     message; Nack sends basic.nack with requeue, unless NoRequeueOnNack.
+//     Acks are sent in batches (Config.AckBatch, AckBatchWait: one
+//     basic.ack with multiple set for up to 32 deliveries, at most half the
+//     prefetch count, sent at once when the handler goes idle): a channel
+//     that dies with acks held has the broker deliver those messages again.
 //   - Quorum queues: the broker's headers that are not strings
 //     (x-delivery-count, x-death) reach the Marshaler as strings, so a
 //     redelivered message reaches the handler with its redelivery count in

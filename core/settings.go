@@ -32,6 +32,8 @@ func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *setting
 		CloseTimeout:         cfg.CloseTimeout,
 		MaxNackRetries:       cfg.MaxNackRetries,
 		MaxMessageSize:       cfg.MaxMessageSize,
+		AckBatch:             cfg.AckBatch,
+		AckBatchWait:         cfg.AckBatchWait,
 		OnEvent:              cfg.OnEvent,
 		OnStateChange:        cfg.OnStateChange,
 	}}
@@ -73,6 +75,12 @@ func (c *settings) setDefaults() {
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = defaultMaxMessageSize
+	}
+	if c.AckBatch == 0 {
+		c.AckBatch = defaultAckBatch
+	}
+	if c.AckBatchWait == 0 {
+		c.AckBatchWait = defaultAckBatchWait
 	}
 }
 
@@ -152,6 +160,12 @@ func (c *settings) validate(publishing bool) error {
 	}
 	if c.MaxInFlight < 0 || c.MaxInFlight > 65535 {
 		add("MaxInFlight must be within [1, 65535], got %d", c.MaxInFlight)
+	}
+	if c.AckBatch < 0 {
+		add("AckBatch must be 1 (each ack at once) or more, got %d", c.AckBatch)
+	}
+	if c.AckBatchWait < 0 {
+		add("AckBatchWait must not be negative, got %s", c.AckBatchWait)
 	}
 	if c.MaxNackRetries < -1 {
 		add("MaxNackRetries must be -1 (none) or more, got %d", c.MaxNackRetries)

@@ -187,16 +187,51 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 	heard := time.Now()
 	var probe idleProbe // idleprobe.go
 	probe.reset(heard)
+	// Whatever ends the consumer, the acks it holds go first while its
+	// channel lives (ackbatch.go). Not on a channel or connection that is
+	// going (a write could wait for a frozen link): the broker delivers
+	// those messages again.
+	defer c.acks.stop()
+	defer func() {
+		if !isDone(c.dead) && !isDone(c.sess.stopping) {
+			sub.flushAcks(c)
+		}
+	}()
 	for {
-		select {
-		case now := <-leaveCheck:
-			if sub.followPublisherOff(c, heard) || probe.probe(sub, c, heard, now) {
-				return false
+		var d amqp091.Delivery
+		var ok, got bool
+		if c.acks.pending() {
+			// The handler is done: a delivery ready goes on the batch,
+			// none means the handler is idle, and the acks held go now.
+			select {
+			case d, ok = <-c.deliveries:
+				got = true
+			default:
+				if !sub.flushAcks(c) {
+					return false
+				}
 			}
-		case <-idleOver:
-			sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
-			return false
-		case d, ok := <-c.deliveries:
+		}
+		if !got {
+			select {
+			case now := <-leaveCheck:
+				if sub.followPublisherOff(c, heard) || probe.probe(sub, c, heard, now) {
+					return false
+				}
+				continue
+			case <-idleOver:
+				sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
+				return false
+			case d, ok = <-c.deliveries:
+			case <-c.dead:
+				return false
+			case <-c.sess.stopping:
+				return false
+			case <-sub.ctx.Done():
+				return true
+			}
+		}
+		{
 			if !ok {
 				// The channel died, or the broker cancelled the consumer
 				// (queue deleted): never hand out the zero Delivery.
@@ -221,12 +256,6 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 			heard = time.Now()
 			probe.reset(heard)
 			sub.leftUnseen = false
-		case <-c.dead:
-			return false
-		case <-c.sess.stopping:
-			return false
-		case <-sub.ctx.Done():
-			return true
 		}
 	}
 }
@@ -244,6 +273,9 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	cfg := sub.s.cfg.AMQP
 	msg, err := unmarshal(cfg.Marshaler, cfg.StringHeadersOnly, d)
 	if err != nil {
+		if !sub.flushAcks(c) { // the acks held go before the pause
+			return false, false
+		}
 		// It can never reach a handler; requeued at once it would come back
 		// at once, for ever: pause first, longer each time in a row.
 		wait := sub.unreadable.NextBackOff()
@@ -269,36 +301,52 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	if sub.ctx.Err() != nil { // not offered to a reader still there: the channel closes, the message goes back
 		return true, true
 	}
-	select {
-	case sub.out <- msg:
-		sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
-	case <-sub.ctx.Done():
-		return true, true // the channel closes: the message goes back
-	case <-c.dead:
-		return false, false
-	case <-c.sess.stopping:
-		return false, false
+	// While the reader takes it and the handler works on it, the acks held
+	// go once the oldest has waited AckBatchWait (ackbatch.go).
+	for offered := false; !offered; {
+		select {
+		case sub.out <- msg:
+			sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
+			offered = true
+		case <-c.acks.dueC():
+			if !sub.flushAcks(c) {
+				return false, false
+			}
+		case <-sub.ctx.Done():
+			return true, true // the channel closes: the message goes back
+		case <-c.dead:
+			return false, false
+		case <-c.sess.stopping:
+			return false, false
+		}
 	}
 
 	// The handler has it: wait for its verdict even if the channel dies
 	// meanwhile, so that the redelivered copy is not handled concurrently.
 	var ack bool
-	select {
-	case <-msg.Acked():
-		ack = true
-	case <-msg.Nacked():
-	case <-sub.ctx.Done():
-		// A verdict given before the cancel is sent: select picks at
-		// random among ready cases, and an ack dropped here would have the
-		// broker deliver a handled message again. Then the subscription
-		// ends (stop), handing out nothing more.
-		stop = true
+	due := c.acks.dueC()
+	for verdict := false; !verdict; {
 		select {
+		case <-due:
+			due = nil
+			sub.flushAcks(c) // failed: the channel is dying, which the verdict's send finds out
 		case <-msg.Acked():
-			ack = true
+			ack, verdict = true, true
 		case <-msg.Nacked():
-		default:
-			return true, true
+			verdict = true
+		case <-sub.ctx.Done():
+			// A verdict given before the cancel is sent: select picks at
+			// random among ready cases, and an ack dropped here would have
+			// the broker deliver a handled message again. Then the
+			// subscription ends (stop), handing out nothing more.
+			stop, verdict = true, true
+			select {
+			case <-msg.Acked():
+				ack = true
+			case <-msg.Nacked():
+			default:
+				return true, true
+			}
 		}
 	}
 	select {
@@ -311,16 +359,28 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	}
 	handler := message.HandlerNameFromCtx(msg.Context()) // set by a Router before its verdict
 	if ack {
-		return stop, sub.settle(c, d.Ack(false), MessageAcked, handler)
+		sent, err := c.acks.add(c.ch, d.DeliveryTag, handler)
+		return stop, sub.settle(c, err, MessageAcked, sent, handler)
 	}
 	return stop, sub.nack(c, d, "the handler nacked it", handler)
+}
+
+// flushAcks sends the acks c holds (ackbatch.go), and reports whether they
+// went: when not, the channel is closing and the broker delivers those
+// messages again.
+func (sub *subscription) flushAcks(c *consumer) (alive bool) {
+	sent, err := c.acks.flush(c.ch)
+	return sub.settle(c, err, MessageAcked, sent, c.acks.handler)
 }
 
 // nack nacks d, requeueing it unless Consume.NoRequeueOnNack, for reason;
 // handler is the Router handler's name, where known.
 func (sub *subscription) nack(c *consumer, d amqp091.Delivery, reason, handler string) (alive bool) {
 	requeue := !sub.s.cfg.AMQP.Consume.NoRequeueOnNack
-	alive = sub.settle(c, d.Nack(false, requeue), MessageNacked, handler)
+	if !sub.flushAcks(c) { // the acks held before it go first
+		return false
+	}
+	alive = sub.settle(c, d.Nack(false, requeue), MessageNacked, 1, handler)
 	if alive && requeue {
 		sub.noteLast(c, d, reason)
 	}
@@ -340,16 +400,19 @@ func (sub *subscription) noteLast(c *consumer, d amqp091.Delivery, reason string
 	sub.s.cfg.emit(Event{Kind: DeliveryLimitReached, Messages: 1, Err: err})
 }
 
-// settle reports whether an ack or nack (what) was sent, of a message
-// handler consumed; when it was not, the channel is closing and the message
-// will be delivered again.
-func (sub *subscription) settle(c *consumer, err error, what EventKind, handler string) (alive bool) {
+// settle reports whether an ack or nack (what) was sent, of n messages
+// handler consumed (n is 0 when acks are held back, and no event is
+// emitted); when it was not, the channel is closing and the messages will
+// be delivered again.
+func (sub *subscription) settle(c *consumer, err error, what EventKind, n int, handler string) (alive bool) {
 	if err != nil {
 		// One per message in hand: a detail of the fault logged once.
 		sub.logger.Debug("Cannot ack or nack (channel closing): the broker delivers the message again", watermill.LogFields{"err": err.Error()})
 		return false
 	}
-	sub.s.cfg.emit(Event{Kind: what, Messages: 1, Handler: handler})
+	if n > 0 {
+		sub.s.cfg.emit(Event{Kind: what, Messages: n, Handler: handler})
+	}
 	return true
 }
 
@@ -432,7 +495,8 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{})}
+	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{}),
+		acks: newAckBatch(sub.s.cfg.AckBatch, sub.s.cfg.AckBatchWait, cfg.Consume.PrefetchCount)}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	go func() { // ends when amqp091-go closes the notification channel
 		for e := range closed {
