@@ -119,7 +119,7 @@ func rawPipe(b *testing.B, q string, goroutines int, got func([]byte) bool) (fun
 		if err != nil {
 			return err
 		}
-		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
 		if err != nil {
 			return err
 		}

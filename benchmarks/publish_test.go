@@ -91,7 +91,7 @@ func benchRaw(b *testing.B, size, goroutines int) {
 		if err != nil {
 			return err
 		}
-		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
 		if err != nil {
 			return err
 		}
@@ -101,6 +101,12 @@ func benchRaw(b *testing.B, size, goroutines int) {
 		return nil
 	})
 }
+
+// rawMandatory has raw amqp091-go publish with the mandatory flag, as the
+// publisher does to a queue it declares itself (so that a queue deleted
+// under it is no silent loss): run the suite with and without it to see
+// what the flag costs the broker, apart from the publisher.
+var rawMandatory = flag.Bool("bench.raw-mandatory", false, "raw amqp091-go publishes mandatory, as the publisher does to its own queue")
 
 // rawDeadline bounds a raw case's waits for confirms: amqp091-go waits for
 // one for ever, and a development run once hung an hour on raw
@@ -155,7 +161,7 @@ func BenchmarkBatch(b *testing.B) {
 					if err != nil {
 						return err
 					}
-					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, pub)
+					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
 					if err != nil {
 						return err
 					}
