@@ -32,6 +32,7 @@ func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *setting
 		CloseTimeout:         cfg.CloseTimeout,
 		MaxNackRetries:       cfg.MaxNackRetries,
 		MaxMessageSize:       cfg.MaxMessageSize,
+		UUIDInMessageIDOnly:  cfg.UUIDInMessageIDOnly,
 		OnEvent:              cfg.OnEvent,
 		OnStateChange:        cfg.OnStateChange,
 	}}
