@@ -36,20 +36,27 @@ var channels = flag.Int("bench.channels", 4, "confirm-mode channels (4, the publ
 //     (but for Channels, from -bench.channels).
 //   - watermill-amqp: its Publisher in its best confirmed configuration
 //     (ConfirmDelivery, a pool of 8 channels), at 64 goroutines only.
+//   - raw-lean and resilient-lean, at leanSize and 16 goroutines or more:
+//     raw sending the minimal message (marshalLean), the publisher with
+//     UUIDInMessageIDOnly, which sends the same.
 func BenchmarkPublish(b *testing.B) {
 	for _, size := range sizes {
 		for _, goroutines := range []int{1, 16, 64, 256} {
 			prefix := fmt.Sprintf("size=%s/goroutines=%d", size.name, goroutines)
 			b.Run(prefix+"/impl=raw", func(b *testing.B) {
-				benchRaw(b, size.bytes, goroutines)
+				benchRaw(b, size.bytes, goroutines, marshal)
 			})
 			b.Run(prefix+"/impl=resilient", func(b *testing.B) {
-				pub := newResilient(b)
-				q := queue(b)
-				concurrently(b, goroutines, func(int) error {
-					return pub.Publish(q, newMessage(size.bytes))
-				})
+				benchResilient(b, size.bytes, goroutines, false)
 			})
+			if size.bytes == leanSize && goroutines > 1 {
+				b.Run(prefix+"/impl=raw-lean", func(b *testing.B) {
+					benchRaw(b, size.bytes, goroutines, marshalLean)
+				})
+				b.Run(prefix+"/impl=resilient-lean", func(b *testing.B) {
+					benchResilient(b, size.bytes, goroutines, true)
+				})
+			}
 			if goroutines == 64 && size.bytes == 1<<10 {
 				b.Run(prefix+"/impl=watermill-amqp", func(b *testing.B) {
 					cfg := amqp.NewDurableQueueConfig(brokertest.URI())
@@ -70,7 +77,19 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
-func benchRaw(b *testing.B, size, goroutines int) {
+// leanSize is the message size of the lean-wire cases (raw-lean,
+// resilient-lean).
+const leanSize = 1 << 10
+
+func benchResilient(b *testing.B, size, goroutines int, lean bool) {
+	pub := newResilient(b, lean)
+	q := queue(b)
+	concurrently(b, goroutines, func(int) error {
+		return pub.Publish(q, newMessage(size))
+	})
+}
+
+func benchRaw(b *testing.B, size, goroutines int, marshal func(*message.Message) (amqp091.Publishing, error)) {
 	conn := brokertest.Dial(b)
 	defer conn.Close()
 	chans := make([]*amqp091.Channel, *channels)
@@ -127,76 +146,96 @@ const batchSize, window = 1000, 512
 //     to window messages unconfirmed, waits for the oldest when the window
 //     is full, and for all at the end of a batch.
 //   - resilient: one Publisher.Publish(topic, batch...) call per batch.
+//   - raw-lean and resilient-lean, at leanSize: the same, raw sending the
+//     minimal message, the publisher with UUIDInMessageIDOnly.
 func BenchmarkBatch(b *testing.B) {
 	for _, size := range sizes {
-		b.Run(fmt.Sprintf("size=%s/batch=%d/impl=raw", size.name, batchSize), func(b *testing.B) {
-			conn := brokertest.Dial(b)
-			defer conn.Close()
-			ch, err := conn.Channel()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := ch.Confirm(false); err != nil {
-				b.Fatal(err)
-			}
-			q := queue(b)
-			ctx, cancel := rawDeadline()
-			defer cancel()
-			pending := make([]*amqp091.DeferredConfirmation, 0, window)
-			await := func(dc *amqp091.DeferredConfirmation) error {
-				if ok, err := dc.WaitContext(ctx); !ok || err != nil {
-					return fmt.Errorf("not confirmed: %v", err)
-				}
-				return nil
-			}
-			inBatches(b, batchSize, func(n int) error {
-				for range n {
-					if len(pending) == window {
-						if err := await(pending[0]); err != nil {
-							return err
-						}
-						pending = pending[1:]
-					}
-					pub, err := marshal(newMessage(size.bytes))
-					if err != nil {
-						return err
-					}
-					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
-					if err != nil {
-						return err
-					}
-					if len(pending) == cap(pending) {
-						pending = append(make([]*amqp091.DeferredConfirmation, 0, window), pending...)
-					}
-					pending = append(pending, dc)
-				}
-				for _, dc := range pending {
-					if err := await(dc); err != nil {
-						return err
-					}
-				}
-				pending = pending[:0]
-				return nil
-			})
+		prefix := fmt.Sprintf("size=%s/batch=%d", size.name, batchSize)
+		b.Run(prefix+"/impl=raw", func(b *testing.B) {
+			benchRawBatch(b, size.bytes, marshal)
 		})
-		b.Run(fmt.Sprintf("size=%s/batch=%d/impl=resilient", size.name, batchSize), func(b *testing.B) {
-			pub := newResilient(b)
-			q := queue(b)
-			inBatches(b, batchSize, func(n int) error {
-				msgs := make([]*message.Message, n)
-				for i := range msgs {
-					msgs[i] = newMessage(size.bytes)
-				}
-				return pub.Publish(q, msgs...)
-			})
+		b.Run(prefix+"/impl=resilient", func(b *testing.B) {
+			benchResilientBatch(b, size.bytes, false)
 		})
+		if size.bytes == leanSize {
+			b.Run(prefix+"/impl=raw-lean", func(b *testing.B) {
+				benchRawBatch(b, size.bytes, marshalLean)
+			})
+			b.Run(prefix+"/impl=resilient-lean", func(b *testing.B) {
+				benchResilientBatch(b, size.bytes, true)
+			})
+		}
 	}
 }
 
+func benchRawBatch(b *testing.B, size int, marshal func(*message.Message) (amqp091.Publishing, error)) {
+	conn := brokertest.Dial(b)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	q := queue(b)
+	ctx, cancel := rawDeadline()
+	defer cancel()
+	pending := make([]*amqp091.DeferredConfirmation, 0, window)
+	await := func(dc *amqp091.DeferredConfirmation) error {
+		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+			return fmt.Errorf("not confirmed: %v", err)
+		}
+		return nil
+	}
+	inBatches(b, batchSize, func(n int) error {
+		for range n {
+			if len(pending) == window {
+				if err := await(pending[0]); err != nil {
+					return err
+				}
+				pending = pending[1:]
+			}
+			pub, err := marshal(newMessage(size))
+			if err != nil {
+				return err
+			}
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
+			if err != nil {
+				return err
+			}
+			if len(pending) == cap(pending) {
+				pending = append(make([]*amqp091.DeferredConfirmation, 0, window), pending...)
+			}
+			pending = append(pending, dc)
+		}
+		for _, dc := range pending {
+			if err := await(dc); err != nil {
+				return err
+			}
+		}
+		pending = pending[:0]
+		return nil
+	})
+}
+
+func benchResilientBatch(b *testing.B, size int, lean bool) {
+	pub := newResilient(b, lean)
+	q := queue(b)
+	inBatches(b, batchSize, func(n int) error {
+		msgs := make([]*message.Message, n)
+		for i := range msgs {
+			msgs[i] = newMessage(size)
+		}
+		return pub.Publish(q, msgs...)
+	})
+}
+
 // newResilient is the publisher with its default settings, but for
-// -bench.channels.
-func newResilient(b *testing.B) *resilient.Publisher {
-	pub, err := resilient.NewPublisher(resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), Channels: *channels}, nil)
+// -bench.channels, and UUIDInMessageIDOnly when lean.
+func newResilient(b *testing.B, lean bool) *resilient.Publisher {
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), Channels: *channels, UUIDInMessageIDOnly: lean}
+	pub, err := resilient.NewPublisher(cfg, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -137,6 +137,22 @@ type Config[A any] struct {
 	// ErrMessageTooLarge, before they are sent, and alone. Set it to the
 	// broker's limit to fail such messages before the first refusal.
 	MaxMessageSize int
+	// UUIDInMessageIDOnly sends each message's watermill UUID in its AMQP
+	// message_id only, leaving out the header watermill-amqp's Marshaler
+	// repeats it in (_watermill_message_uuid, or the DefaultMarshaler's
+	// MessageUUIDHeaderKey): the broker parses and stores every header
+	// table, and a message whose only header that was goes without a
+	// table at all. Every other header, so every metadata entry, is sent
+	// as before, and this package's Subscriber, which takes the UUID from
+	// message_id when the header is missing, hands its handlers the same
+	// message either way. Turn it on when every consumer of the topics is
+	// this package's Subscriber, or reads the UUID from message_id.
+	// Default false, because watermill-amqp's own subscriber (v2 and v3)
+	// reads it from the header only: its handlers would get every message
+	// with an empty UUID (the metadata intact). The header stays where
+	// message_id does not carry the UUID (a Marshaler that sets a
+	// message_id of its own). A Subscriber ignores it.
+	UUIDInMessageIDOnly bool
 
 	// AckBatch is how many of the handler's acks a Subscriber may hold back
 	// and send as one basic.ack with multiple set, which acks every

@@ -12,7 +12,8 @@
 //	                answer but do not confirm), nodesleft.go, state.go,
 //	                backoff.go
 //	publishing      publisher.go, outgoing.go (a message marshaled and
-//	                checked, and prepare, which builds it), call.go (one
+//	                checked, and prepare, which builds it), leanwire.go
+//	                (the UUID header left out), call.go (one
 //	                Publish: attempts, and what their messages' fates ask),
 //	                attempt.go (one try on one lane), handoff.go (a message
 //	                handed to a lane), lane.go (a confirm-mode channel and its

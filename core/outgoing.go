@@ -83,6 +83,9 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		if pub.MessageId == "" {
 			pub.MessageId = msg.UUID
 		}
+		if p.cfg.UUIDInMessageIDOnly { // before the header frame is sized
+			dropUUIDHeader(&pub, msg.UUID, &p.cfg.AMQP)
+		}
 		headerFrame, err := validProperties(pub)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))

@@ -34,6 +34,7 @@ func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *setting
 		MaxMessageSize:       cfg.MaxMessageSize,
 		AckBatch:             cfg.AckBatch,
 		AckBatchWait:         cfg.AckBatchWait,
+		UUIDInMessageIDOnly:  cfg.UUIDInMessageIDOnly,
 		OnEvent:              cfg.OnEvent,
 		OnStateChange:        cfg.OnStateChange,
 	}}

@@ -290,9 +290,6 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 		return false, sub.nack(c, d, "its Marshaler cannot read it: "+err.Error(), "")
 	}
 	sub.unreadable.Reset()
-	if msg.UUID == "" {
-		msg.UUID = d.MessageId // a message from another publisher
-	}
 	ctx, cancel := context.WithCancel(sub.ctx)
 	defer cancel()
 	msg.SetContext(ctx)

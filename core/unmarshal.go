@@ -20,8 +20,18 @@ import (
 // strings (x-delivery-count "3"; tables and lists as JSON): at once for a
 // marshaler that reads strings only (stringsOnly: the DefaultMarshaler),
 // after a first failure for another one, which sees the headers as they
-// came when it can read them.
+// came when it can read them. A message the Marshaler finds no UUID in
+// (watermill-amqp's header missing: sent with Config.UUIDInMessageIDOnly,
+// or by another publisher) gets its AMQP message_id as UUID.
 func unmarshal(m Marshaler, stringsOnly bool, d amqp091.Delivery) (*message.Message, error) {
+	msg, err := unmarshalHeaders(m, stringsOnly, d)
+	if err == nil && msg.UUID == "" {
+		msg.UUID = d.MessageId
+	}
+	return msg, err
+}
+
+func unmarshalHeaders(m Marshaler, stringsOnly bool, d amqp091.Delivery) (*message.Message, error) {
 	if stringsOnly {
 		return m.Unmarshal(withStringHeaders(d))
 	}

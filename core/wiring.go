@@ -34,6 +34,16 @@ type Wiring struct {
 	// (watermill-amqp's DefaultMarshaler): deliveries reach it with every
 	// header as a string, at once rather than after a first failure.
 	StringHeadersOnly bool
+	// UUIDHeader is the header Marshaler writes the message UUID in:
+	// the DefaultMarshaler's MessageUUIDHeaderKey, else watermill-amqp's
+	// DefaultMessageUUIDHeaderKey. Config.UUIDInMessageIDOnly leaves it
+	// out.
+	UUIDHeader string
+	// FreshHeaders says that Marshaler returns a header table of its own
+	// with each message, held by no one else (the DefaultMarshaler without
+	// PostprocessPublishing): the publisher may change it in place rather
+	// than copy it.
+	FreshHeaders bool
 
 	// ExchangeName is Exchange.GenerateName.
 	ExchangeName func(topic string) string

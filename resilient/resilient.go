@@ -27,7 +27,10 @@ import (
 //	ConfirmTimeout         bound of the broker's confirm or reply (default 15s)
 //	CloseTimeout           how long Close waits for confirms (default 10s)
 //	MaxNackRetries         cap on re-sends after broker nacks (default none)
-//	MaxMessageSize         larger messages fail at once (default 128 MiB)
+//	MaxMessageSize         larger messages fail at once (default 512 MiB, RabbitMQ's cap)
+//	UUIDInMessageIDOnly    the UUID in message_id only, no header (default off)
+//	AckBatch               acks a Subscriber sends as one (default 32)
+//	AckBatchWait           how long it may hold one back (default 10 ms)
 //	OnEvent                called on every Event (package metrics uses it)
 //	OnStateChange          called on every StateChange, in order
 //
@@ -99,9 +102,13 @@ func wire(c amqp.Config) core.Wiring {
 		w.Reconnect = core.Backoff{InitialWait: r.BackoffInitialInterval, MaxWait: r.BackoffMaxInterval,
 			Multiplier: r.BackoffMultiplier, Jitter: r.BackoffRandomizationFactor}
 	}
-	switch c.Marshaler.(type) {
-	case amqp.DefaultMarshaler, *amqp.DefaultMarshaler:
+	w.UUIDHeader = amqp.DefaultMessageUUIDHeaderKey
+	if m, ok := defaultMarshaler(c.Marshaler); ok {
 		w.StringHeadersOnly = true
+		w.FreshHeaders = m.PostprocessPublishing == nil // it may return a table of the user's
+		if m.MessageUUIDHeaderKey != "" {
+			w.UUIDHeader = m.MessageUUIDHeaderKey
+		}
 	}
 	builder := c.TopologyBuilder
 	if builder == nil {
@@ -120,4 +127,17 @@ func wire(c amqp.Config) core.Wiring {
 		return builder.BuildTopology(ch, queue, exchange, c, logger)
 	}
 	return w
+}
+
+// defaultMarshaler is m as watermill-amqp's DefaultMarshaler, if it is one.
+func defaultMarshaler(m amqp.Marshaler) (amqp.DefaultMarshaler, bool) {
+	switch m := m.(type) {
+	case amqp.DefaultMarshaler:
+		return m, true
+	case *amqp.DefaultMarshaler:
+		if m != nil {
+			return *m, true
+		}
+	}
+	return amqp.DefaultMarshaler{}, false
 }

@@ -58,8 +58,27 @@ func TestWire(t *testing.T) {
 		t.Fatal("a *DefaultMarshaler reads strings only too")
 	}
 	c.Marshaler, c.TopologyBuilder = nil, nil
-	if w := wire(c); w.Marshaler != nil || w.StringHeadersOnly || w.BuildTopology == nil {
+	if w := wire(c); w.Marshaler != nil || w.StringHeadersOnly || w.FreshHeaders || w.BuildTopology == nil {
 		t.Fatalf("no marshaler, default builder: %+v", w)
+	}
+}
+
+// The header UUIDInMessageIDOnly leaves out is the one the DefaultMarshaler
+// writes; its table is changed in place only where no function of the
+// user's (PostprocessPublishing) can have put a table of theirs there.
+func TestWireUUIDHeader(t *testing.T) {
+	c := amqp.NewDurableQueueConfig("amqp://example/")
+	if w := wire(c); w.UUIDHeader != "_watermill_message_uuid" || !w.FreshHeaders {
+		t.Errorf("DefaultMarshaler: header %q, fresh tables %v", w.UUIDHeader, w.FreshHeaders)
+	}
+	c.Marshaler = &amqp.DefaultMarshaler{MessageUUIDHeaderKey: "x-id",
+		PostprocessPublishing: func(p amqp091.Publishing) amqp091.Publishing { return p }}
+	if w := wire(c); w.UUIDHeader != "x-id" || w.FreshHeaders {
+		t.Errorf("a custom key, PostprocessPublishing: header %q, fresh tables %v", w.UUIDHeader, w.FreshHeaders)
+	}
+	c.Marshaler = (*amqp.DefaultMarshaler)(nil)
+	if w := wire(c); w.UUIDHeader != "_watermill_message_uuid" || w.FreshHeaders || w.StringHeadersOnly {
+		t.Errorf("a nil *DefaultMarshaler: %+v", w)
 	}
 }
 

@@ -1,7 +1,8 @@
 // Command benchtable reads the output of the benchmarks in this module
 // (go test -bench, any -count) and prints a Markdown table comparing the
 // resilient publisher with raw amqp091-go and watermill-amqp: medians over
-// the runs, as ratios, each against its target.
+// the runs, as ratios, each against its target. A pair raw-X, resilient-X
+// (raw-lean and resilient-lean: the lean wire) has a row of its own.
 //
 //	go test ./benchmarks -run '^$' -bench . -count 3 | tee bench.txt | go run ./benchmarks/benchtable
 package main
@@ -87,6 +88,43 @@ func check(ratio, target float64, atLeast bool) string {
 	return fmt.Sprintf("%s %s %.2f", mark, sign, target)
 }
 
+// variant is a pair of implementations compared on one row: raw and
+// resilient with a suffix, e.g. raw-lean and resilient-lean.
+type variant struct {
+	suffix string // of both impl names
+	label  string // after the case's name
+}
+
+var variants = []variant{
+	{"", ""},
+	{"-lean", " (lean wire: UUID in message_id only)"},
+}
+
+// row prints the row comparing raw and resilient of v in case name, if the
+// run has both.
+func (s samples) row(name string, v variant) {
+	rawImpl, ourImpl := "raw"+v.suffix, "resilient"+v.suffix
+	if s[name][rawImpl] == nil || s[name][ourImpl] == nil {
+		return
+	}
+	get := func(unit string) (raw, ours float64) { return s.get(name, rawImpl, unit), s.get(name, ourImpl, unit) }
+	raw, ours := get("msgs/s")
+	ratio := ours / raw
+	var target float64
+	if strings.Contains(name, "batch=") || !strings.Contains(name, "goroutines=1/") && !strings.HasSuffix(name, "goroutines=1") {
+		target = 0.95
+	}
+	cpuRaw, cpuOurs := get("cpu-µs/msg")
+	p50Raw, p50Ours := get("p50-µs")
+	p99Raw, p99Ours := get("p99-µs")
+	allocsRaw, allocsOurs := get("allocs/op")
+	bytesRaw, bytesOurs := get("B/op")
+	fmt.Printf("| %s%s | %.0f | %.0f | %.2f | %s | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f (%.2f) |\n",
+		name, v.label, raw, ours, ratio, check(ratio, target, true),
+		p50Raw, p50Ours, p99Raw, p99Ours, allocsRaw, allocsOurs, bytesRaw, bytesOurs,
+		cpuRaw, cpuOurs, cpuOurs/cpuRaw)
+}
+
 func main() {
 	s, order, err := parse(os.Stdin)
 	if err != nil {
@@ -95,29 +133,17 @@ func main() {
 	}
 	n := 0
 	for _, name := range order {
-		n = max(n, len(s[name]["resilient"]["msgs/s"]))
+		for _, v := range variants {
+			n = max(n, len(s[name]["resilient"+v.suffix]["msgs/s"]))
+		}
 	}
 	fmt.Printf("\nMedians of %d run(s). raw = amqp091-go doing the same work; ratio = resilient / raw.\n\n", n)
 	fmt.Println("| case | raw msgs/s | resilient msgs/s | ratio | target | p50 µs raw / ours | p99 µs raw / ours | allocs/msg raw / ours | B/msg raw / ours | CPU µs/msg raw / ours (ratio ≤ 2) |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	for _, name := range order {
-		if s[name]["raw"] == nil || s[name]["resilient"] == nil {
-			continue
+		for _, v := range variants {
+			s.row(name, v)
 		}
-		raw, ours := s.get(name, "raw", "msgs/s"), s.get(name, "resilient", "msgs/s")
-		ratio := ours / raw
-		var target float64
-		if strings.Contains(name, "batch=") || !strings.Contains(name, "goroutines=1/") && !strings.HasSuffix(name, "goroutines=1") {
-			target = 0.95
-		}
-		cpuRaw, cpuOurs := s.get(name, "raw", "cpu-µs/msg"), s.get(name, "resilient", "cpu-µs/msg")
-		fmt.Printf("| %s | %.0f | %.0f | %.2f | %s | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f (%.2f) |\n",
-			name, raw, ours, ratio, check(ratio, target, true),
-			s.get(name, "raw", "p50-µs"), s.get(name, "resilient", "p50-µs"),
-			s.get(name, "raw", "p99-µs"), s.get(name, "resilient", "p99-µs"),
-			s.get(name, "raw", "allocs/op"), s.get(name, "resilient", "allocs/op"),
-			s.get(name, "raw", "B/op"), s.get(name, "resilient", "B/op"),
-			cpuRaw, cpuOurs, cpuOurs/cpuRaw)
 	}
 	fmt.Println()
 	for _, name := range order {
