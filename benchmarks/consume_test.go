@@ -14,13 +14,14 @@ import (
 )
 
 // BenchmarkConsumeQuorum: a quorum queue preloaded with b.N 1 KiB messages
-// (not timed), then consumed, each message acked one by one (AckBatch 1:
-// the figures of "Running on a cluster"), at the given prefetch.
+// (not timed), then consumed at the given prefetch.
 //
 //   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
 //   - resilient: Subscriber.Subscribe with Consume.Qos.PrefetchCount =
 //     prefetch, msg.Ack() per message, read from the channel as a Router
-//     reads it (one at a time).
+//     reads it (one at a time), acks in batches (the default AckBatch).
+//   - resilient-unbatched: the same with AckBatch 1, each ack at once (the
+//     figures of "Running on a cluster").
 //
 // On a cluster, point AMQP_URI at one of its nodes: the queue's leader is
 // that node (client-local), its followers the other two.
@@ -28,7 +29,8 @@ func BenchmarkConsumeQuorum(b *testing.B) {
 	for _, prefetch := range []int{1, 16, 64, 256} {
 		prefix := fmt.Sprintf("quorum/prefetch=%d", prefetch)
 		b.Run(prefix+"/impl=raw", func(b *testing.B) { benchRawConsume(b, quorumArgs, prefetch, 1) })
-		b.Run(prefix+"/impl=resilient", func(b *testing.B) { benchConsume(b, quorumArgs, prefetch, 1) })
+		b.Run(prefix+"/impl=resilient", func(b *testing.B) { benchConsume(b, quorumArgs, prefetch, 0) })
+		b.Run(prefix+"/impl=resilient-unbatched", func(b *testing.B) { benchConsume(b, quorumArgs, prefetch, 1) })
 	}
 }
 
