@@ -11,7 +11,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
@@ -83,16 +82,7 @@ func benchEndToEnd(b *testing.B, goroutines int, open pipe) {
 // publish benchmarks), one consuming channel.
 func rawPipe(b *testing.B, q string, goroutines int, got func([]byte) bool) (func(int, *message.Message) error, func()) {
 	conn := brokertest.Dial(b)
-	chans := make([]*amqp091.Channel, *channels)
-	for i := range chans {
-		var err error
-		if chans[i], err = conn.Channel(); err != nil {
-			b.Fatal(err)
-		}
-		if err := chans[i].Confirm(false); err != nil {
-			b.Fatal(err)
-		}
-	}
+	chans := confirmChannels(b, conn)
 	consumer, err := conn.Channel()
 	if err != nil {
 		b.Fatal(err)
@@ -119,14 +109,7 @@ func rawPipe(b *testing.B, q string, goroutines int, got func([]byte) bool) (fun
 		if err != nil {
 			return err
 		}
-		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
-		if err != nil {
-			return err
-		}
-		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
-			return fmt.Errorf("not confirmed: %v", err)
-		}
-		return nil
+		return publishConfirmed(ctx, chans[w%len(chans)], q, pub)
 	}
 	return publish, func() { cancel(); _ = conn.Close() }
 }

@@ -92,6 +92,22 @@ func benchResilient(b *testing.B, size, goroutines int, lean bool) {
 func benchRaw(b *testing.B, size, goroutines int, marshal func(*message.Message) (amqp091.Publishing, error)) {
 	conn := brokertest.Dial(b)
 	defer conn.Close()
+	chans := confirmChannels(b, conn)
+	q := queue(b)
+	ctx, cancel := rawDeadline()
+	defer cancel()
+	concurrently(b, goroutines, func(w int) error {
+		pub, err := marshal(newMessage(size))
+		if err != nil {
+			return err
+		}
+		return publishConfirmed(ctx, chans[w%len(chans)], q, pub)
+	})
+}
+
+// confirmChannels opens -bench.channels confirm-mode channels on conn, for
+// raw amqp091-go's goroutines to share.
+func confirmChannels(b *testing.B, conn *amqp091.Connection) []*amqp091.Channel {
 	chans := make([]*amqp091.Channel, *channels)
 	for i := range chans {
 		var err error
@@ -102,23 +118,7 @@ func benchRaw(b *testing.B, size, goroutines int, marshal func(*message.Message)
 			b.Fatal(err)
 		}
 	}
-	q := queue(b)
-	ctx, cancel := rawDeadline()
-	defer cancel()
-	concurrently(b, goroutines, func(w int) error {
-		pub, err := marshal(newMessage(size))
-		if err != nil {
-			return err
-		}
-		dc, err := chans[w%len(chans)].PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
-		if err != nil {
-			return err
-		}
-		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
-			return fmt.Errorf("not confirmed: %v", err)
-		}
-		return nil
-	})
+	return chans
 }
 
 // rawMandatory has raw amqp091-go publish with the mandatory flag, as the
@@ -126,6 +126,19 @@ func benchRaw(b *testing.B, size, goroutines int, marshal func(*message.Message)
 // under it is no silent loss): run the suite with and without it to see
 // what the flag costs the broker, apart from the publisher.
 var rawMandatory = flag.Bool("bench.raw-mandatory", false, "raw amqp091-go publishes mandatory, as the publisher does to its own queue")
+
+// publishConfirmed publishes pub to queue q on ch (mandatory as
+// -bench.raw-mandatory says) and waits for its confirm.
+func publishConfirmed(ctx context.Context, ch *amqp091.Channel, q string, pub amqp091.Publishing) error {
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, *rawMandatory, false, pub)
+	if err != nil {
+		return err
+	}
+	if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+		return fmt.Errorf("not confirmed: %v", err)
+	}
+	return nil
+}
 
 // rawDeadline bounds a raw case's waits for confirms: amqp091-go waits for
 // one for ever, and a development run once hung an hour on raw
