@@ -22,12 +22,13 @@ import (
 //   - no delivery is ready when the handler is done: the handler is idle,
 //     so nothing is gained by waiting (and with the prefetch count reached
 //     the broker would send nothing more),
-//   - before a nack, and when the consumer stops (its subscription
-//     cancelled or Close, an attach again, a node left).
+//   - before a nack, and when the consumer stops while its channel lives
+//     (its subscription cancelled or Close, an attach again).
 //
-// At-least-once is kept: acks held when the channel dies are never sent,
-// and the broker delivers those messages again (delivery tags belong to
-// their channel). A fault costs at most max duplicates per channel.
+// At-least-once is kept: acks held when the channel dies are never sent
+// (nor when the connection is cut: a node left, a link deemed broken), and
+// the broker delivers those messages again (delivery tags belong to their
+// channel). A fault costs at most max duplicates per channel.
 type ackBatch struct {
 	max  int
 	wait time.Duration
@@ -59,7 +60,10 @@ func newAckBatch(max int, wait time.Duration, prefetch int) ackBatch {
 // (0 when held or failed); err is the send's error.
 func (b *ackBatch) add(ch acker, tag uint64, handler string) (sent int, err error) {
 	if b.max <= 1 {
-		return 1, ch.Ack(tag, false)
+		if err := ch.Ack(tag, false); err != nil {
+			return 0, err
+		}
+		return 1, nil
 	}
 	b.tag, b.handler = tag, handler
 	b.held++

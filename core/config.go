@@ -163,10 +163,11 @@ type Config[A any] struct {
 	// watermill-amqp's prefetch of 1, every ack goes at once. Held acks go
 	// out after AckBatchWait, as soon as no delivery is ready when the
 	// handler is done (it is idle), before a nack, and when the consumer
-	// stops (Close, the subscription's context, an attach again).
-	// At-least-once is kept: when the channel dies before its acks went,
-	// the broker delivers those messages again (at most AckBatch duplicates
-	// per fault). Default 32; 1 sends each ack at once.
+	// stops while its channel lives (Close, the subscription's context, an
+	// attach again). At-least-once is kept: when the channel dies, or the
+	// connection is cut, before its acks went, the broker delivers those
+	// messages again (at most AckBatch duplicates per channel and fault).
+	// Default 32; 1 sends each ack at once.
 	AckBatch int
 	// AckBatchWait is how long a Subscriber may hold an ack back (see
 	// AckBatch). Default 10 ms.

@@ -44,7 +44,8 @@ type Event struct {
 	// about, "" outside a Router: the handler whose output the call
 	// published (PublishDone), or that consumed the message (MessageAcked,
 	// MessageNacked), read with message.HandlerNameFromCtx from the
-	// (first) message's Context(), as watermill's own metrics do.
+	// message's Context() (the first of a call's; the last of acks sent
+	// as one, AckBatch), as watermill's own metrics do.
 	Handler string
 }
 

@@ -144,3 +144,61 @@ func TestSubscriberSendsHeldAcksWhenIdle(t *testing.T) {
 	}
 	r.tally(t, ids)
 }
+
+// Nacks among batched acks: a nack goes after the acks held before it, and
+// no multiple ack ever covers a nacked delivery. Every seventh message is
+// nacked (requeued) the first time and must come back; all the others are
+// acked once and must not.
+func TestSubscriberBatchedAcksAroundNacks(t *testing.T) {
+	brokertest.Need(t)
+	queue := brokertest.Name("sub-acknack")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
+	in, ids := newMessages(300)
+	nackFirst := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		nackFirst[id] = i%7 == 0
+	}
+	if err := pub.Publish(queue, in...); err != nil {
+		t.Fatal(err)
+	}
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
+	cfg.AMQP.Consume.Qos.PrefetchCount = 100
+	sub, _ := pubsubtest.Subscriber(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[string]int, len(ids))
+	for handled := 0; handled < len(ids); {
+		select {
+		case msg := <-msgs:
+			seen[msg.UUID]++
+			if nackFirst[msg.UUID] && seen[msg.UUID] == 1 {
+				msg.Nack()
+				continue
+			}
+			msg.Ack()
+			handled++
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d handled in 30 s", handled, len(ids))
+		}
+	}
+	cancel()
+	for range msgs {
+	}
+	for i, id := range ids {
+		want := 1
+		if nackFirst[id] {
+			want = 2
+		}
+		if seen[id] != want {
+			t.Fatalf("message %d seen %d times, want %d (nacked first: %v)", i, seen[id], want, nackFirst[id])
+		}
+	}
+	if r := brokertest.Drain(t, queue, nil); r.Got != 0 {
+		t.Fatalf("queue holds %d messages, want none", r.Got)
+	}
+}

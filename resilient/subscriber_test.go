@@ -3,6 +3,7 @@ package resilient_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -261,11 +262,20 @@ func TestSubscriberNack(t *testing.T) {
 // cancels at once, so that both are ready when the subscription looks.
 func TestVerdictBeforeCancelIsSent(t *testing.T) {
 	brokertest.Need(t)
+	// At prefetch 1 each ack goes at once; at 64 it is held (AckBatch),
+	// and goes as the consumer stops.
+	for _, prefetch := range []int{1, 64} {
+		t.Run("prefetch="+strconv.Itoa(prefetch), func(t *testing.T) { verdictBeforeCancel(t, prefetch) })
+	}
+}
+
+func verdictBeforeCancel(t *testing.T, prefetch int) {
 	const rounds = 40
 	queue := brokertest.Name("sub-verdict-cancel")
 	brokertest.DeleteQueues(t, queue)
 	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 	cfg.AMQP.Consume.NoRequeueOnNack = true
+	cfg.AMQP.Consume.Qos.PrefetchCount = prefetch
 	sub, _ := pubsubtest.Subscriber(t, cfg)
 	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())})
 	for round := 0; round < rounds; round++ {
