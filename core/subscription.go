@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -203,13 +204,9 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 		if c.acks.pending() {
 			// The handler is done: a delivery ready goes on the batch,
 			// none means the handler is idle, and the acks held go now.
-			select {
-			case d, ok = <-c.deliveries:
-				got = true
-			default:
-				if !sub.flushAcks(c) {
-					return false
-				}
+			d, ok, got = nextReady(c.deliveries)
+			if !got && !sub.flushAcks(c) {
+				return false
 			}
 		}
 		if !got {
@@ -411,6 +408,25 @@ func (sub *subscription) settle(c *consumer, err error, what EventKind, n int, h
 		sub.s.cfg.emit(Event{Kind: what, Messages: n, Handler: handler})
 	}
 	return true
+}
+
+// nextReady takes a delivery if one is ready. amqp091-go hands deliveries
+// over from a goroutine of its own, which may be busy taking the next one
+// off the socket just as the handler is done: it gets one chance to hand
+// it over before the subscription takes the handler to be idle (and sends
+// the acks it holds, in a smaller batch than need be).
+func nextReady(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok, got bool) {
+	for try := 0; ; try++ {
+		select {
+		case d, ok = <-deliveries:
+			return d, ok, true
+		default:
+		}
+		if try == 1 {
+			return d, false, false
+		}
+		runtime.Gosched()
+	}
 }
 
 // idleReattach is how long a consumer may go without a delivery before it
