@@ -1,7 +1,10 @@
 package core
 
 import (
+	"runtime"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // ackBatch is the acks a consumer owes the broker for messages its handler
@@ -112,5 +115,24 @@ func (b *ackBatch) startTimer() {
 func (b *ackBatch) stop() {
 	if b.timer != nil {
 		b.timer.Stop()
+	}
+}
+
+// nextReady takes a delivery if one is ready. amqp091-go hands deliveries
+// over from a goroutine of its own, which may be busy taking the next one
+// off the socket just as the handler is done: it gets one chance to hand
+// it over before the subscription takes the handler to be idle (and sends
+// the acks it holds, in a smaller batch than need be).
+func nextReady(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok, got bool) {
+	for try := 0; ; try++ {
+		select {
+		case d, ok = <-deliveries:
+			return d, ok, true
+		default:
+		}
+		if try == 1 {
+			return d, false, false
+		}
+		runtime.Gosched()
 	}
 }

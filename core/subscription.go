@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -228,32 +227,30 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				return true
 			}
 		}
-		{
-			if !ok {
-				// The channel died, or the broker cancelled the consumer
-				// (queue deleted): never hand out the zero Delivery.
-				c.cancelled = true
-				return sub.ctx.Err() != nil
-			}
-			if d.DeliveryTag != c.lastTag+1 {
-				// The broker numbers a channel's deliveries 1, 2, 3...: a
-				// gap is a delivery lost on a link that lives (bytes
-				// dropped between heartbeats). The broker holds it as
-				// unacked until the channel closes: closing it, and
-				// attaching again, has it delivered again.
-				sub.logger.Info("Deliveries lost in transit: attaching again to have them redelivered", // absorbed
-					watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
-				return false
-			}
-			c.lastTag = d.DeliveryTag
-			if stop, alive := sub.handle(c, d); stop || !alive {
-				return stop
-			}
-			idle.Reset(idleAfter) // counted from the handler's verdict
-			heard = time.Now()
-			probe.reset(heard)
-			sub.leftUnseen = false
+		if !ok {
+			// The channel died, or the broker cancelled the consumer
+			// (queue deleted): never hand out the zero Delivery.
+			c.cancelled = true
+			return sub.ctx.Err() != nil
 		}
+		if d.DeliveryTag != c.lastTag+1 {
+			// The broker numbers a channel's deliveries 1, 2, 3...: a
+			// gap is a delivery lost on a link that lives (bytes
+			// dropped between heartbeats). The broker holds it as
+			// unacked until the channel closes: closing it, and
+			// attaching again, has it delivered again.
+			sub.logger.Info("Deliveries lost in transit: attaching again to have them redelivered", // absorbed
+				watermill.LogFields{"expected_tag": c.lastTag + 1, "got_tag": d.DeliveryTag})
+			return false
+		}
+		c.lastTag = d.DeliveryTag
+		if stop, alive := sub.handle(c, d); stop || !alive {
+			return stop
+		}
+		idle.Reset(idleAfter) // counted from the handler's verdict
+		heard = time.Now()
+		probe.reset(heard)
+		sub.leftUnseen = false
 	}
 }
 
@@ -408,25 +405,6 @@ func (sub *subscription) settle(c *consumer, err error, what EventKind, n int, h
 		sub.s.cfg.emit(Event{Kind: what, Messages: n, Handler: handler})
 	}
 	return true
-}
-
-// nextReady takes a delivery if one is ready. amqp091-go hands deliveries
-// over from a goroutine of its own, which may be busy taking the next one
-// off the socket just as the handler is done: it gets one chance to hand
-// it over before the subscription takes the handler to be idle (and sends
-// the acks it holds, in a smaller batch than need be).
-func nextReady(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok, got bool) {
-	for try := 0; ; try++ {
-		select {
-		case d, ok = <-deliveries:
-			return d, ok, true
-		default:
-		}
-		if try == 1 {
-			return d, false, false
-		}
-		runtime.Gosched()
-	}
 }
 
 // idleReattach is how long a consumer may go without a delivery before it
