@@ -76,6 +76,20 @@ func unacked(t *testing.T, queue string) int {
 	return 0
 }
 
+// backlog is a fresh queue (named from prefix, deleted after the test)
+// holding n messages, confirmed, and their UUIDs in order.
+func backlog(t *testing.T, prefix string, n int) (queue string, ids []string) {
+	t.Helper()
+	queue = brokertest.Name(prefix)
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
+	in, ids := newMessages(n)
+	if err := pub.Publish(queue, in...); err != nil {
+		t.Fatal(err)
+	}
+	return queue, ids
+}
+
 // consumeAcking subscribes to queue with prefetch and AckBatchWait wait,
 // hands every message to r and acks it, and counts the acks sent.
 func consumeAcking(t *testing.T, queue string, prefetch int, wait time.Duration, r *received) *ackEvents {
@@ -98,13 +112,7 @@ func consumeAcking(t *testing.T, queue string, prefetch int, wait time.Duration,
 // deliveries), every message once, nothing redelivered.
 func TestSubscriberBatchesAcks(t *testing.T) {
 	brokertest.Need(t)
-	queue := brokertest.Name("sub-ackbatch")
-	brokertest.DeleteQueues(t, queue)
-	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
-	in, ids := newMessages(500)
-	if err := pub.Publish(queue, in...); err != nil {
-		t.Fatal(err)
-	}
+	queue, ids := backlog(t, "sub-ackbatch", 500)
 	r := newReceived()
 	acks := consumeAcking(t, queue, 100, 0, r)
 	r.AwaitAll(t, ids)
@@ -151,16 +159,10 @@ func TestSubscriberSendsHeldAcksWhenIdle(t *testing.T) {
 // acked once and must not.
 func TestSubscriberBatchedAcksAroundNacks(t *testing.T) {
 	brokertest.Need(t)
-	queue := brokertest.Name("sub-acknack")
-	brokertest.DeleteQueues(t, queue)
-	pub, _ := pubsubtest.Publisher(t, resilient.Config{})
-	in, ids := newMessages(300)
+	queue, ids := backlog(t, "sub-acknack", 300)
 	nackFirst := make(map[string]bool, len(ids))
 	for i, id := range ids {
 		nackFirst[id] = i%7 == 0
-	}
-	if err := pub.Publish(queue, in...); err != nil {
-		t.Fatal(err)
 	}
 	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
 	cfg.AMQP.Consume.Qos.PrefetchCount = 100
