@@ -1,6 +1,23 @@
 package core
 
-import amqp091 "github.com/rabbitmq/amqp091-go"
+import (
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// leanPublishing is msg's publishing on the lean wire when the Marshaler is
+// watermill-amqp's DefaultMarshaler without PostprocessPublishing
+// (w.FreshHeaders) and msg has no metadata: its body, its UUID as
+// message_id, the Marshaler's delivery mode, no header table. That is what
+// Marshal and dropUUIDHeader would make of it, without the table and the
+// boxed UUID made only to be dropped, for every message. ok is false where
+// the Marshaler must run.
+func leanPublishing(msg *message.Message, w *Wiring) (pub amqp091.Publishing, ok bool) {
+	if !w.FreshHeaders || len(msg.Metadata) > 0 {
+		return amqp091.Publishing{}, false
+	}
+	return amqp091.Publishing{Body: msg.Payload, DeliveryMode: w.DeliveryMode, MessageId: msg.UUID}, true
+}
 
 // dropUUIDHeader leaves w.UUIDHeader out of pub, the publishing of the
 // message uuid, when its message_id carries that UUID already

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"maps"
+	"reflect"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -23,6 +24,9 @@ type headerMarshaler struct {
 	shared amqp091.Table
 	// messageID, when set, is the message_id Marshal sets.
 	messageID string
+	// deliveryMode, when set, is the delivery mode Marshal sets, else
+	// persistent.
+	deliveryMode *uint8
 }
 
 func (m headerMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
@@ -34,7 +38,11 @@ func (m headerMarshaler) Marshal(msg *message.Message) (amqp091.Publishing, erro
 		}
 		headers[m.header] = msg.UUID
 	}
-	return amqp091.Publishing{Body: msg.Payload, Headers: headers, DeliveryMode: amqp091.Persistent, MessageId: m.messageID}, nil
+	mode := amqp091.Persistent
+	if m.deliveryMode != nil {
+		mode = *m.deliveryMode
+	}
+	return amqp091.Publishing{Body: msg.Payload, Headers: headers, DeliveryMode: mode, MessageId: m.messageID}, nil
 }
 
 func (m headerMarshaler) Unmarshal(d amqp091.Delivery) (*message.Message, error) {
@@ -82,7 +90,7 @@ func withMetadata(uuid string, metadata map[string]string) *message.Message {
 // UUID, every other header stays, and a message with no other header goes
 // with no table at all. The header frame is sized as sent.
 func TestUUIDInMessageIDOnlyDropsTheHeader(t *testing.T) {
-	fresh := Wiring{Marshaler: headerMarshaler{header: uuidHeader}, UUIDHeader: uuidHeader, FreshHeaders: true}
+	fresh := Wiring{Marshaler: headerMarshaler{header: uuidHeader}, UUIDHeader: uuidHeader, FreshHeaders: true, DeliveryMode: amqp091.Persistent}
 	for _, c := range []struct {
 		name     string
 		on       bool
@@ -138,7 +146,9 @@ func TestUUIDInMessageIDOnlyLeavesTheMarshalersTableAlone(t *testing.T) {
 // holding the UUID. A DefaultMarshaler's MessageUUIDHeaderKey of the
 // user's is the header dropped.
 func TestUUIDInMessageIDOnlyKeepsWhatIsNotARepeat(t *testing.T) {
-	own := leanPublisher(true, Wiring{Marshaler: headerMarshaler{header: uuidHeader, messageID: "order-7"}, UUIDHeader: uuidHeader, FreshHeaders: true})
+	// (Not the DefaultMarshaler, which sets no message_id: its tables are
+	// not known to be fresh.)
+	own := leanPublisher(true, Wiring{Marshaler: headerMarshaler{header: uuidHeader, messageID: "order-7"}, UUIDHeader: uuidHeader})
 	if pub := prepareOne(t, own, withMetadata("u1", nil)).publishing; pub.MessageId != "order-7" || pub.Headers[uuidHeader] != "u1" {
 		t.Errorf("a Marshaler's own message_id: sent %q and headers %#v, want both kept", pub.MessageId, pub.Headers)
 	}
@@ -159,7 +169,7 @@ func TestUUIDInMessageIDOnlyKeepsWhatIsNotARepeat(t *testing.T) {
 // message costs no allocation more than off: the header is deleted in
 // place, or the table dropped.
 func TestUUIDInMessageIDOnlyAllocatesNothingMore(t *testing.T) {
-	w := Wiring{Marshaler: headerMarshaler{header: uuidHeader}, UUIDHeader: uuidHeader, FreshHeaders: true}
+	w := Wiring{Marshaler: headerMarshaler{header: uuidHeader}, UUIDHeader: uuidHeader, FreshHeaders: true, DeliveryMode: amqp091.Persistent}
 	msgs := []*message.Message{withMetadata("u1", map[string]string{"trace": "t1"})}
 	allocs := func(on bool) float64 {
 		p := leanPublisher(on, w)
@@ -171,6 +181,29 @@ func TestUUIDInMessageIDOnlyAllocatesNothingMore(t *testing.T) {
 	}
 	if off, on := allocs(false), allocs(true); on > off {
 		t.Errorf("%v allocations per prepare on, %v off", on, off)
+	}
+}
+
+// With the DefaultMarshaler (FreshHeaders), a message without metadata is
+// built directly on the lean wire: the same publishing as the Marshaler's
+// with the header dropped, in either delivery mode, for fewer allocations.
+func TestUUIDInMessageIDOnlyBuildsWhatTheMarshalerWould(t *testing.T) {
+	for _, mode := range []uint8{amqp091.Persistent, 0} {
+		marshaled := headerMarshaler{header: uuidHeader, deliveryMode: &mode}
+		built := leanPublisher(true, Wiring{Marshaler: marshaled, UUIDHeader: uuidHeader, FreshHeaders: true, DeliveryMode: mode})
+		viaMarshaler := leanPublisher(true, Wiring{Marshaler: marshaled, UUIDHeader: uuidHeader})
+		msg := withMetadata("u1", nil)
+		got, want := prepareOne(t, built, msg), prepareOne(t, viaMarshaler, msg)
+		if !reflect.DeepEqual(got.publishing, want.publishing) || got.headerFrame != want.headerFrame {
+			t.Errorf("delivery mode %d: built %+v (header frame %d), the Marshaler's %+v (%d)",
+				mode, got.publishing, got.headerFrame, want.publishing, want.headerFrame)
+		}
+		allocs := func(p *Publisher) float64 {
+			return testing.AllocsPerRun(100, func() { prepareOne(t, p, msg) })
+		}
+		if a, b := allocs(built), allocs(viaMarshaler); a >= b {
+			t.Errorf("delivery mode %d: %v allocations built, %v through the Marshaler", mode, a, b)
+		}
 	}
 }
 

@@ -75,16 +75,10 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			errs = append(errs, fmt.Errorf("%w at index %d", ErrNilMessage, i))
 			continue
 		}
-		pub, err := p.cfg.AMQP.Marshaler.Marshal(msg)
+		pub, err := p.marshal(msg)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%w %s: %w", ErrMarshal, msg.UUID, err))
 			continue
-		}
-		if pub.MessageId == "" {
-			pub.MessageId = msg.UUID
-		}
-		if p.cfg.UUIDInMessageIDOnly { // before the header frame is sized
-			dropUUIDHeader(&pub, msg.UUID, &p.cfg.AMQP)
 		}
 		headerFrame, err := validProperties(pub)
 		if err != nil {
@@ -124,6 +118,28 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		return nil, &PublishError{Topic: topic, Unconfirmed: uuids, Err: fmt.Errorf("%w (nothing was sent)", joinFirst(errs))}
 	}
 	return batch, nil
+}
+
+// marshal makes msg's publishing, its UUID as message_id unless the
+// Marshaler set one, on the lean wire without the UUID header
+// (Config.UUIDInMessageIDOnly).
+func (p *Publisher) marshal(msg *message.Message) (amqp091.Publishing, error) {
+	if p.cfg.UUIDInMessageIDOnly {
+		if pub, ok := leanPublishing(msg, &p.cfg.AMQP); ok {
+			return pub, nil
+		}
+	}
+	pub, err := p.cfg.AMQP.Marshaler.Marshal(msg)
+	if err != nil {
+		return pub, err
+	}
+	if pub.MessageId == "" {
+		pub.MessageId = msg.UUID
+	}
+	if p.cfg.UUIDInMessageIDOnly {
+		dropUUIDHeader(&pub, msg.UUID, &p.cfg.AMQP)
+	}
+	return pub, nil
 }
 
 // joinFirst joins errs so that errors.Is matches all of them and the text

@@ -39,11 +39,18 @@ type Wiring struct {
 	// DefaultMessageUUIDHeaderKey. Config.UUIDInMessageIDOnly leaves it
 	// out.
 	UUIDHeader string
-	// FreshHeaders says that Marshaler returns a header table of its own
-	// with each message, held by no one else (the DefaultMarshaler without
-	// PostprocessPublishing): the publisher may change it in place rather
-	// than copy it.
+	// FreshHeaders says that Marshaler is watermill-amqp's DefaultMarshaler
+	// without PostprocessPublishing: it returns a header table of its own
+	// with each message, held by no one else, so the publisher may change
+	// it in place rather than copy it; and what it makes of a message is
+	// known (the body, the metadata and the UUID as headers, DeliveryMode),
+	// so that on the lean wire a message without metadata is built
+	// directly, without a table made only to be dropped (leanwire.go).
 	FreshHeaders bool
+	// DeliveryMode is the delivery mode that Marshaler sets when
+	// FreshHeaders: amqp091.Persistent, or 0 with its
+	// NotPersistentDeliveryMode.
+	DeliveryMode uint8
 
 	// ExchangeName is Exchange.GenerateName.
 	ExchangeName func(topic string) string

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -79,6 +80,24 @@ func TestWireUUIDHeader(t *testing.T) {
 	c.Marshaler = (*amqp.DefaultMarshaler)(nil)
 	if w := wire(c); w.UUIDHeader != "_watermill_message_uuid" || w.FreshHeaders || w.StringHeadersOnly {
 		t.Errorf("a nil *DefaultMarshaler: %+v", w)
+	}
+}
+
+// On the lean wire a message without metadata is built without the
+// DefaultMarshaler (core/leanwire.go), in the delivery mode the door read
+// from it: the one its Marshal sets.
+func TestWireDeliveryModeIsTheMarshalers(t *testing.T) {
+	c := amqp.NewDurableQueueConfig("amqp://example/")
+	for _, m := range []amqp.DefaultMarshaler{{}, {NotPersistentDeliveryMode: true}} {
+		c.Marshaler = m
+		pub, err := m.Marshal(message.NewMessage("u1", []byte("body")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := wire(c); !w.FreshHeaders || w.DeliveryMode != pub.DeliveryMode {
+			t.Errorf("NotPersistentDeliveryMode %v: wired delivery mode %d (lean path %v), Marshal sets %d",
+				m.NotPersistentDeliveryMode, w.DeliveryMode, w.FreshHeaders, pub.DeliveryMode)
+		}
 	}
 }
 

@@ -106,6 +106,9 @@ func wire(c amqp.Config) core.Wiring {
 	if m, ok := defaultMarshaler(c.Marshaler); ok {
 		w.StringHeadersOnly = true
 		w.FreshHeaders = m.PostprocessPublishing == nil // it may return a table of the user's
+		if !m.NotPersistentDeliveryMode {
+			w.DeliveryMode = amqp091.Persistent
+		}
 		if m.MessageUUIDHeaderKey != "" {
 			w.UUIDHeader = m.MessageUUIDHeaderKey
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // uuidHeader is the header watermill-amqp's DefaultMarshaler (v2 and v3)
@@ -34,9 +35,10 @@ func MessagesWithMetadata(n int) []*message.Message {
 // RequireUUIDInMessageIDOnly takes every message of sent out of queue, as
 // it lay on the broker, and fails the test for one carrying the UUID
 // header, or a message_id that is not its UUID, or a header table where its
-// message had no metadata. It acks them: given back, they would come again
-// redelivered, which a subscriber may note in their metadata (watermill-amqp
-// v3's does).
+// message had no metadata, or one not persistent (the DefaultMarshaler's
+// mode, which the lean wire keeps). It acks them: given back, they would
+// come again redelivered, which a subscriber may note in their metadata
+// (watermill-amqp v3's does).
 func RequireUUIDInMessageIDOnly(t testing.TB, queue string, sent []*message.Message) {
 	t.Helper()
 	byUUID := make(map[string]*message.Message, len(sent))
@@ -63,6 +65,8 @@ func RequireUUIDInMessageIDOnly(t testing.TB, queue string, sent []*message.Mess
 			t.Errorf("%s carries the UUID header: %v", m.UUID, d.Headers)
 		case len(m.Metadata) == 0 && d.Headers != nil:
 			t.Errorf("%s, without metadata, has a header table: %v", m.UUID, d.Headers)
+		case d.DeliveryMode != amqp091.Persistent:
+			t.Errorf("%s lay on the broker in delivery mode %d, not persistent as its Marshaler makes it", m.UUID, d.DeliveryMode)
 		}
 	}
 }
