@@ -163,9 +163,16 @@ func failAll(failed []failure, msgs []*outgoing, err error) []failure {
 // none can end).
 func (c *call) context() (ctx context.Context, watch *contextWatch, release func()) {
 	p, batch := c.p, c.batch
-	base, cancelBase := context.WithCancelCause(p.abortCtx)
 	// The bound starts now, before the watch of many contexts is set up.
-	ctx, cancel := context.WithTimeoutCause(base, p.cfg.PublishTimeout, p.timeoutCause)
+	deadline := time.Now().Add(p.cfg.PublishTimeout)
+	if !anyCanEnd(batch) {
+		// The usual case (context.Background()): nothing to watch, and one
+		// context rather than two, for every call.
+		ctx, cancel := context.WithDeadlineCause(p.abortCtx, deadline, p.timeoutCause)
+		return ctx, nil, cancel
+	}
+	base, cancelBase := context.WithCancelCause(p.abortCtx)
+	ctx, cancel := context.WithDeadlineCause(base, deadline, p.timeoutCause)
 	watch = watchContexts(batch, cancelBase)
 	return ctx, watch, func() {
 		watch.stop()

@@ -25,8 +25,8 @@ type contextWatch struct {
 // watchContexts watches the contexts of batch that can end, cancelling the
 // call with cancel once all have ended, unless some message has a context
 // that never ends. It returns nil when no message's context can end (most
-// messages carry context.Background()): nothing to watch, nothing
-// allocated.
+// messages carry context.Background()): nothing to watch. (A call checks
+// anyCanEnd first, and then needs no context to cancel either.)
 func watchContexts(batch []*outgoing, cancel context.CancelCauseFunc) *contextWatch {
 	var w *contextWatch
 	immortal := false
@@ -62,6 +62,17 @@ func watchContexts(batch []*outgoing, cancel context.CancelCauseFunc) *contextWa
 		}))
 	}
 	return w
+}
+
+// anyCanEnd reports whether the Context() of some message of batch can
+// end: only then is there something to watch.
+func anyCanEnd(batch []*outgoing) bool {
+	for _, m := range batch {
+		if m.ctx.Done() != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // woken is the channel signalled when a context ends; nil (never ready)
