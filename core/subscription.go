@@ -287,7 +287,6 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	ctx, cancel := context.WithCancel(sub.ctx)
 	defer cancel()
 	msg.SetContext(ctx)
-	fields := watermill.LogFields{"message_uuid": msg.UUID}
 
 	if sub.ctx.Err() != nil { // not offered to a reader still there: the channel closes, the message goes back
 		return true, true
@@ -343,7 +342,7 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	select {
 	case <-c.dead:
 		// One per message in hand: a detail of the fault logged once.
-		sub.logger.Debug("Channel lost before the handler's outcome: the broker delivers the message again", fields)
+		sub.logger.Debug("Channel lost before the handler's outcome: the broker delivers the message again", watermill.LogFields{"message_uuid": msg.UUID})
 		sub.noteLast(c, d, "its channel closed before the handler's outcome")
 		return false, false
 	default:
