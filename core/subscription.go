@@ -216,6 +216,12 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 				}
 				continue
 			case <-idleOver:
+				// Counted from the handler's last verdict: the timer is not
+				// reset for every message, but armed again for the rest.
+				if quiet := time.Since(heard); quiet < idleAfter {
+					idle.Reset(idleAfter - quiet)
+					continue
+				}
 				sub.logger.Info("No delivery for a while: attaching again, so that any the broker stranded come back", watermill.LogFields{"idle": idleAfter.String()})
 				return false
 			case d, ok = <-c.deliveries:
@@ -247,8 +253,7 @@ func (sub *subscription) consume(c *consumer) (stopping bool) {
 		if stop, alive := sub.handle(c, d); stop || !alive {
 			return stop
 		}
-		idle.Reset(idleAfter) // counted from the handler's verdict
-		heard = time.Now()
+		heard = time.Now() // the idle bound counts from here
 		probe.reset(heard)
 		sub.leftUnseen = false
 	}
