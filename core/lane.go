@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -242,22 +243,28 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		case <-flowChanged:
 		case <-pulse:
 		case d := <-claimable:
+			// Take it, and the run queued behind it (a batch, or many
+			// callers), without going round the whole select each time, and
+			// write them in one go. On a busy lane (confirms owed), the
+			// callers the last confirms woke hand their next messages over
+			// as this one is taken: a yield lets them, so that theirs go in
+			// this write rather than one write each. An idle lane's message
+			// (a lone caller's) goes at once.
+			busy := l.pending.len() > 0
+			l.sess.sock.cork()
 			l.take(ch, d)
-			if len(l.queue) > 0 && l.canTake(window) {
-				// A run is queued behind it (a batch, or many callers): take
-				// it without going round the whole select each time, and
-				// write it in one go.
-				l.sess.sock.cork()
-				for more := true; more && l.canTake(window); {
-					select {
-					case d := <-l.queue:
-						l.take(ch, d)
-					default:
-						more = false
-					}
-				}
-				l.sess.sock.uncork()
+			if busy && len(l.queue) == 0 {
+				runtime.Gosched()
 			}
+			for more := true; more && l.canTake(window); {
+				select {
+				case d := <-l.queue:
+					l.take(ch, d)
+				default:
+					more = false
+				}
+			}
+			l.sess.sock.uncork()
 		case r, ok := <-returns:
 			if !ok {
 				returns = nil // closed with the channel: closed says why
