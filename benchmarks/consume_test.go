@@ -17,7 +17,8 @@ import (
 // BenchmarkConsumeQuorum: a quorum queue preloaded with b.N 1 KiB messages
 // (not timed), then consumed at the given prefetch.
 //
-//   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
+//   - raw: amqp091-go, Qos(prefetch), Consume, each delivery unmarshaled
+//     (unmarshal) and acked on its own, Ack(false).
 //   - resilient: Subscriber.Subscribe with Consume.Qos.PrefetchCount =
 //     prefetch, msg.Ack() per message, read from the channel as a Router
 //     reads it (one at a time), acks in batches (the default AckBatch).
@@ -38,7 +39,8 @@ func BenchmarkConsumeQuorum(b *testing.B) {
 // BenchmarkConsume: a classic durable queue preloaded with b.N 1 KiB
 // messages (not timed), then consumed at prefetch 1, 100 and 500.
 //
-//   - raw: amqp091-go, Qos(prefetch), Consume, Ack(false) per delivery.
+//   - raw: amqp091-go, Qos(prefetch), Consume, each delivery unmarshaled
+//     (unmarshal) and acked on its own, Ack(false).
 //   - raw-batched: the same, acking with multiple set every ackEvery
 //     deliveries (the subscriber's default batch, at most half the
 //     prefetch), and once none is ready (asked twice, with a yield
@@ -59,7 +61,8 @@ func BenchmarkConsume(b *testing.B) {
 }
 
 // benchRawConsume consumes b.N preloaded messages (queue arguments args)
-// with amqp091-go, acking every ackEvery deliveries with multiple set (1:
+// with amqp091-go, unmarshaling each with watermill-amqp's
+// DefaultMarshaler, acking every ackEvery deliveries with multiple set (1:
 // each on its own), and whenever no delivery is ready.
 func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 	q := preloaded(b, args, b.N)
@@ -90,6 +93,11 @@ func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 			d = &got
 		}
 		next = nil
+		// The same work as the subscriber's: the watermill message a
+		// handler would get (as raw publishing marshals one).
+		if _, err := unmarshal.Unmarshal(*d); err != nil {
+			b.Fatal(err)
+		}
 		held++
 		if held < ackEvery && n < b.N-1 {
 			// One ready: hold the ack. Asked twice, with a yield between, as
@@ -156,6 +164,12 @@ func benchConsume(b *testing.B, args amqp091.Table, prefetch, ackBatch int) {
 }
 
 var quorumArgs = amqp091.Table{"x-queue-type": "quorum"}
+
+// unmarshal is what raw consumers turn each delivery into a watermill
+// message with: watermill-amqp's DefaultMarshaler, the subscriber's by
+// default, so that both sides do the same work (raw publishers marshal
+// with it too).
+var unmarshal = amqp.DefaultMarshaler{}
 
 // preloaded declares a durable queue with args for one case, deleted
 // after it, and fills it with n 1 KiB messages, confirmed.
