@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
 	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
@@ -90,12 +91,11 @@ func backlog(t *testing.T, prefix string, n int) (queue string, ids []string) {
 	return queue, ids
 }
 
-// consumeAcking subscribes to queue with prefetch and AckBatchWait wait,
-// hands every message to r and acks it, and counts the acks sent.
-func consumeAcking(t *testing.T, queue string, prefetch int, wait time.Duration, r *received) *ackEvents {
+// subscribe subscribes a Subscriber of cfg (its AMQP a durable queue's,
+// at prefetch) to queue, until cancel or the test's end.
+func subscribe(t *testing.T, cfg resilient.Config, prefetch int, queue string) (msgs <-chan *message.Message, cancel context.CancelFunc) {
 	t.Helper()
-	acks := newAckEvents()
-	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), AckBatchWait: wait, OnEvent: acks.on}
+	cfg.AMQP = amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.AMQP.Consume.Qos.PrefetchCount = prefetch
 	sub, _ := pubsubtest.Subscriber(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -104,6 +104,15 @@ func consumeAcking(t *testing.T, queue string, prefetch int, wait time.Duration,
 	if err != nil {
 		t.Fatal(err)
 	}
+	return msgs, cancel
+}
+
+// consumeAcking subscribes to queue with prefetch and AckBatchWait wait,
+// hands every message to r and acks it, and counts the acks sent.
+func consumeAcking(t *testing.T, queue string, prefetch int, wait time.Duration, r *received) *ackEvents {
+	t.Helper()
+	acks := newAckEvents()
+	msgs, _ := subscribe(t, resilient.Config{AckBatchWait: wait, OnEvent: acks.on}, prefetch, queue)
 	consumeAll(msgs, r, nil)
 	return acks
 }
@@ -164,15 +173,7 @@ func TestSubscriberBatchedAcksAroundNacks(t *testing.T) {
 	for i, id := range ids {
 		nackFirst[id] = i%7 == 0
 	}
-	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())}
-	cfg.AMQP.Consume.Qos.PrefetchCount = 100
-	sub, _ := pubsubtest.Subscriber(t, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	msgs, err := sub.Subscribe(ctx, queue)
-	if err != nil {
-		t.Fatal(err)
-	}
+	msgs, cancel := subscribe(t, resilient.Config{}, 100, queue)
 	seen := make(map[string]int, len(ids))
 	for handled := 0; handled < len(ids); {
 		select {
