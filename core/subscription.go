@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -296,12 +297,19 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	if sub.ctx.Err() != nil { // not offered to a reader still there: the channel closes, the message goes back
 		return true, true
 	}
-	// While the reader takes it and the handler works on it, the acks held
-	// go once the oldest has waited AckBatchWait (ackbatch.go).
-	for offered := false; !offered; {
+	// A reader waiting already (a Router keeping up) takes it at once,
+	// without the whole select. Otherwise, while the reader takes it and
+	// the handler works on it, the acks held go once the oldest has waited
+	// AckBatchWait (ackbatch.go).
+	offered := false
+	select {
+	case sub.out <- msg:
+		offered = true
+	default:
+	}
+	for !offered {
 		select {
 		case sub.out <- msg:
-			sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
 			offered = true
 		case <-c.acks.dueC():
 			if !sub.flushAcks(c) {
@@ -315,12 +323,22 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 			return false, false
 		}
 	}
+	sub.s.cfg.emit(Event{Kind: MessageDelivered, Messages: 1, Redelivered: d.Redelivered})
+	// The reader it woke runs next on this thread: a yield lets a quick
+	// handler give its verdict before this goroutine waits for it, which
+	// then finds it there instead of being woken for it.
+	runtime.Gosched()
 
 	// The handler has it: wait for its verdict even if the channel dies
 	// meanwhile, so that the redelivered copy is not handled concurrently.
-	var ack bool
+	var ack, verdict bool
+	select { // given already (the yield above), without the whole select
+	case <-msg.Acked():
+		ack, verdict = true, true
+	default:
+	}
 	due := c.acks.dueC()
-	for verdict := false; !verdict; {
+	for !verdict {
 		select {
 		case <-due:
 			due = nil
