@@ -22,7 +22,8 @@ import (
 // acking each (msgs/s is handled messages per second).
 //
 //   - raw: amqp091-go publishing on confirm-mode channels and consuming
-//     with Ack per delivery.
+//     with Ack per delivery, each delivery unmarshaled into a watermill
+//     message first (unmarshal), the work the Subscriber does.
 //   - resilient: the Publisher, and the Subscriber (default AckBatch) read
 //     as a Router reads.
 func BenchmarkEndToEnd(b *testing.B) {
@@ -96,7 +97,13 @@ func rawPipe(b *testing.B, q string, goroutines int, got func([]byte) bool) (fun
 	}
 	go func() {
 		for d := range deliveries {
-			more := got(d.Body)
+			payload := d.Body
+			if msg, err := unmarshal.Unmarshal(d); err == nil {
+				payload = msg.Payload
+			} else {
+				b.Error(err) // the publisher marshaled it: not expected
+			}
+			more := got(payload)
 			_ = d.Ack(false)
 			if !more {
 				return
