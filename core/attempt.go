@@ -65,6 +65,7 @@ func newAttempt(msgs []*outgoing, maxNackRetries int) *attempt {
 // is closed (the session's lanes have all exited, each having told what it
 // claimed) the rest are to be sent again.
 func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-chan struct{}, watch *contextWatch) {
+	ended, expired := waitChannels(ctx) // ctx's end: its Done, or what stands for it
 	for a.open > 0 {
 		next := a.nextToHand()
 		if a.open == 0 {
@@ -94,7 +95,10 @@ func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-cha
 					a.giveUpOn(&a.handoffs[m.slot], messageContextEnded(m))
 				}
 			})
-		case <-ctx.Done():
+		case <-ended:
+			a.takeFacts()
+			a.giveUp(deadlineErr(ctx, ctx.Err()))
+		case <-expired:
 			a.takeFacts()
 			a.giveUp(deadlineErr(ctx, ctx.Err()))
 		case <-dead:

@@ -166,10 +166,10 @@ func (c *call) context() (ctx context.Context, watch *contextWatch, release func
 	// The bound starts now, before the watch of many contexts is set up.
 	deadline := time.Now().Add(p.cfg.PublishTimeout)
 	if !anyCanEnd(batch) {
-		// The usual case (context.Background()): nothing to watch, and one
-		// context rather than two, for every call.
-		ctx, cancel := context.WithDeadlineCause(p.abortCtx, deadline, p.timeoutCause)
-		return ctx, nil, cancel
+		// The usual case (context.Background()): nothing to watch, and a
+		// context made only if something waits with it (lazydeadline.go).
+		l := newLazyDeadline(p.abortCtx, deadline, p.timeoutCause)
+		return l, nil, l.release
 	}
 	base, cancelBase := context.WithCancelCause(p.abortCtx)
 	ctx, cancel := context.WithDeadlineCause(base, deadline, p.timeoutCause)
