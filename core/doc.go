@@ -15,17 +15,23 @@
 //	                checked, and prepare, which builds it), leanwire.go
 //	                (the UUID header left out), call.go (one
 //	                Publish: attempts, and what their messages' fates ask),
-//	                attempt.go (one try on one lane), handoff.go (a message
-//	                handed to a lane), lane.go (a confirm-mode channel and its
-//	                goroutine), inflight.go, fact.go (what a lane saw become
-//	                of a message), fate.go (what that means: the only place
-//	                that decides), blame.go (which message a channel's close
+//	                lazydeadline.go (a call's context, made only when
+//	                waited with), attempt.go (one try on one lane),
+//	                handoff.go (a message handed to a lane), lane.go (a
+//	                confirm-mode channel and its goroutine), lanesend.go
+//	                (taking and writing), laneanswers.go (confirms read in
+//	                order, and what is lost with the channel),
+//	                lanechannel.go (opened, retired), inflight.go,
+//	                fact.go (what a lane saw become of a message), fate.go
+//	                (what that means: the only place that decides), blame.go (which message a channel's close
 //	                names), sizelimit.go, topology.go, publishing.go (the
 //	                publisher's part of a session), contextwatch.go,
 //	                closing.go
 //	consuming       subscriber.go, subscription.go (one topic's goroutine:
-//	                attach, consume, hand out, ack), consumer.go (one
-//	                channel's consumer), ackbatch.go (acks held back, sent
+//	                consume, hand out, ack), subscriptionattach.go
+//	                (getting a consumer: channel, topology, Qos, Consume),
+//	                subscriptionsettle.go (the verdict sent: ack, nack),
+//	                consumer.go (one channel's consumer), ackbatch.go (acks held back, sent
 //	                as one), attachhandoff.go (an attach given up on),
 //	                idleprobe.go, prefetchnotice.go, unmarshal.go,
 //	                deliverylimit.go
