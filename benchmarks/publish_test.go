@@ -34,6 +34,9 @@ var channels = flag.Int("bench.channels", 4, "confirm-mode channels (4, the publ
 //     its own confirm. With one goroutine this is a synchronous confirm.
 //   - resilient: Publisher.Publish(topic, msg) with the default Config
 //     (but for Channels, from -bench.channels).
+//   - raw-owned: amqp091-go in the publisher's shape, each channel owned
+//     by one goroutine that callers hand their messages to
+//     (benchRawOwned).
 //   - watermill-amqp: its Publisher in its best confirmed configuration
 //     (ConfirmDelivery, a pool of 8 channels), at 64 goroutines only.
 //   - raw-lean and resilient-lean, at leanSize and 16 goroutines or more:
@@ -48,6 +51,9 @@ func BenchmarkPublish(b *testing.B) {
 			})
 			b.Run(prefix+"/impl=resilient", func(b *testing.B) {
 				benchResilient(b, size.bytes, goroutines, false)
+			})
+			b.Run(prefix+"/impl=raw-owned", func(b *testing.B) {
+				benchRawOwned(b, size.bytes, goroutines)
 			})
 			if size.bytes == leanSize && goroutines > 1 {
 				b.Run(prefix+"/impl=raw-lean", func(b *testing.B) {
