@@ -16,7 +16,7 @@ import (
 // confirms and set QoS (pulses), and lets a test push what a broker would
 // (connection.blocked, unblocked, close). Each dial gets a new link.
 type scriptedPeer struct {
-	t *testing.T
+	t testing.TB
 
 	// confirm answers the n-th message published on a link (n counts
 	// from 1, over all its channels): true acks it, false nacks it. Nil
@@ -48,7 +48,7 @@ type peerLink struct {
 	writeMu sync.Mutex
 }
 
-func newScriptedPeer(t *testing.T) *scriptedPeer {
+func newScriptedPeer(t testing.TB) *scriptedPeer {
 	p := &scriptedPeer{t: t, dials: make(chan *peerLink, 16)}
 	t.Cleanup(func() {
 		p.mu.Lock()
@@ -228,7 +228,7 @@ func longstr(s string) []byte  { return append(u32(uint32(len(s))), s...) }
 func table() []byte            { return u32(0) }
 
 // next waits for the next connection to open.
-func (p *scriptedPeer) next(t *testing.T) *peerLink {
+func (p *scriptedPeer) next(t testing.TB) *peerLink {
 	t.Helper()
 	select {
 	case l := <-p.dials:
