@@ -65,8 +65,15 @@ func newAttempt(msgs []*outgoing, maxNackRetries int) *attempt {
 // is closed (the session's lanes have all exited, each having told what it
 // claimed) the rest are to be sent again.
 func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-chan struct{}, watch *contextWatch) {
-	ended, expired := waitChannels(ctx) // ctx's end: its Done, or what stands for it
+	ends := waitEndsOf(ctx, dead)
+	// What ended before the wake channel was taken did not close it.
+	look := ends.wake != nil
 	for a.open > 0 {
+		if look {
+			look = false
+			a.lookAgain(ctx, dead)
+			continue
+		}
 		next := a.nextToHand()
 		if a.open == 0 {
 			break
@@ -95,17 +102,32 @@ func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-cha
 					a.giveUpOn(&a.handoffs[m.slot], messageContextEnded(m))
 				}
 			})
-		case <-ended:
+		case <-ends.ended:
 			a.takeFacts()
 			a.giveUp(deadlineErr(ctx, ctx.Err()))
-		case <-expired:
+		case <-ends.expired:
 			a.takeFacts()
 			a.giveUp(deadlineErr(ctx, ctx.Err()))
-		case <-dead:
+		case <-ends.dead:
 			a.afterSessionDeath()
+		case <-ends.wake:
+			ends, look = waitEndsOf(ctx, dead), true
 		}
 	}
 	slices.SortFunc(a.retry, func(x, y *outgoing) int { return x.index - y.index })
+}
+
+// lookAgain, after a wake, ends the wait if what the wake stands for has
+// ended: the call's context (Close gave up, or PublishTimeout passed), or
+// the session.
+func (a *attempt) lookAgain(ctx context.Context, dead <-chan struct{}) {
+	switch {
+	case contextOver(ctx):
+		a.takeFacts()
+		a.giveUp(deadlineErr(ctx, ctx.Err()))
+	case isDone(dead):
+		a.afterSessionDeath()
+	}
 }
 
 // nextToHand returns the next handoff to hand to the lane, deciding on the

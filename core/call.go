@@ -168,7 +168,7 @@ func (c *call) context() (ctx context.Context, watch *contextWatch, release func
 	if !anyCanEnd(batch) {
 		// The usual case (context.Background()): nothing to watch, and a
 		// context made only if something waits with it (lazydeadline.go).
-		l := newLazyDeadline(p.abortCtx, deadline, p.timeoutCause)
+		l := newLazyDeadline(p.abortCtx, &p.wake, deadline, p.timeoutCause)
 		return l, nil, l.release
 	}
 	base, cancelBase := context.WithCancelCause(p.abortCtx)

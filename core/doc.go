@@ -16,7 +16,8 @@
 //	                (the UUID header left out), call.go (one
 //	                Publish: attempts, and what their messages' fates ask),
 //	                lazydeadline.go (a call's context, made only when
-//	                waited with), attempt.go (one try on one lane),
+//	                waited with), waker.go (one clock for the waiting
+//	                calls, poked by Close and a session's end), attempt.go (one try on one lane),
 //	                handoff.go (a message handed to a lane), lane.go (a
 //	                confirm-mode channel and its goroutine), lanesend.go
 //	                (taking and writing), laneanswers.go (confirms read in

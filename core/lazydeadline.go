@@ -10,7 +10,8 @@ import (
 // on the call (abort) or at deadline (PublishTimeout), with cause. The
 // real context is made only when something waits with it: a call on a
 // live connection, to a topic declared already, never does. Its attempts
-// wait on abort's channel and a timer of their own instead (waitOn).
+// wait on the publisher's waker instead (waitEndsOf), and on a timer of
+// their own once the deadline is less than a tick away.
 //
 // Why: a context.WithDeadlineCause per call costs a timer always in the
 // runtime's heap, a done channel, and a child registered under Close's
@@ -21,16 +22,17 @@ import (
 // so it is not to be handed to another goroutine.
 type lazyDeadline struct {
 	abort    context.Context // Publisher.abortCtx
+	wake     *waker          // the publisher's: poked when abort ends
 	deadline time.Time
 	cause    error // why it ends at deadline
 
 	ctx    context.Context // made on first use, then what every method reads
 	cancel context.CancelFunc
-	timer  *time.Timer // waitOn's while ctx is not made
+	timer  *time.Timer // armed in the last tick before deadline, while ctx is not made
 }
 
-func newLazyDeadline(abort context.Context, deadline time.Time, cause error) *lazyDeadline {
-	return &lazyDeadline{abort: abort, deadline: deadline, cause: cause}
+func newLazyDeadline(abort context.Context, wake *waker, deadline time.Time, cause error) *lazyDeadline {
+	return &lazyDeadline{abort: abort, wake: wake, deadline: deadline, cause: cause}
 }
 
 // made returns the real context, making it on first use.
@@ -48,18 +50,14 @@ func (l *lazyDeadline) Err() error                  { return l.made().Err() }
 // Value is the real context's: context.Cause finds its cause through it.
 func (l *lazyDeadline) Value(key any) any { return l.made().Value(key) }
 
-// waitOn returns what ends a wait of the call without making the context:
-// abort's channel, and a timer's that fires at deadline. Once either fired,
-// Err and context.Cause say why (the context made then has ended already).
-// With the context made, it is its Done channel, and no timer.
-func (l *lazyDeadline) waitOn() (<-chan struct{}, <-chan time.Time) {
+// over reports, without making the context, whether it has ended. Once it
+// has, Err and context.Cause say why (the context made then has ended
+// already).
+func (l *lazyDeadline) over() bool {
 	if l.ctx != nil {
-		return l.ctx.Done(), nil
+		return l.ctx.Err() != nil
 	}
-	if l.timer == nil {
-		l.timer = time.NewTimer(time.Until(l.deadline))
-	}
-	return l.abort.Done(), l.timer.C
+	return l.abort.Err() != nil || !time.Now().Before(l.deadline)
 }
 
 // release frees what the context holds, once the call is over.
@@ -72,11 +70,46 @@ func (l *lazyDeadline) release() {
 	}
 }
 
-// waitChannels returns what ends a wait with ctx: for a call's lazy
-// deadline, without making its context (see lazyDeadline.waitOn).
-func waitChannels(ctx context.Context) (<-chan struct{}, <-chan time.Time) {
-	if l, ok := ctx.(*lazyDeadline); ok {
-		return l.waitOn()
+// waitEnds is what ends an attempt's wait for its facts: the call's
+// context (ended, or for a lazy deadline its own timer, expired), the
+// connection's session (dead), or a wake, after which the attempt looks at
+// what may have ended (lookAgain) and waits on the next one. Nil channels
+// are not waited on.
+type waitEnds struct {
+	ended   <-chan struct{}
+	expired <-chan time.Time
+	dead    <-chan struct{}
+	// wake stands for ended and dead: the publisher's waker, poked when
+	// Close gives up and when a session ends, and ticking meanwhile.
+	wake <-chan struct{}
+}
+
+// waitEndsOf returns what ends a wait with ctx on the session whose dead
+// channel is dead: for a call's lazy deadline, without making its context.
+// Whatever ended before a wake channel was taken does not close it: after
+// waitEndsOf, look again.
+func waitEndsOf(ctx context.Context, dead <-chan struct{}) waitEnds {
+	l, ok := ctx.(*lazyDeadline)
+	if !ok || l.ctx != nil {
+		return waitEnds{ended: ctx.Done(), dead: dead}
 	}
-	return ctx.Done(), nil
+	ends := waitEnds{wake: l.wake.channel()}
+	if l.timer == nil {
+		if left := time.Until(l.deadline); left <= l.wake.tick() {
+			l.timer = time.NewTimer(left)
+		}
+	}
+	if l.timer != nil {
+		ends.expired = l.timer.C
+	}
+	return ends
+}
+
+// contextOver reports whether ctx has ended, without making a lazy
+// deadline's context.
+func contextOver(ctx context.Context) bool {
+	if l, ok := ctx.(*lazyDeadline); ok {
+		return l.over()
+	}
+	return ctx.Err() != nil
 }

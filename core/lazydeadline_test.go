@@ -13,22 +13,27 @@ import (
 
 var errTestCause = errors.New("test cause")
 
-// Waiting makes no context: the wait ends at the deadline by a timer, and
-// the context made then has ended already, with the cause given.
+// A deadline less than a tick away is waited on by a timer of its own,
+// without making a context; the context made once it fired has ended
+// already, with the cause given.
 func TestLazyDeadlineEndsAtItsDeadlineWithoutAContext(t *testing.T) {
-	l := newLazyDeadline(context.Background(), time.Now().Add(20*time.Millisecond), errTestCause)
+	w := &waker{period: time.Hour}
+	l := newLazyDeadline(context.Background(), w, time.Now().Add(20*time.Millisecond), errTestCause)
 	defer l.release()
-	ended, expired := l.waitOn()
-	if expired == nil {
-		t.Fatal("no timer to wait on")
+	ends := waitEndsOf(l, nil)
+	if ends.expired == nil || ends.wake == nil || ends.ended != nil {
+		t.Fatalf("waits on %+v, want a timer and the waker", ends)
 	}
 	select {
-	case <-ended:
-		t.Fatal("ended before its deadline, with nothing aborted")
-	case <-expired:
+	case <-ends.wake:
+		t.Fatal("woken with nothing aborted")
+	case <-ends.expired:
 	}
 	if l.ctx != nil {
 		t.Fatal("waiting made the context")
+	}
+	if !l.over() {
+		t.Fatal("not over once its timer fired")
 	}
 	if err := l.Err(); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Err() = %v, want DeadlineExceeded", err)
@@ -41,15 +46,57 @@ func TestLazyDeadlineEndsAtItsDeadlineWithoutAContext(t *testing.T) {
 	}
 }
 
+// A deadline farther than a tick arms no timer: the waker's ticks wake the
+// wait, the deadline is looked at, and once it is less than a tick away
+// its own timer ends the wait, at the deadline, not at a tick.
+func TestLazyDeadlineFartherThanATickIsKeptToTheMoment(t *testing.T) {
+	w := &waker{period: 30 * time.Millisecond}
+	deadline := time.Now().Add(100 * time.Millisecond)
+	l := newLazyDeadline(context.Background(), w, deadline, errTestCause)
+	defer l.release()
+	ends := waitEndsOf(l, nil)
+	if ends.expired != nil {
+		t.Fatal("a timer armed more than a tick before the deadline")
+	}
+	ticks := 0
+	for expired := false; !expired; {
+		select {
+		case <-ends.wake:
+			ticks++
+			ends = waitEndsOf(l, nil)
+		case <-ends.expired:
+			expired = true
+		}
+	}
+	if now := time.Now(); now.Before(deadline) {
+		t.Fatalf("ended %v before its deadline", deadline.Sub(now))
+	}
+	if ticks == 0 {
+		t.Fatal("the timer was armed without a tick in between")
+	}
+	if l.ctx != nil || !l.over() {
+		t.Fatal("over() false, or a context made, once the deadline passed")
+	}
+}
+
 // An abort (Close giving up on the call) ends the wait at once, with the
-// abort's cause, long before the deadline.
+// abort's cause, long before the deadline: the publisher pokes its waker
+// once the abort's context ended, and no tick comes meanwhile.
 func TestLazyDeadlineEndsWithItsAbort(t *testing.T) {
 	abort, cancel := context.WithCancelCause(context.Background())
-	l := newLazyDeadline(abort, time.Now().Add(time.Hour), errTestCause)
+	w := &waker{period: time.Hour}
+	l := newLazyDeadline(abort, w, time.Now().Add(2*time.Hour), errTestCause)
 	defer l.release()
-	ended, _ := l.waitOn()
+	ends := waitEndsOf(l, nil)
+	if ends.expired != nil {
+		t.Fatal("a timer armed more than a tick before the deadline")
+	}
 	cancel(ErrClosed)
-	<-ended
+	w.poke()
+	<-ends.wake
+	if !l.over() {
+		t.Fatal("not over once aborted")
+	}
 	if err := l.Err(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Err() = %v, want Canceled", err)
 	}
@@ -59,16 +106,17 @@ func TestLazyDeadlineEndsWithItsAbort(t *testing.T) {
 }
 
 // Once made (something waited with it as a context), waits use its Done
-// channel, and no timer.
+// channel and the session's, and neither a timer nor the waker.
 func TestLazyDeadlineMadeIsWaitedOnAsAContext(t *testing.T) {
-	l := newLazyDeadline(context.Background(), time.Now().Add(time.Hour), errTestCause)
+	l := newLazyDeadline(context.Background(), &waker{}, time.Now().Add(time.Hour), errTestCause)
 	defer l.release()
 	if l.Err() != nil {
 		t.Fatal("ended before its deadline")
 	}
-	ended, expired := waitChannels(l)
-	if ended != l.Done() || expired != nil {
-		t.Fatal("a made context is not waited on by its Done channel alone")
+	dead := make(chan struct{})
+	ends := waitEndsOf(l, dead)
+	if ends.ended != l.Done() || ends.dead != dead || ends.expired != nil || ends.wake != nil {
+		t.Fatalf("a made context is waited on by %+v, want its Done channel and the session's", ends)
 	}
 	if d, ok := l.Deadline(); !ok || !d.Equal(l.deadline) {
 		t.Fatalf("Deadline() = %v, %v", d, ok)

@@ -27,6 +27,7 @@ type Publisher struct {
 
 	abortCtx     context.Context // cancelled when Close stops waiting for calls
 	abort        context.CancelCauseFunc
+	wake         waker // of the calls waiting for confirms: see waker.go
 	timeoutCause error // why a Publish ran out of time
 
 	closeOnce sync.Once
@@ -70,7 +71,7 @@ func NewPublisher[A any](config Config[A], w Wiring, logger watermill.LoggerAdap
 	}
 	p.buildTopic = p.buildTopology
 	p.abortCtx, p.abort = context.WithCancelCause(context.Background())
-	connection, err := startSupervised(cfg, logger, startPublishing)
+	connection, err := startSupervised(cfg, logger, func(sess *session) { startPublishing(sess, &p.wake) })
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +109,14 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 		return nil
 	}
 	return (&call{p: p, topic: topic, batch: batch}).run()
+}
+
+// abortCalls gives up on the calls in progress: they return with ErrClosed.
+// The waker is poked after the context ends, so that a call that took its
+// channel before sees it close, and one that takes it after sees the end.
+func (p *Publisher) abortCalls() {
+	p.abort(ErrClosed)
+	p.wake.poke()
 }
 
 // refused reports a call that failed before anything was sent.
@@ -179,9 +188,9 @@ func (p *Publisher) Close() error {
 			// A give-up: those publishes return errors, their messages
 			// unconfirmed.
 			p.logger.Error("Close: publishes still in progress after CloseTimeout, giving up on them", ErrNotConfirmed, nil)
-			p.abort(ErrClosed)
+			p.abortCalls()
 		})
-		p.abort(ErrClosed)
+		p.abortCalls()
 		p.sup.stop(time.Until(deadline))
 		p.notifier.stop()
 

@@ -14,6 +14,7 @@ type publishing struct {
 	nextLane atomic.Uint32
 	topology *topologyCache
 	size     sizeLimit // the broker's max_message_size, as learned
+	wake     *waker    // the publisher's: poked once the session is dead
 }
 
 // startPublishing starts sess's publishing part: Config.Channels lanes,
@@ -22,13 +23,13 @@ type publishing struct {
 // there is no channel for a pulse (none is sent: see trust.go); with 1,
 // none to declare topology on either: a Publish that must declare fails
 // with ErrChannelLimit (channellimit.go).
-func startPublishing(sess *session) {
+func startPublishing(sess *session, wake *waker) {
 	n := sess.cfg.Channels
 	if channelMax := int(sess.conn.Config.ChannelMax); channelMax > 0 && n > max(channelMax-2, 1) {
 		sess.logger.Info("Fewer publishing channels than configured: the broker's channel_max", watermill.LogFields{"channels": max(channelMax-2, 1), "configured": n})
 		n = max(channelMax-2, 1)
 	}
-	pub := &publishing{lanes: make([]*lane, n), topology: newTopologyCache(sess)}
+	pub := &publishing{lanes: make([]*lane, n), topology: newTopologyCache(sess), wake: wake}
 	sess.pub = pub
 	sess.wg.Add(len(pub.lanes))
 	for i := range pub.lanes {

@@ -109,6 +109,12 @@ func (sess *session) end(grace time.Duration) {
 	}
 	sess.wg.Wait()
 	close(sess.dead)
+	if sess.pub != nil {
+		// The calls waiting on this session wait on the waker instead
+		// (waker.go); those that took its channel before dead closed see it
+		// close.
+		sess.pub.wake.poke()
+	}
 }
 
 // goTracked runs f on a goroutine the session waits for when it ends, and
