@@ -118,11 +118,11 @@ func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-cha
 }
 
 // lookAgain, after a wake, ends the wait if what the wake stands for has
-// ended: the call's context (Close gave up, or PublishTimeout passed), or
-// the session.
+// ended: the call's context (Close gave up), or the session. (Its
+// deadline has a timer of its own once it is nearer than the next tick.)
 func (a *attempt) lookAgain(ctx context.Context, dead <-chan struct{}) {
 	switch {
-	case contextOver(ctx):
+	case contextCut(ctx):
 		a.takeFacts()
 		a.giveUp(deadlineErr(ctx, ctx.Err()))
 	case isDone(dead):

@@ -39,13 +39,13 @@ type call struct {
 // returns nil only if every one was confirmed.
 func (c *call) run() (err error) {
 	p, topic, batch := c.p, c.topic, c.batch
-	start := time.Now()
-	p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
-	defer func() {
-		if p.cfg.OnEvent != nil {
+	if p.cfg.OnEvent != nil {
+		start := time.Now() // read only for the event: the clock is not free
+		p.cfg.emit(Event{Kind: PublishStarted, Messages: len(batch)})
+		defer func() {
 			p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err, Handler: handlerOf(batch)})
-		}
-	}()
+		}()
+	}
 	ctx, watch, release := c.context()
 	defer release()
 

@@ -182,6 +182,12 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 	// listener one confirmation per tag, arming a timer for each, so a
 	// multiple-ack of 200 messages would wake this goroutine 200 times
 	// instead of once.
+	//
+	// Returns are not waited on: amqp091-go hands a return over before it
+	// resolves the ack of the same message, so they are collected when a
+	// mandatory message's ack is read (collectReturns). The buffer holds
+	// them meanwhile, and never fills: only a message in flight can come
+	// back, once, and no more than window are in flight.
 	returns := ch.NotifyReturn(make(chan amqp091.Return, window))
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	watchdog := time.NewTicker(pulseAfter / 2)
@@ -195,9 +201,13 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 		}
 		// A confirm that arrived waits while a pulse is out (trust.go).
 		var oldestDone <-chan struct{}
+		var watch <-chan time.Time // nothing owed, nothing to watch
 		believable, pulse := trust.gate()
-		if head := l.pending.oldest(); head != nil && believable {
-			oldestDone = head.dc.Done()
+		if head := l.pending.oldest(); head != nil {
+			watch = watchdog.C
+			if believable {
+				oldestDone = head.dc.Done()
+			}
 		}
 		select {
 		case <-l.sess.stopping:
@@ -212,27 +222,21 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			// as this one is taken: a yield lets them, so that theirs go in
 			// this write rather than one write each. An idle lane's message
 			// (a lone caller's) goes at once.
-			busy := l.pending.len() > 0
+			busy, now := l.pending.len() > 0, time.Now()
 			l.sess.sock.cork()
-			l.take(ch, d)
+			l.take(ch, d, now)
 			if busy && len(l.queue) == 0 {
 				runtime.Gosched()
 			}
 			for more := true; more && l.canTake(window); {
 				select {
 				case d := <-l.queue:
-					l.take(ch, d)
+					l.take(ch, d, now)
 				default:
 					more = false
 				}
 			}
 			l.sess.sock.uncork()
-		case r, ok := <-returns:
-			if !ok {
-				returns = nil // closed with the channel: closed says why
-				continue
-			}
-			l.returned[r.MessageId] = r
 		case <-oldestDone:
 			if !l.readConfirms(ch, returns) {
 				// Resolved by the channel's end, not by the broker: its
@@ -255,12 +259,12 @@ func (l *lane) serve(ch *amqp091.Channel) error {
 			if l.pending.len() == 0 && l.parked != nil {
 				d := l.parked
 				l.parked = nil
-				l.send(ch, d)
+				l.send(ch, d, time.Now())
 			}
 		case e, ok := <-closed:
 			l.readConfirmsAfterClose(returns)
 			return closeCause(e, ok)
-		case <-watchdog.C:
+		case <-watch:
 			if blocked, _ := trust.flowNow(); blocked {
 				continue
 			}

@@ -17,6 +17,7 @@ import (
 // (amqp091-go resolves every outstanding one so when a channel closes): that
 // is no nack, and stays pending for lose.
 func (l *lane) readConfirms(ch *amqp091.Channel, returns <-chan amqp091.Return) bool {
+	var now time.Time // read once, for every confirm read now
 	for head := l.pending.oldest(); head != nil; head = l.pending.oldest() {
 		if !l.sess.trust.believable() {
 			return true // a pulse is out: the lane waits for it
@@ -30,7 +31,10 @@ func (l *lane) readConfirms(ch *amqp091.Channel, returns <-chan amqp091.Return) 
 		if !head.dc.Acked() && ch.IsClosed() {
 			return false
 		}
-		l.answered(l.pending.pop(), head.dc.Acked(), returns)
+		if now.IsZero() {
+			now = time.Now()
+		}
+		l.answered(l.pending.pop(), head.dc.Acked(), returns, now)
 	}
 	return true
 }
@@ -47,7 +51,7 @@ func (l *lane) readConfirmsAfterClose(returns <-chan amqp091.Return) {
 		select {
 		case <-d.dc.Done():
 			if d.dc.Acked() && l.sess.trust.believable() {
-				l.answered(d, true, returns)
+				l.answered(d, true, returns, time.Now())
 				continue
 			}
 		case <-l.sess.stopping:
@@ -74,9 +78,9 @@ func (l *lane) collectReturns(returns <-chan amqp091.Return) {
 	}
 }
 
-// answered tells d's attempt how the broker answered it: acked, nacked, or
-// returned (and acked).
-func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
+// answered tells d's attempt how the broker answered it, as read at now:
+// acked, nacked, or returned (and acked).
+func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return, now time.Time) {
 	l.forgetMandatoryID(d)
 	m := d.msg
 	if m.mandatory {
@@ -98,11 +102,11 @@ func (l *lane) answered(d *handoff, acked bool, returns <-chan amqp091.Return) {
 	}
 	if acked {
 		if !l.sess.trust.pulsedSince(d.pulses) { // a pulse may have held it
-			l.sess.pace.observe(l.sess.trust.waitedSince(d.sentAt))
+			l.sess.pace.observe(l.sess.trust.waitedUntil(d.sentAt, now))
 		}
 		l.size.took(len(m.publishing.Body))
-		l.heardAt, l.unheard = time.Now(), 0
-		l.sess.confirmed()
+		l.heardAt, l.unheard = now, 0
+		l.sess.confirmed(now)
 	}
 	if l.pending.len() == 0 {
 		clear(l.returned)

@@ -70,7 +70,7 @@ func (l *lane) retire(ch *amqp091.Channel, returns <-chan amqp091.Return) {
 	for l.pending.len() > 0 {
 		d := l.pending.pop()
 		if isDone(d.dc.Done()) && l.sess.trust.believable() && (d.dc.Acked() || !ch.IsClosed()) {
-			l.answered(d, d.dc.Acked(), returns)
+			l.answered(d, d.dc.Acked(), returns, time.Now())
 			continue
 		}
 		owed.push(d)

@@ -13,10 +13,10 @@ import (
 // writes the rest, in order, as deferred confirmations it then waits on
 // (laneanswers.go).
 
-// take claims d and sends it, unless its caller gave up on it, or it is
+// take claims d and sends it (at now), unless its caller gave up on it, or it is
 // larger than the broker takes, or it must go alone, or a mandatory message
 // with its ID is in flight: then it is parked until the channel is empty.
-func (l *lane) take(ch *amqp091.Channel, d *handoff) {
+func (l *lane) take(ch *amqp091.Channel, d *handoff, now time.Time) {
 	if !d.claim() {
 		return // its caller gave up on it
 	}
@@ -31,7 +31,7 @@ func (l *lane) take(ch *amqp091.Channel, d *handoff) {
 		l.parked = d
 		return
 	}
-	l.send(ch, d)
+	l.send(ch, d, now)
 }
 
 // refuseOversized refuses d at once when its body is larger than the limit
@@ -61,7 +61,9 @@ func (l *lane) forgetMandatoryID(d *handoff) {
 	}
 }
 
-func (l *lane) send(ch *amqp091.Channel, d *handoff) {
+// send writes d, at now (one reading of the clock for a run: the socket is
+// corked, and the run leaves in one write).
+func (l *lane) send(ch *amqp091.Channel, d *handoff, now time.Time) {
 	m := d.msg
 	if d.callStopped() {
 		d.tell(fact{kind: factUnsent, cause: errHeldBack})
@@ -93,9 +95,9 @@ func (l *lane) send(ch *amqp091.Channel, d *handoff) {
 		d.tell(fact{kind: factLost, cause: fmt.Errorf("%w: channel not in confirm mode", errConnectionLost)})
 		return
 	}
-	d.dc, d.sentAt, d.pulses = dc, time.Now(), l.sess.trust.pulseCount()
+	d.dc, d.sentAt, d.pulses = dc, now, l.sess.trust.pulseCount()
 	l.pending.push(d)
-	l.sess.trust.sent()
+	l.sess.trust.sent(now)
 	if m.mandatory {
 		l.mandatoryIDs[m.publishing.MessageId]++
 	}

@@ -50,14 +50,15 @@ func (l *lazyDeadline) Err() error                  { return l.made().Err() }
 // Value is the real context's: context.Cause finds its cause through it.
 func (l *lazyDeadline) Value(key any) any { return l.made().Value(key) }
 
-// over reports, without making the context, whether it has ended. Once it
-// has, Err and context.Cause say why (the context made then has ended
-// already).
-func (l *lazyDeadline) over() bool {
+// aborted reports, without making the context, whether Close gave up on
+// the call (for a context made: whether it ended). Its deadline is not
+// looked at: waitEndsOf arms a timer for it before a tick could come
+// after it.
+func (l *lazyDeadline) aborted() bool {
 	if l.ctx != nil {
 		return l.ctx.Err() != nil
 	}
-	return l.abort.Err() != nil || !time.Now().Before(l.deadline)
+	return l.abort.Err() != nil
 }
 
 // release frees what the context holds, once the call is over.
@@ -93,11 +94,11 @@ func waitEndsOf(ctx context.Context, dead <-chan struct{}) waitEnds {
 	if !ok || l.ctx != nil {
 		return waitEnds{ended: ctx.Done(), dead: dead}
 	}
-	ends := waitEnds{wake: l.wake.channel()}
-	if l.timer == nil {
-		if left := time.Until(l.deadline); left <= l.wake.tick() {
-			l.timer = time.NewTimer(left)
-		}
+	tick := l.wake.next()
+	ends := waitEnds{wake: tick.c}
+	if l.timer == nil && !l.deadline.After(tick.at) {
+		// The tick would come after the deadline: a timer of its own.
+		l.timer = time.NewTimer(time.Until(l.deadline))
 	}
 	if l.timer != nil {
 		ends.expired = l.timer.C
@@ -105,11 +106,12 @@ func waitEndsOf(ctx context.Context, dead <-chan struct{}) waitEnds {
 	return ends
 }
 
-// contextOver reports whether ctx has ended, without making a lazy
-// deadline's context.
-func contextOver(ctx context.Context) bool {
+// contextCut reports whether ctx has ended other than by its lazy
+// deadline's timer, which the attempt waits on: without making the
+// context.
+func contextCut(ctx context.Context) bool {
 	if l, ok := ctx.(*lazyDeadline); ok {
-		return l.over()
+		return l.aborted()
 	}
 	return ctx.Err() != nil
 }

@@ -66,7 +66,7 @@ func newSession(id uint64, d dialed, cfg *settings, logger watermill.LoggerAdapt
 		dead:     make(chan struct{}),
 	}
 	sess.trust.init(sess)
-	sess.confirmed()
+	sess.confirmed(time.Now())
 	return sess
 }
 
@@ -202,7 +202,7 @@ func (sess *session) declareOnFreshChannel(topic string, build func(*amqp091.Cha
 func (sess *session) canLeaveNode() bool { return len(sess.cfg.FailoverURIs) > 0 }
 
 // confirmed records that the broker confirmed a message on this connection.
-func (sess *session) confirmed() { sess.confirmedAt.Store(time.Now().UnixNano()) }
+func (sess *session) confirmed(now time.Time) { sess.confirmedAt.Store(now.UnixNano()) }
 
 // lastConfirm is when the broker last confirmed a message on this
 // connection, or when the connection opened.

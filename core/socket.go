@@ -94,12 +94,15 @@ func (s *socket) Read(p []byte) (int, error) {
 
 // silentFor is how long nothing has arrived (since the socket opened, if
 // nothing ever did).
-func (s *socket) silentFor() time.Duration {
+func (s *socket) silentFor() time.Duration { return s.silentAt(time.Now()) }
+
+// silentAt is silentFor as of now.
+func (s *socket) silentAt(now time.Time) time.Duration {
 	last := s.lastRead.Load()
 	if last == 0 {
 		return 0
 	}
-	return time.Since(time.Unix(0, last))
+	return now.Sub(time.Unix(0, last))
 }
 
 // readError is the read error that cut the socket, if any.

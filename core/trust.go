@@ -143,11 +143,11 @@ func pulseBound(confirmTimeout time.Duration) time.Duration {
 	return min(confirmTimeout, max(confirmTimeout/5, time.Second))
 }
 
-// sent is told by a lane that it sent a message: on a link silent for
-// pulseAfter (idle, or dark), a pulse follows it, before its confirm is
+// sent is told by a lane that it sent a message at now: on a link silent
+// for pulseAfter (idle, or dark), a pulse follows it, before its confirm is
 // believed.
-func (t *trust) sent() {
-	if t.sess.sock.silentFor() > pulseAfter {
+func (t *trust) sent(now time.Time) {
+	if t.sess.sock.silentAt(now) > pulseAfter {
 		t.startPulse()
 	}
 }
@@ -373,8 +373,11 @@ func (t *trust) flowNow() (blocked bool, changed <-chan struct{}) {
 // waitedSince is how long ago since was, not counting time blocked before
 // the broker last unblocked the connection: how long a message sent then
 // has been waiting for the broker.
-func (t *trust) waitedSince(since time.Time) time.Duration {
-	return time.Since(later(since, t.flow.Load().resumedAt))
+func (t *trust) waitedSince(since time.Time) time.Duration { return t.waitedUntil(since, time.Now()) }
+
+// waitedUntil is waitedSince as of now.
+func (t *trust) waitedUntil(since, now time.Time) time.Duration {
+	return now.Sub(later(since, t.flow.Load().resumedAt))
 }
 
 func later(a, b time.Time) time.Time {

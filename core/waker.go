@@ -28,29 +28,36 @@ type waker struct {
 	// long, so that only a poke wakes.
 	period time.Duration
 
-	current atomic.Pointer[chan struct{}] // nil when no tick is armed
+	current atomic.Pointer[tick] // nil when no tick is armed
 
 	mu    sync.Mutex // arming and closing
 	timer *time.Timer
 }
 
-// channel is closed at the next tick, or when the waker is poked.
-func (w *waker) channel() <-chan struct{} {
-	if c := w.current.Load(); c != nil {
-		return *c
+// tick is one tick's channel, and when it is due.
+type tick struct {
+	c  chan struct{}
+	at time.Time
+}
+
+// next is the next tick: its channel closes at its time, or sooner if the
+// waker is poked.
+func (w *waker) next() *tick {
+	if t := w.current.Load(); t != nil {
+		return t
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if c := w.current.Load(); c != nil {
-		return *c
+	if t := w.current.Load(); t != nil {
+		return t
 	}
-	c := make(chan struct{})
-	w.current.Store(&c)
-	w.timer = time.AfterFunc(w.tick(), func() { w.close(&c) })
-	return c
+	t := &tick{c: make(chan struct{}), at: time.Now().Add(w.interval())}
+	w.current.Store(t)
+	w.timer = time.AfterFunc(w.interval(), func() { w.close(t) })
+	return t
 }
 
-func (w *waker) tick() time.Duration {
+func (w *waker) interval() time.Duration {
 	if w.period > 0 {
 		return w.period
 	}
@@ -61,19 +68,19 @@ func (w *waker) tick() time.Duration {
 func (w *waker) poke() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if c := w.current.Load(); c != nil {
+	if t := w.current.Load(); t != nil {
 		w.timer.Stop()
 		w.current.Store(nil)
-		close(*c)
+		close(t.c)
 	}
 }
 
-// close ends the tick c, unless a poke did already.
-func (w *waker) close(c *chan struct{}) {
+// close ends the tick t, unless a poke did already.
+func (w *waker) close(t *tick) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.current.Load() == c {
+	if w.current.Load() == t {
 		w.current.Store(nil)
-		close(*c)
+		close(t.c)
 	}
 }

@@ -14,15 +14,15 @@ import (
 // poke, at once, or at its tick; the next one is a new channel, open.
 func TestWakerClosesItsChannelAtAPokeAndAtItsTick(t *testing.T) {
 	w := &waker{period: time.Hour}
-	first := w.channel()
-	if w.channel() != first {
+	first := w.next().c
+	if w.next().c != first {
 		t.Fatal("two waiters of one tick got different channels")
 	}
 	w.poke()
 	if !isDone(first) {
 		t.Fatal("a poke did not close the channel")
 	}
-	second := w.channel()
+	second := w.next().c
 	if isDone(second) {
 		t.Fatal("the channel after a poke is closed already")
 	}
@@ -30,9 +30,17 @@ func TestWakerClosesItsChannelAtAPokeAndAtItsTick(t *testing.T) {
 	w.poke() // nothing armed: nothing to close, no panic
 
 	w = &waker{period: 10 * time.Millisecond}
-	ticked := w.channel()
+	armed := time.Now()
+	tick := w.next()
+	if tick.at.Before(armed.Add(10 * time.Millisecond)) {
+		t.Fatalf("a tick due %v after it was armed, want its period", tick.at.Sub(armed))
+	}
+	ticked := tick.c
 	<-ticked // closed by its tick alone: a test that hangs here failed
-	if next := w.channel(); next == ticked || isDone(next) {
+	if now := time.Now(); now.Before(tick.at) {
+		t.Fatalf("the tick came %v before it was due", tick.at.Sub(now))
+	}
+	if next := w.next().c; next == ticked || isDone(next) {
 		t.Fatal("after a tick, the next channel is not a new, open one")
 	}
 	w.poke()
@@ -42,10 +50,9 @@ func TestWakerClosesItsChannelAtAPokeAndAtItsTick(t *testing.T) {
 // nothing: only the channel it was armed for.
 func TestWakerTickClosesOnlyItsOwnChannel(t *testing.T) {
 	w := &waker{period: time.Hour}
-	w.channel()
-	stale := w.current.Load()
+	stale := w.next()
 	w.poke()
-	current := w.channel()
+	current := w.next().c
 	w.close(stale)
 	if isDone(current) {
 		t.Fatal("a stale tick closed the current channel")
