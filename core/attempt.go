@@ -103,11 +103,9 @@ func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-cha
 				}
 			})
 		case <-ends.ended:
-			a.takeFacts()
-			a.giveUp(deadlineErr(ctx, ctx.Err()))
+			a.contextEnded(ctx)
 		case <-ends.expired:
-			a.takeFacts()
-			a.giveUp(deadlineErr(ctx, ctx.Err()))
+			a.contextEnded(ctx)
 		case <-ends.dead:
 			a.afterSessionDeath()
 		case <-ends.wake:
@@ -123,11 +121,17 @@ func (a *attempt) run(ctx context.Context, laneQueue chan<- *handoff, dead <-cha
 func (a *attempt) lookAgain(ctx context.Context, dead <-chan struct{}) {
 	switch {
 	case contextCut(ctx):
-		a.takeFacts()
-		a.giveUp(deadlineErr(ctx, ctx.Err()))
+		a.contextEnded(ctx)
 	case isDone(dead):
 		a.afterSessionDeath()
 	}
+}
+
+// contextEnded gives up on every message not decided, once the call's
+// context ended: a confirm already in beats it.
+func (a *attempt) contextEnded(ctx context.Context) {
+	a.takeFacts()
+	a.giveUp(deadlineErr(ctx, ctx.Err()))
 }
 
 // nextToHand returns the next handoff to hand to the lane, deciding on the
