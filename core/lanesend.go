@@ -13,9 +13,10 @@ import (
 // writes the rest, in order, as deferred confirmations it then waits on
 // (laneanswers.go).
 
-// take claims d and sends it (at now), unless its caller gave up on it, or it is
-// larger than the broker takes, or it must go alone, or a mandatory message
-// with its ID is in flight: then it is parked until the channel is empty.
+// take claims d and sends it at now, unless its caller gave up on it, or
+// it is larger than the broker takes, or it must go alone, or a mandatory
+// message with its ID is in flight: then it is parked until the channel is
+// empty.
 func (l *lane) take(ch *amqp091.Channel, d *handoff, now time.Time) {
 	if !d.claim() {
 		return // its caller gave up on it

@@ -375,9 +375,10 @@ func (t *trust) flowNow() (blocked bool, changed <-chan struct{}) {
 // has been waiting for the broker.
 func (t *trust) waitedSince(since time.Time) time.Duration { return t.waitedUntil(since, time.Now()) }
 
-// waitedUntil is waitedSince as of now.
+// waitedUntil is waitedSince as of now (never negative: the broker may
+// have unblocked the connection since now was read).
 func (t *trust) waitedUntil(since, now time.Time) time.Duration {
-	return now.Sub(later(since, t.flow.Load().resumedAt))
+	return max(0, now.Sub(later(since, t.flow.Load().resumedAt)))
 }
 
 func later(a, b time.Time) time.Time {

@@ -13,10 +13,10 @@ const wakePeriod = time.Second
 // its next tick, or at once when poked (Close gives up on the calls, a
 // connection's session ends). A caller waiting for its messages' confirms
 // selects on its facts and on this channel only; woken, it looks at what
-// may have ended its wait (its deadline, Close, its session), and, if
-// nothing did, waits on the next tick's channel. Its own timer is armed only
-// once its deadline is less than a tick away (lazyDeadline.waitOn), so that
-// PublishTimeout is kept to the moment.
+// may have ended its wait (Close, its session), and, if nothing did, waits
+// on the next tick's channel. Its deadline gets a timer of its own once it
+// is nearer than the next tick (waitEndsOf), so that PublishTimeout is
+// kept to the moment.
 //
 // Why: a timer of its own and a select on the session's and Close's
 // channels besides its facts cost each call a timer in the runtime's heap
