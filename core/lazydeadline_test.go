@@ -8,7 +8,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 var errTestCause = errors.New("test cause")
@@ -133,25 +132,14 @@ func TestLazyDeadlineMadeIsWaitedOnAsAContext(t *testing.T) {
 func TestPublishTimeoutEndsACallNeverConfirmed(t *testing.T) {
 	peer := newScriptedPeer(t)
 	peer.silent = func(_ *peerLink, _ uint16, n uint64) bool { return n > 1 } // all but the first
-	w := peerWiring(peer)
-	w.BuildTopology = func(*amqp091.Channel, string, string, string, watermill.LoggerAdapter) error { return nil }
-	pub, err := NewPublisher(Config[Wiring]{
+	// Its first call declares the topic (a wait with the call's context).
+	pub := newPeerPublisher(t, peer, Config[Wiring]{
 		Channels:       1,
 		ConfirmTimeout: time.Hour, // the call's bound, not the lane's, ends it
 		PublishTimeout: 300 * time.Millisecond,
-	}, w, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pub.Close() })
-	peer.next(t)
-
-	// The first declares the topic (a wait with the call's context).
-	if err := pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("first"))); err != nil {
-		t.Fatalf("first Publish: %v", err)
-	}
+	})
 	msg := message.NewMessage(watermill.NewUUID(), []byte("payload"))
-	err = pub.Publish("orders", msg)
+	err := pub.Publish("orders", msg)
 	var pe *PublishError
 	if !errors.As(err, &pe) || len(pe.Unconfirmed) != 1 || pe.Unconfirmed[0] != msg.UUID {
 		t.Fatalf("Publish = %v, want a PublishError naming %s", err, msg.UUID)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // BenchmarkPublishOnScriptedPeer is the publisher's own cost per message,
@@ -21,9 +20,7 @@ func BenchmarkPublishOnScriptedPeer(b *testing.B) {
 	for _, goroutines := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("goroutines=%d", goroutines), func(b *testing.B) {
 			peer := newScriptedPeer(b)
-			w := peerWiring(peer)
-			w.BuildTopology = func(*amqp091.Channel, string, string, string, watermill.LoggerAdapter) error { return nil }
-			pub, err := NewPublisher(Config[Wiring]{PublishTimeout: time.Minute}, w, nil)
+			pub, err := NewPublisher(Config[Wiring]{PublishTimeout: time.Minute}, peerPublisherWiring(peer), nil)
 			if err != nil {
 				b.Fatal(err)
 			}

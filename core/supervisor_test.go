@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -71,6 +72,14 @@ func peerWiring(peer *scriptedPeer) Wiring {
 		QueueName:    func(topic string) string { return topic },
 		RoutingKey:   func(topic string) string { return topic },
 	}
+}
+
+// peerPublisherWiring is peerWiring for a Publisher, whose topology is
+// taken as declared: the peer answers no declaration.
+func peerPublisherWiring(peer *scriptedPeer) Wiring {
+	w := peerWiring(peer)
+	w.BuildTopology = func(*amqp091.Channel, string, string, string, watermill.LoggerAdapter) error { return nil }
+	return w
 }
 
 func expectChange(t *testing.T, changes <-chan StateChange, from, to State, reason string) {

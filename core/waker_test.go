@@ -7,7 +7,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // A waker's channel is the same for every waiter until it closes: at a
@@ -143,9 +142,7 @@ func TestSessionEndWakesACallItsLaneNeverClaimed(t *testing.T) {
 // takes the path every call takes on a live connection.
 func newPeerPublisher(t *testing.T, peer *scriptedPeer, cfg Config[Wiring]) *Publisher {
 	t.Helper()
-	w := peerWiring(peer)
-	w.BuildTopology = func(*amqp091.Channel, string, string, string, watermill.LoggerAdapter) error { return nil }
-	pub, err := NewPublisher(cfg, w, nil)
+	pub, err := NewPublisher(cfg, peerPublisherWiring(peer), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
