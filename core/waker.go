@@ -51,9 +51,10 @@ func (w *waker) next() *tick {
 	if t := w.current.Load(); t != nil {
 		return t
 	}
-	t := &tick{c: make(chan struct{}), at: time.Now().Add(w.interval())}
+	d := w.interval()
+	t := &tick{c: make(chan struct{}), at: time.Now().Add(d)}
 	w.current.Store(t)
-	w.timer = time.AfterFunc(w.interval(), func() { w.close(t) })
+	w.timer = time.AfterFunc(d, func() { w.close(t) })
 	return t
 }
 
