@@ -200,6 +200,14 @@ func benchRawBatch(b *testing.B, size int, marshal func(*message.Message) (amqp0
 	q := queue(b)
 	ctx, cancel := rawDeadline()
 	defer cancel()
+	inBatches(b, batchSize, rawBatcher(ctx, ch, q, size, marshal))
+}
+
+// rawBatcher publishes batches of n messages to q on the confirm-mode
+// channel ch, pipelining: it keeps up to window messages unconfirmed, waits
+// for the oldest when the window is full, and for all at the end of a
+// batch.
+func rawBatcher(ctx context.Context, ch *amqp091.Channel, q string, size int, marshal func(*message.Message) (amqp091.Publishing, error)) func(n int) error {
 	pending := make([]*amqp091.DeferredConfirmation, 0, window)
 	await := func(dc *amqp091.DeferredConfirmation) error {
 		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
@@ -207,7 +215,7 @@ func benchRawBatch(b *testing.B, size int, marshal func(*message.Message) (amqp0
 		}
 		return nil
 	}
-	inBatches(b, batchSize, func(n int) error {
+	return func(n int) error {
 		for range n {
 			if len(pending) == window {
 				if err := await(pending[0]); err != nil {
@@ -235,19 +243,23 @@ func benchRawBatch(b *testing.B, size int, marshal func(*message.Message) (amqp0
 		}
 		pending = pending[:0]
 		return nil
-	})
+	}
 }
 
 func benchResilientBatch(b *testing.B, size int, lean bool) {
-	pub := newResilient(b, lean)
-	q := queue(b)
-	inBatches(b, batchSize, func(n int) error {
+	inBatches(b, batchSize, resilientBatcher(newResilient(b, lean), queue(b), size))
+}
+
+// resilientBatcher publishes batches of n messages to q in one Publish
+// call each.
+func resilientBatcher(pub *resilient.Publisher, q string, size int) func(n int) error {
+	return func(n int) error {
 		msgs := make([]*message.Message, n)
 		for i := range msgs {
 			msgs[i] = newMessage(size)
 		}
 		return pub.Publish(q, msgs...)
-	})
+	}
 }
 
 // newResilient is the publisher with its default settings, but for

@@ -3,6 +3,8 @@
 // resilient publisher with raw amqp091-go and watermill-amqp: medians over
 // the runs, as ratios, each against its target. A pair raw-X, resilient-X
 // (raw-lean and resilient-lean: the lean wire) has a row of its own.
+// BenchmarkDuel's cases, which report their own paired ratios and their
+// interval, have a table of their own (duelTable).
 //
 //	go test ./benchmarks -run '^$' -bench . -count 3 | tee bench.txt | go run ./benchmarks/benchtable
 package main
@@ -24,6 +26,10 @@ var line = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
 // samples holds, per case and implementation, every value of every unit.
 type samples map[string]map[string]map[string][]float64
 
+// duelImpl is the implementation a BenchmarkDuel case is filed under: its
+// lines name none, for each reports both sides.
+const duelImpl = "duel"
+
 func parse(r io.Reader) (samples, []string, error) {
 	s := samples{}
 	var order []string
@@ -36,6 +42,9 @@ func parse(r io.Reader) (samples, []string, error) {
 			continue
 		}
 		name, impl, ok := strings.Cut(m[1], "/impl=")
+		if strings.HasPrefix(name, "Duel/") {
+			impl, ok = duelImpl, true
+		}
 		if !ok {
 			continue
 		}
@@ -192,6 +201,48 @@ func (s samples) row(name string, v variant) {
 		cpuRaw, cpuOurs, cpuRatio)
 }
 
+// duelTable prints BenchmarkDuel's cases: each line is one run of pairs
+// of turns, with the median of its pairs' ratios and that median's 95 %
+// interval; over several runs, the medians of each. A verdict holds only
+// when the whole interval is on one side of the target: the row says
+// "undecided" otherwise, however close its median.
+func (s samples) duelTable(order []string) {
+	var names []string
+	for _, name := range order {
+		if s[name][duelImpl] != nil {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	fmt.Print("\nBenchmarkDuel: raw and ours publishing in turns to one queue, purged between turns; ratio = the median of the pairs' ratios (ours / raw msgs/s), with its 95 % interval; the CPU ratio is the median of the pairs' CPU-per-message ratios.\n\n")
+	fmt.Println("| case | raw msgs/s | resilient msgs/s | ratio | 95 % interval | target | p50 µs raw / ours | p99 µs raw / ours | CPU ratio |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	for _, name := range names {
+		get := func(unit string) float64 { return s.get(name, duelImpl, unit) }
+		ratio, lo, hi := get("ratio"), get("ratio-lo"), get("ratio-hi")
+		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f–%.2f | %s | %.0f / %.0f | %.0f / %.0f | %.2f |\n",
+			strings.TrimPrefix(name, "Duel/"), get("raw-msgs/s"), get("msgs/s"), ratio, lo, hi, verdict(lo, hi, duelTarget),
+			get("raw-p50-µs"), get("p50-µs"), get("raw-p99-µs"), get("p99-µs"), get("cpu-ratio"))
+	}
+}
+
+// duelTarget is what every duel's ratio must reach: publishing at 0.95 of
+// raw's rate or more, at every concurrency and in batches, on either wire.
+const duelTarget = 0.95
+
+// verdict weighs an interval [lo, hi] against an at-least target.
+func verdict(lo, hi, target float64) string {
+	switch {
+	case lo >= target:
+		return fmt.Sprintf("✅ ≥ %.2f", target)
+	case hi < target:
+		return fmt.Sprintf("❌ ≥ %.2f", target)
+	}
+	return fmt.Sprintf("undecided: ≥ %.2f within the interval", target)
+}
+
 func main() {
 	s, order, err := parse(os.Stdin)
 	if err != nil {
@@ -203,6 +254,10 @@ func main() {
 		for _, v := range variants {
 			n = max(n, len(s[name][v.ours]["msgs/s"]))
 		}
+	}
+	s.duelTable(order)
+	if n == 0 {
+		return // a run of duels only
 	}
 	fmt.Printf("\nMedians of %d run(s). raw = amqp091-go doing the same work; ratio = resilient / raw, the median of the rounds' ratios (each round runs both), and the lowest and highest of them; the CPU ratio is paired the same way.\n\n", n)
 	fmt.Println("| case | raw msgs/s | resilient msgs/s | ratio | rounds | target | p50 µs raw / ours | p99 µs raw / ours | allocs/msg raw / ours | B/msg raw / ours | CPU µs/msg raw / ours (ratio ≤ 2) |")
