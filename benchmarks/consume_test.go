@@ -66,40 +66,48 @@ func BenchmarkConsume(b *testing.B) {
 }
 
 // benchRawConsume consumes b.N preloaded messages (queue arguments args)
-// with amqp091-go, unmarshaling each with watermill-amqp's
-// DefaultMarshaler, acking every ackEvery deliveries with multiple set (1:
-// each on its own), and whenever no delivery is ready.
+// with amqp091-go, as consumeRaw does.
 func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 	q := preloaded(b, args, b.N)
-	conn := brokertest.Dial(b)
+	var m measurement
+	consumeRaw(b, q, prefetch, ackEvery, b.N, timing{func() { m.begin(b) }, func() { m.end(b, b.N) }})
+}
+
+// timing is told when a consumer's timed part begins (its first delivery
+// taken: see BenchmarkConsume) and when it ends (its last message acked).
+type timing struct{ begin, end func() }
+
+// consumeRaw consumes n messages from q with amqp091-go, on a connection of
+// its own, at prefetch, unmarshaling each with watermill-amqp's
+// DefaultMarshaler, acking every ackEvery deliveries with multiple set (1:
+// each on its own), and whenever no delivery is ready.
+func consumeRaw(tb testing.TB, q string, prefetch, ackEvery, n int, t timing) {
+	conn := brokertest.Dial(tb)
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := ch.Qos(prefetch, 0, false); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	// Timed from the first delivery, handled as the others (see
-	// BenchmarkConsume).
 	first, ok := <-deliveries
 	if !ok {
-		b.Fatal("deliveries ended before the first")
+		tb.Fatal("deliveries ended before the first")
 	}
-	var m measurement
-	m.begin(b)
+	t.begin()
 	next := &first // taken while peeking for one ready
 	held := 0
-	for n := 0; n < b.N; n++ {
+	for i := 0; i < n; i++ {
 		d := next
 		if d == nil {
 			got, ok := <-deliveries
 			if !ok {
-				b.Fatalf("deliveries ended after %d of %d", n, b.N)
+				tb.Fatalf("deliveries ended after %d of %d", i, n)
 			}
 			d = &got
 		}
@@ -107,10 +115,10 @@ func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 		// The same work as the subscriber's: the watermill message a
 		// handler would get (as raw publishing marshals one).
 		if _, err := unmarshal.Unmarshal(*d); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		held++
-		if held < ackEvery && n < b.N-1 {
+		if held < ackEvery && i < n-1 {
 			// One ready: hold the ack. Asked twice, with a yield between, as
 			// the subscriber asks (amqp091-go's goroutine that hands
 			// deliveries over may be busy with the next one).
@@ -120,11 +128,11 @@ func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 			}
 		}
 		if err := ch.Ack(d.DeliveryTag, held > 1); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		held = 0
 	}
-	m.end(b, b.N)
+	t.end()
 }
 
 // peekDelivery takes a delivery if one is ready, asking twice with a yield
@@ -144,42 +152,47 @@ func peekDelivery(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok bo
 }
 
 // benchConsume consumes b.N preloaded messages (queue arguments args)
-// through the Subscriber at prefetch, with AckBatch ackBatch (0: the
-// default).
+// through the Subscriber, as consumeSubscribed does.
 func benchConsume(b *testing.B, args amqp091.Table, prefetch, ackBatch int) {
 	q := preloaded(b, args, b.N)
+	var m measurement
+	consumeSubscribed(b, args, q, prefetch, ackBatch, b.N, timing{func() { m.begin(b) }, func() { m.end(b, b.N) }})
+}
+
+// consumeSubscribed consumes n messages from q (declared with args) through
+// a Subscriber of its own at prefetch, with AckBatch ackBatch (0: the
+// default), acking each as a handler would, read as a Router reads (one at
+// a time).
+func consumeSubscribed(tb testing.TB, args amqp091.Table, q string, prefetch, ackBatch, n int, t timing) {
 	cfg := amqp.NewDurableQueueConfig(brokertest.URI())
 	cfg.Queue.Arguments = args
 	cfg.Consume.Qos.PrefetchCount = prefetch
 	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: cfg, AckBatch: ackBatch}, watermill.NopLogger{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer sub.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	msgs, err := sub.Subscribe(ctx, q)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	// Timed from the first delivery, acked as the others (see
-	// BenchmarkConsume).
 	first, ok := <-msgs
 	if !ok {
-		b.Fatal("messages ended before the first")
+		tb.Fatal("messages ended before the first")
 	}
-	var m measurement
-	m.begin(b)
-	for n := 0; n < b.N; n++ {
+	t.begin()
+	for i := 0; i < n; i++ {
 		msg := first
-		if n > 0 {
+		if i > 0 {
 			if msg, ok = <-msgs; !ok {
-				b.Fatalf("messages ended after %d of %d", n, b.N)
+				tb.Fatalf("messages ended after %d of %d", i, n)
 			}
 		}
 		msg.Ack()
 	}
-	m.end(b, b.N)
+	t.end()
 }
 
 var quorumArgs = amqp091.Table{"x-queue-type": "quorum"}

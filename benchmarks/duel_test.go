@@ -205,13 +205,23 @@ func duel(b *testing.B, d duelists, goroutines, perCall int) {
 		}
 	}
 	b.StopTimer()
+	reportDuel(b, turns)
+	for side, prefix := range [2]string{"raw-", ""} {
+		slices.Sort(lat[side])
+		b.ReportMetric(quantile(lat[side], 0.50), prefix+"p50-µs")
+		b.ReportMetric(quantile(lat[side], 0.99), prefix+"p99-µs")
+	}
+}
 
+// reportDuel reports the ratios of b.N pairs of turns, turns[0] raw's and
+// turns[1] ours, as BenchmarkDuel says.
+func reportDuel(b *testing.B, turns [2][]turn) {
 	ratios, cpuRatios := make([]float64, b.N), make([]float64, b.N)
 	for i := range b.N {
 		ratios[i] = turns[1][i].rate / turns[0][i].rate
 		cpuRatios[i] = float64(turns[1][i].cpuPerMsg) / float64(turns[0][i].cpuPerMsg)
 	}
-	b.Logf("pairs' ratios in order (odd pairs: the publisher's turn first): %.3f", ratios)
+	b.Logf("pairs' ratios in order (odd pairs: ours first): %.3f", ratios)
 	slices.Sort(ratios)
 	lo, hi := medianInterval(ratios)
 	b.ReportMetric(medianOf(ratios), "ratio")
@@ -227,12 +237,23 @@ func duel(b *testing.B, d duelists, goroutines, perCall int) {
 	}
 	b.ReportMetric(medianOf(rates(turns[0])), "raw-msgs/s")
 	b.ReportMetric(medianOf(rates(turns[1])), "msgs/s")
-	for side, prefix := range [2]string{"raw-", ""} {
-		slices.Sort(lat[side])
-		b.ReportMetric(quantile(lat[side], 0.50), prefix+"p50-µs")
-		b.ReportMetric(quantile(lat[side], 0.99), prefix+"p99-µs")
-	}
 	b.ReportMetric(0, "ns/op") // a pair's wall time says nothing
+}
+
+// meter measures one turn of messages messages: started when begin is
+// called, done when end is.
+type meter struct {
+	messages int
+	start    time.Time
+	cpu      time.Duration
+	measured turn
+}
+
+func (m *meter) begin() { m.start, m.cpu = time.Now(), cpuTime() }
+
+func (m *meter) end() {
+	elapsed, spent := time.Since(m.start), cpuTime()-m.cpu
+	m.measured = turn{rate: float64(m.messages) / elapsed.Seconds(), cpuPerMsg: spent / time.Duration(m.messages)}
 }
 
 // runTurn publishes messages messages with publish, perCall per call, from
@@ -243,7 +264,8 @@ func runTurn(goroutines, perCall, messages int, publish publishFunc, lat *[]time
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
-	start, cpu := time.Now(), cpuTime()
+	m := meter{messages: messages}
+	m.begin()
 	for worker := range goroutines {
 		wg.Add(1)
 		go func() {
@@ -265,8 +287,8 @@ func runTurn(goroutines, perCall, messages int, publish publishFunc, lat *[]time
 		}()
 	}
 	wg.Wait()
-	elapsed, spent := time.Since(start), cpuTime()-cpu
-	return turn{rate: float64(messages) / elapsed.Seconds(), cpuPerMsg: spent / time.Duration(messages)}, firstErr
+	m.end()
+	return m.measured, firstErr
 }
 
 func roundUp(n, multiple int) int { return (n + multiple - 1) / multiple * multiple }

@@ -3,10 +3,10 @@
 # watermill-amqp side by side in one run against a real RabbitMQ (found at
 # $AMQP_URI or started), then the comparison table (medians, ratios,
 # targets). COUNT runs of each case (default 5); BENCHTIME per run (default
-# 2s); BENCH selects cases. Then BenchmarkDuel, raw and the publisher in
-# turns: PAIRS pairs of turns per case (default 40; 0 skips it), DUEL
-# selects its cases. The raw output is kept in bench.txt (benchstat reads
-# it too).
+# 2s); BENCH selects cases. Then BenchmarkDuel and BenchmarkDuelConsume,
+# raw and ours in turns: PAIRS pairs of turns per case (default 40; 0 skips
+# them), DUEL selects their cases. The raw output is kept in bench.txt
+# (benchstat reads it too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib-broker.sh
@@ -26,7 +26,7 @@ done
 # The duel pairs its turns itself: one run, -benchtime in pairs.
 if [ "${PAIRS:-40}" -gt 0 ]; then
   echo "duel: ${PAIRS:-40} pairs of turns per case" >&2
-  "${TMPDIR:-/tmp}/benchmarks.test" -test.run '^$' -test.bench "${DUEL:-^BenchmarkDuel$}" \
+  "${TMPDIR:-/tmp}/benchmarks.test" -test.run '^$' -test.bench "${DUEL:-^BenchmarkDuel(Consume)?$}" \
     -test.benchtime "${PAIRS:-40}x" -test.timeout 60m | tee -a bench.txt >&2
 fi
 go run ./benchmarks/benchtable <bench.txt 2>/dev/null

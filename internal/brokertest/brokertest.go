@@ -106,21 +106,24 @@ func Dial(t testing.TB) *amqp091.Connection {
 
 // DeleteQueues deletes queues when the test ends.
 func DeleteQueues(t testing.TB, queues ...string) {
-	t.Cleanup(func() {
-		conn, err := amqp091.Dial(URI())
-		if err != nil {
-			t.Logf("cleanup: %v", err)
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
-		for _, q := range queues {
-			_, _ = ch.QueueDelete(q, false, false, false)
-		}
-	})
+	t.Cleanup(func() { DeleteNow(t, queues...) })
+}
+
+// DeleteNow deletes queues at once, logging (not failing) when it cannot.
+func DeleteNow(t testing.TB, queues ...string) {
+	conn, err := amqp091.Dial(URI())
+	if err != nil {
+		t.Logf("deleting queues: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range queues {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
 }
 
 // Tally is what a queue held, by message ID (the watermill UUID).
