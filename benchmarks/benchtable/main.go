@@ -222,9 +222,15 @@ func (s samples) duelTable(order []string) {
 	for _, name := range names {
 		get := func(unit string) float64 { return s.get(name, duelImpl, unit) }
 		ratio, lo, hi := get("ratio"), get("ratio-lo"), get("ratio-hi")
-		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f–%.2f | %s | %.0f / %.0f | %.0f / %.0f | %.2f |\n",
+		pair := func(raw, ours string) string {
+			if get(raw) == 0 && get(ours) == 0 {
+				return "–" // consuming: no call to time
+			}
+			return fmt.Sprintf("%.0f / %.0f", get(raw), get(ours))
+		}
+		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f–%.2f | %s | %s | %s | %.2f |\n",
 			name, get("raw-msgs/s"), get("msgs/s"), ratio, lo, hi, verdict(lo, hi, duelTarget(name)),
-			get("raw-p50-µs"), get("p50-µs"), get("raw-p99-µs"), get("p99-µs"), get("cpu-ratio"))
+			pair("raw-p50-µs", "p50-µs"), pair("raw-p99-µs", "p99-µs"), get("cpu-ratio"))
 	}
 }
 
