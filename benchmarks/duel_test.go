@@ -228,6 +228,7 @@ func reportDuel(b *testing.B, turns [2][]turn) {
 	b.ReportMetric(lo, "ratio-lo")
 	b.ReportMetric(hi, "ratio-hi")
 	b.ReportMetric(medianOf(cpuRatios), "cpu-ratio")
+	b.ReportMetric(float64(b.N), "pairs")
 	rates := func(ts []turn) []float64 {
 		r := make([]float64, len(ts))
 		for i, t := range ts {

@@ -222,6 +222,10 @@ func (s samples) duelTable(order []string) {
 	for _, name := range names {
 		get := func(unit string) float64 { return s.get(name, duelImpl, unit) }
 		ratio, lo, hi := get("ratio"), get("ratio-lo"), get("ratio-hi")
+		judged := verdict(lo, hi, duelTarget(name))
+		if pairs := s[name][duelImpl]["pairs"]; pairs != nil && median(pairs) < minPairs { // runs before 2026-12-06 did not say
+			judged = fmt.Sprintf("none: fewer than %d pairs have no 95 %% interval", minPairs)
+		}
 		pair := func(raw, ours string) string {
 			if get(raw) == 0 && get(ours) == 0 {
 				return "–" // consuming: no call to time
@@ -229,10 +233,15 @@ func (s samples) duelTable(order []string) {
 			return fmt.Sprintf("%.0f / %.0f", get(raw), get(ours))
 		}
 		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f–%.2f | %s | %s | %s | %.2f |\n",
-			name, get("raw-msgs/s"), get("msgs/s"), ratio, lo, hi, verdict(lo, hi, duelTarget(name)),
+			name, get("raw-msgs/s"), get("msgs/s"), ratio, lo, hi, judged,
 			pair("raw-p50-µs", "p50-µs"), pair("raw-p99-µs", "p99-µs"), get("cpu-ratio"))
 	}
 }
+
+// minPairs is the fewest pairs whose median has a 95 % interval narrower
+// than their whole range (the sign test's: medianInterval in the
+// benchmarks).
+const minPairs = 6
 
 // duelTarget is what a duel's ratio must reach: publishing, 0.95 of raw's
 // rate, at every concurrency and in batches, on either wire; consuming, as
