@@ -18,7 +18,10 @@ import (
 // already decided, so a message is counted once only, whichever of the
 // lane's fact, the caller's giving up or the session's death comes first.
 type attempt struct {
-	handoffs       []handoff // in call order
+	handoffs []handoff // in call order
+	// one holds the handoff of an attempt of one message, the usual call:
+	// handoffs is then one[:], and the attempt one allocation fewer.
+	one            [1]handoff
 	facts          chan fact
 	maxNackRetries int
 
@@ -46,10 +49,14 @@ type failure struct {
 
 func newAttempt(msgs []*outgoing, maxNackRetries int) *attempt {
 	a := &attempt{
-		handoffs:       make([]handoff, len(msgs)),
 		facts:          make(chan fact, len(msgs)),
 		maxNackRetries: maxNackRetries,
 		open:           len(msgs),
+	}
+	if len(msgs) == 1 {
+		a.handoffs = a.one[:]
+	} else {
+		a.handoffs = make([]handoff, len(msgs))
 	}
 	for i, m := range msgs {
 		d := &a.handoffs[i]

@@ -46,8 +46,8 @@ func (c *call) run() (err error) {
 			p.cfg.emit(Event{Kind: PublishDone, Messages: len(batch), Duration: time.Since(start), Err: err, Handler: handlerOf(batch)})
 		}()
 	}
-	ctx, watch, release := c.context()
-	defer release()
+	ctx, watch, held := c.context()
+	defer held.release()
 
 	var failed []failure
 	var nackBackoff *backoff.ExponentialBackOff
@@ -159,26 +159,40 @@ func failAll(failed []failure, msgs []*outgoing, err error) []failure {
 
 // context is the context of the call, which ends when Close gives up on it
 // (its cause is ErrClosed), after PublishTimeout, or once every message's
-// Context() has ended; and the watch of the messages' contexts (nil when
-// none can end).
-func (c *call) context() (ctx context.Context, watch *contextWatch, release func()) {
+// Context() has ended; the watch of the messages' contexts (nil when none
+// can end); and what frees them once the call is over.
+func (c *call) context() (ctx context.Context, watch *contextWatch, release releaser) {
 	p, batch := c.p, c.batch
 	// The bound starts now, before the watch of many contexts is set up.
 	deadline := time.Now().Add(p.cfg.PublishTimeout)
 	if !anyCanEnd(batch) {
 		// The usual case (context.Background()): nothing to watch, and a
 		// context made only if something waits with it (lazydeadline.go).
+		// It frees itself: a method value would cost an allocation.
 		l := newLazyDeadline(p.abortCtx, &p.wake, deadline, p.timeoutCause)
-		return l, nil, l.release
+		return l, nil, l
 	}
 	base, cancelBase := context.WithCancelCause(p.abortCtx)
 	ctx, cancel := context.WithDeadlineCause(base, deadline, p.timeoutCause)
 	watch = watchContexts(batch, cancelBase)
-	return ctx, watch, func() {
-		watch.stop()
-		cancel()
-		cancelBase(nil)
-	}
+	return ctx, watch, &contextHold{watch, cancel, cancelBase}
+}
+
+// releaser frees what a call's context holds, once the call is over.
+type releaser interface{ release() }
+
+// contextHold is what a call's context holds when its messages'
+// contexts can end: their watch, and the two contexts over Close's.
+type contextHold struct {
+	watch      *contextWatch
+	cancel     context.CancelFunc
+	cancelBase context.CancelCauseFunc
+}
+
+func (w *contextHold) release() {
+	w.watch.stop()
+	w.cancel()
+	w.cancelBase(nil)
 }
 
 // deadlineErr turns the end of the call's context into the reason the

@@ -67,9 +67,7 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 	ownQueue := queue != "" && exchange == "" && routingKey == queue
 	exclusiveQueue := p.subscriberQueue(topic, exchange, routingKey) != ""
 
-	// One allocation for all the messages of the call, however many.
-	store := make([]outgoing, len(messages))
-	batch := make([]*outgoing, 0, len(messages))
+	store, batch := outgoingStore(len(messages))
 	for i, msg := range messages {
 		if msg == nil {
 			errs = append(errs, fmt.Errorf("%w at index %d", ErrNilMessage, i))
@@ -118,6 +116,24 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 		return nil, &PublishError{Topic: topic, Unconfirmed: uuids, Err: fmt.Errorf("%w (nothing was sent)", joinFirst(errs))}
 	}
 	return batch, nil
+}
+
+// oneOutgoing holds the outgoing message of a call of one message, and the
+// batch that points to it, in one allocation.
+type oneOutgoing struct {
+	store [1]outgoing
+	batch [1]*outgoing
+}
+
+// outgoingStore returns room for n outgoing messages and an empty batch of
+// capacity n to point to them: two allocations for all the messages of a
+// call, however many; one for a single message, the usual call.
+func outgoingStore(n int) (store []outgoing, batch []*outgoing) {
+	if n == 1 {
+		one := new(oneOutgoing)
+		return one.store[:], one.batch[:0]
+	}
+	return make([]outgoing, n), make([]*outgoing, 0, n)
 }
 
 // marshal makes msg's publishing, its UUID as message_id unless the
