@@ -67,17 +67,13 @@ func duelConsume(b *testing.B, prefetch, ackEvery int) {
 	}
 	// A warm-up pair, not counted; raw's rate sets the turns' length.
 	warmUp := max(1000, 4*prefetch)
-	first := pair(warmUp, [2]int{0, 1})
+	first := pair(warmUp, turnOrder(0))
 	messages := max(warmUp, int(first[0].rate*duelSlice.Seconds()))
 
 	turns := [2][]turn{}
 	b.ResetTimer()
 	for i := range b.N {
-		order := [2]int{0, 1}
-		if i%2 == 1 {
-			order = [2]int{1, 0}
-		}
-		played := pair(messages, order)
+		played := pair(messages, turnOrder(i))
 		turns[0], turns[1] = append(turns[0], played[0]), append(turns[1], played[1])
 	}
 	b.StopTimer()
