@@ -26,8 +26,9 @@ var duelSlice = flag.Duration("bench.duel.slice", 500*time.Millisecond, "how lon
 // one pair, the publisher first in the next, so that a drift of the
 // machine (the broker's disk, its collector, a neighbour on the two cores)
 // falls on both sides of a pair's ratio, and a steady one on both sides
-// alike. Run it with -benchtime Nx for N pairs (20 resolve a few percent
-// on a noisy machine; BenchmarkPublish's rounds of 2 s each could not).
+// alike. Run it with -benchtime Nx for N pairs: on the 2-core development
+// machine, 30 pairs gave an interval of about ±0.04 around the median
+// ratio, 100 pairs about ±0.03.
 //
 // Cases: N goroutines each publishing one message at a time and waiting for
 // its confirm, and one goroutine publishing batches of batchSize, as in

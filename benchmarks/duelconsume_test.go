@@ -20,8 +20,8 @@ import (
 //   - raw-batched: amqp091-go acking with multiple set as the Subscriber's
 //     default AckBatch does (consumeRaw), at prefetch 100 and 500.
 //
-// The Subscriber has its default settings and the prefetch of the case,
-// and a new subscription each turn, as raw has a new channel.
+// The Subscriber has its default settings and the prefetch of the case;
+// each side connects anew for each turn, untimed.
 //
 // Each queue is preloaded right before its turn so that every turn starts
 // from the same state of the broker: with both queues preloaded before the

@@ -3,8 +3,9 @@
 // resilient publisher with raw amqp091-go and watermill-amqp: medians over
 // the runs, as ratios, each against its target. A pair raw-X, resilient-X
 // (raw-lean and resilient-lean: the lean wire) has a row of its own.
-// BenchmarkDuel's cases, which report their own paired ratios and their
-// interval, have a table of their own (duelTable).
+// The duels' cases (BenchmarkDuel, BenchmarkDuelConsume), which report
+// their own paired ratios and their interval, have a table of their own
+// (duelTable).
 //
 //	go test ./benchmarks -run '^$' -bench . -count 3 | tee bench.txt | go run ./benchmarks/benchtable
 package main
@@ -201,7 +202,7 @@ func (s samples) row(name string, v variant) {
 		cpuRaw, cpuOurs, cpuRatio)
 }
 
-// duelTable prints BenchmarkDuel's cases: each line is one run of pairs
+// duelTable prints the duels' cases: each line is one run of pairs
 // of turns, with the median of its pairs' ratios and that median's 95 %
 // interval; over several runs, the medians of each. A verdict holds only
 // when the whole interval is on one side of the target: the row says
