@@ -70,7 +70,7 @@ func BenchmarkConsume(b *testing.B) {
 func benchRawConsume(b *testing.B, args amqp091.Table, prefetch, ackEvery int) {
 	q := preloaded(b, args, b.N)
 	var m measurement
-	consumeRaw(b, q, prefetch, ackEvery, b.N, timing{func() { m.begin(b) }, func() { m.end(b, b.N) }})
+	consumeRaw(b, q, prefetch, ackEvery, b.N, timing{func() { m.begin(b) }, func() { m.end(b) }})
 }
 
 // timing is told when a consumer's timed part begins (its first delivery
@@ -156,7 +156,7 @@ func peekDelivery(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok bo
 func benchConsume(b *testing.B, args amqp091.Table, prefetch, ackBatch int) {
 	q := preloaded(b, args, b.N)
 	var m measurement
-	consumeSubscribed(b, args, q, prefetch, ackBatch, b.N, timing{func() { m.begin(b) }, func() { m.end(b, b.N) }})
+	consumeSubscribed(b, args, q, prefetch, ackBatch, b.N, timing{func() { m.begin(b) }, func() { m.end(b) }})
 }
 
 // consumeSubscribed consumes n messages from q (declared with args) through

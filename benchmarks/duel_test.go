@@ -164,12 +164,6 @@ func duelBatchers(b *testing.B, size int, lean bool) duelists {
 	}
 }
 
-// turn is what one side measured in one turn.
-type turn struct {
-	rate      float64 // messages per second
-	cpuPerMsg time.Duration
-}
-
 // duel runs b.N pairs of turns of d's raw and ours, each call of either
 // publishing perCall messages from one of goroutines goroutines, and
 // reports as BenchmarkDuel says.
@@ -238,22 +232,6 @@ func reportDuel(b *testing.B, turns [2][]turn) {
 	b.ReportMetric(0, "ns/op") // a pair's wall time says nothing
 }
 
-// meter measures one turn of messages messages: started when begin is
-// called, done when end is.
-type meter struct {
-	messages int
-	start    time.Time
-	cpu      time.Duration
-	measured turn
-}
-
-func (m *meter) begin() { m.start, m.cpu = time.Now(), cpuTime() }
-
-func (m *meter) end() {
-	elapsed, spent := time.Since(m.start), cpuTime()-m.cpu
-	m.measured = turn{rate: float64(m.messages) / elapsed.Seconds(), cpuPerMsg: spent / time.Duration(m.messages)}
-}
-
 // turnOrder is the order of pair's turns, raw (0) and ours (1): raw first
 // in even pairs, ours first in odd ones, so that a drift of the machine
 // within pairs falls on both sides alike.
@@ -308,14 +286,6 @@ func medianOf(v []float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-// quantile is the q-quantile of sorted durations, in µs.
-func quantile(sorted []time.Duration, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return float64(sorted[int(q*float64(len(sorted)-1))].Nanoseconds()) / 1e3
 }
 
 // medianInterval is a 95 % confidence interval for the median of the

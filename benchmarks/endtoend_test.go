@@ -76,7 +76,7 @@ func benchEndToEnd(b *testing.B, goroutines int, open pipe) {
 		b.Fatalf("%d of %d handled in 10 min", received.Load(), b.N)
 	}
 	m.record(latencies)
-	m.end(b, b.N)
+	m.end(b)
 }
 
 // rawPipe: amqp091-go, a confirm-mode channel per 4 publishers (as the

@@ -57,11 +57,10 @@ func marshalLean(msg *message.Message) (amqp091.Publishing, error) {
 	return amqp091.Publishing{Body: msg.Payload, MessageId: msg.UUID, DeliveryMode: amqp091.Persistent}, nil
 }
 
-// measurement records what a case cost: per-call latencies and the
-// process's CPU time.
+// measurement records what a case cost: per-call latencies, and the
+// rate and the process's CPU time per message (its meter).
 type measurement struct {
-	start     time.Time
-	cpu       time.Duration
+	meter
 	mu        sync.Mutex
 	latencies []time.Duration
 }
@@ -72,11 +71,42 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// turn is what a span of messages cost: a duel's turn, or a case.
+type turn struct {
+	rate      float64 // messages per second
+	cpuPerMsg time.Duration
+}
+
+// meter measures a span of messages messages: started when begin is
+// called, done when end is.
+type meter struct {
+	messages int
+	start    time.Time
+	cpu      time.Duration
+	measured turn
+}
+
+func (m *meter) begin() { m.start, m.cpu = time.Now(), cpuTime() }
+
+func (m *meter) end() {
+	elapsed, spent := time.Since(m.start), cpuTime()-m.cpu
+	m.measured = turn{rate: float64(m.messages) / elapsed.Seconds(), cpuPerMsg: spent / time.Duration(m.messages)}
+}
+
+// quantile is the q-quantile of sorted durations, in µs.
+func quantile(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return float64(sorted[int(q*float64(len(sorted)-1))].Nanoseconds()) / 1e3
+}
+
 func (m *measurement) begin(b *testing.B) {
 	b.ReportAllocs()
 	m.latencies = make([]time.Duration, 0, b.N)
 	b.ResetTimer()
-	m.start, m.cpu = time.Now(), cpuTime()
+	m.meter.messages = b.N
+	m.meter.begin()
 }
 
 func (m *measurement) record(l []time.Duration) {
@@ -85,20 +115,16 @@ func (m *measurement) record(l []time.Duration) {
 	m.mu.Unlock()
 }
 
-// end reports the metrics for messages messages.
-func (m *measurement) end(b *testing.B, messages int) {
-	cpu := cpuTime() - m.cpu
-	elapsed := time.Since(m.start)
+// end reports the metrics for the case's b.N messages.
+func (m *measurement) end(b *testing.B) {
+	m.meter.end()
 	b.StopTimer()
-	b.ReportMetric(float64(messages)/elapsed.Seconds(), "msgs/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(messages), "cpu-µs/msg")
+	b.ReportMetric(m.measured.rate, "msgs/s")
+	b.ReportMetric(float64(m.measured.cpuPerMsg)/1e3, "cpu-µs/msg")
 	if len(m.latencies) > 0 {
 		slices.Sort(m.latencies)
-		at := func(q float64) float64 {
-			return float64(m.latencies[int(q*float64(len(m.latencies)-1))].Nanoseconds()) / 1e3
-		}
-		b.ReportMetric(at(0.50), "p50-µs")
-		b.ReportMetric(at(0.99), "p99-µs")
+		b.ReportMetric(quantile(m.latencies, 0.50), "p50-µs")
+		b.ReportMetric(quantile(m.latencies, 0.99), "p99-µs")
 	}
 	// ns/op is wall time per message over all goroutines: msgs/s says it
 	// more plainly.
@@ -130,7 +156,7 @@ func concurrently(b *testing.B, goroutines int, publish func(worker int) error) 
 		}()
 	}
 	wg.Wait()
-	m.end(b, b.N)
+	m.end(b)
 	if err := failed.Load(); err != nil {
 		b.Fatal(*err)
 	}
@@ -150,7 +176,7 @@ func inBatches(b *testing.B, size int, publish func(n int) error) {
 		local = append(local, time.Since(t))
 	}
 	m.record(local)
-	m.end(b, b.N)
+	m.end(b)
 }
 
 // queue declares a durable queue for one case and deletes it after.
