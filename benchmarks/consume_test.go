@@ -8,6 +8,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
@@ -149,6 +150,56 @@ func peekDelivery(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok bo
 		}
 		runtime.Gosched()
 	}
+}
+
+// consumeRawHandoff consumes n messages from q with amqp091-go the way
+// every watermill subscriber hands them over: each delivery, unmarshaled,
+// goes to a handler on a goroutine of its own, which acks it, and is acked
+// to the broker once the handler's Ack came back; the next is handed over
+// only then (watermill's contract). At prefetch 1 it is the model's own
+// cost beside raw's, without any of the Subscriber's.
+func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
+	conn := brokertest.Dial(tb)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		tb.Fatal(err)
+	}
+	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	handed := make(chan *message.Message)
+	handlerDone := make(chan struct{})
+	go func() { // the handler: a Router's, reduced to its Ack
+		defer close(handlerDone)
+		for msg := range handed {
+			msg.Ack()
+		}
+	}()
+	defer func() { close(handed); <-handlerDone }()
+	for i := 0; i < n; i++ {
+		d, ok := <-deliveries
+		if !ok {
+			tb.Fatalf("deliveries ended after %d of %d", i, n)
+		}
+		if i == 0 {
+			t.begin()
+		}
+		msg, err := unmarshal.Unmarshal(d)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		handed <- msg
+		<-msg.Acked()
+		if err := ch.Ack(d.DeliveryTag, false); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	t.end()
 }
 
 // benchConsume consumes b.N preloaded messages (queue arguments args)

@@ -1,7 +1,9 @@
 package benchmarks_test
 
 import (
+	"context"
 	"fmt"
+	"runtime/pprof"
 	"testing"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
@@ -18,7 +20,12 @@ import (
 //   - raw: amqp091-go acking each delivery on its own (at prefetch 1,
 //     nothing else can be);
 //   - raw-batched: amqp091-go acking with multiple set as the Subscriber's
-//     default AckBatch does (consumeRaw), at prefetch 100 and 500.
+//     default AckBatch does (consumeRaw), at prefetch 100 and 500;
+//   - raw-handoff: amqp091-go handing each delivery to a handler goroutine
+//     and acking it once the handler's Ack came back, as any watermill
+//     subscriber must (consumeRawHandoff), at prefetch 1: where nothing is
+//     batched, what the Subscriber costs apart from the model's two
+//     goroutine switches per message.
 //
 // The Subscriber has its default settings and the prefetch of the case;
 // each side connects anew for each turn, untimed.
@@ -29,27 +36,40 @@ import (
 // (RabbitMQ 3.10.8), whichever side it was.
 func BenchmarkDuelConsume(b *testing.B) {
 	for _, prefetch := range []int{1, 100, 500} {
-		against := []string{"raw"}
-		if prefetch > 1 {
-			against = append(against, "raw-batched")
+		against := []string{"raw", "raw-batched"}
+		if prefetch == 1 {
+			against[1] = "raw-handoff"
 		}
 		for _, rawKind := range against {
-			ackEvery := 1
-			if rawKind == "raw-batched" {
-				ackEvery = min(32, prefetch/2) // as BenchmarkConsume's raw-batched
+			raw := func(b *testing.B, q string, m *meter) {
+				consumeRaw(b, q, prefetch, 1, m.messages, timing{m.begin, m.end})
+			}
+			switch rawKind {
+			case "raw-batched":
+				ackEvery := min(32, prefetch/2) // as BenchmarkConsume's raw-batched
+				raw = func(b *testing.B, q string, m *meter) {
+					consumeRaw(b, q, prefetch, ackEvery, m.messages, timing{m.begin, m.end})
+				}
+			case "raw-handoff":
+				raw = func(b *testing.B, q string, m *meter) {
+					consumeRawHandoff(b, q, prefetch, m.messages, timing{m.begin, m.end})
+				}
 			}
 			b.Run(fmt.Sprintf("classic/prefetch=%d/against=%s", prefetch, rawKind), func(b *testing.B) {
-				duelConsume(b, prefetch, ackEvery)
+				duelConsume(b, prefetch, raw)
 			})
 		}
 	}
 }
 
-// duelConsume runs b.N pairs of turns of consuming, raw acking every
-// ackEvery deliveries and the Subscriber, at prefetch.
-func duelConsume(b *testing.B, prefetch, ackEvery int) {
+// sideNames label a duel's sides in CPU profiles: raw's way, and ours.
+var sideNames = [2]string{"raw", "ours"}
+
+// duelConsume runs b.N pairs of turns of consuming, raw's way and the
+// Subscriber's, at prefetch.
+func duelConsume(b *testing.B, prefetch int, raw func(b *testing.B, q string, m *meter)) {
 	consume := [2]func(q string, m *meter){
-		func(q string, m *meter) { consumeRaw(b, q, prefetch, ackEvery, m.messages, timing{m.begin, m.end}) },
+		func(q string, m *meter) { raw(b, q, m) },
 		func(q string, m *meter) {
 			consumeSubscribed(b, nil, q, prefetch, 0, m.messages, timing{m.begin, m.end})
 		},
@@ -59,7 +79,12 @@ func duelConsume(b *testing.B, prefetch, ackEvery int) {
 		for _, side := range order {
 			queues[side] = preloaded(b, nil, messages)
 			m := meter{messages: messages}
-			consume[side](queues[side], &m)
+			// Labelled for -cpuprofile: the goroutines a side starts
+			// (amqp091-go's reader among them) carry its label too, so
+			// that pprof -tagfocus side=ours shows one side's cost.
+			pprof.Do(context.Background(), pprof.Labels("side", sideNames[side]), func(context.Context) {
+				consume[side](queues[side], &m)
+			})
 			played[side] = m.measured
 		}
 		brokertest.DeleteNow(b, queues[:]...)
