@@ -1,9 +1,11 @@
 package benchmarks_test
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"math"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
 // duelSlice is how long one turn of a duel lasts, about: its message count
@@ -120,14 +123,16 @@ func duelQueue(b *testing.B, conn *amqp091.Connection) (string, func() error) {
 // duelPublishers are raw amqp091-go and the publisher, each sending one
 // message per call, as benchRaw and benchResilient send theirs.
 func duelPublishers(b *testing.B, size int, lean bool) duelists {
-	conn := brokertest.Dial(b)
+	var conn *amqp091.Connection
+	labelled(0, func() { conn = brokertest.Dial(b) })
 	b.Cleanup(func() { conn.Close() })
 	chans := confirmChannels(b, conn)
 	q, purge := duelQueue(b, conn)
 	ctx, cancel := rawDeadline()
 	b.Cleanup(cancel)
 	marshal := marshalerFor(lean)
-	pub := newResilient(b, lean)
+	var pub *resilient.Publisher
+	labelled(1, func() { pub = newResilient(b, lean) })
 	return duelists{
 		raw: func(worker, _ int) error {
 			msg, err := marshal(newMessage(size))
@@ -144,7 +149,8 @@ func duelPublishers(b *testing.B, size int, lean bool) duelists {
 // duelBatchers are raw amqp091-go pipelining on one channel and the
 // publisher with one call per batch, as in BenchmarkBatch.
 func duelBatchers(b *testing.B, size int, lean bool) duelists {
-	conn := brokertest.Dial(b)
+	var conn *amqp091.Connection
+	labelled(0, func() { conn = brokertest.Dial(b) })
 	b.Cleanup(func() { conn.Close() })
 	ch, err := conn.Channel()
 	if err != nil {
@@ -156,7 +162,9 @@ func duelBatchers(b *testing.B, size int, lean bool) duelists {
 	q, purge := duelQueue(b, conn)
 	ctx, cancel := rawDeadline()
 	b.Cleanup(cancel)
-	raw, ours := rawBatcher(ctx, ch, q, size, marshalerFor(lean)), resilientBatcher(newResilient(b, lean), q, size)
+	var pub *resilient.Publisher
+	labelled(1, func() { pub = newResilient(b, lean) })
+	raw, ours := rawBatcher(ctx, ch, q, size, marshalerFor(lean)), resilientBatcher(pub, q, size)
 	return duelists{
 		raw:   func(_, n int) error { return raw(n) },
 		ours:  func(_, n int) error { return ours(n) },
@@ -171,7 +179,9 @@ func duel(b *testing.B, d duelists, goroutines, perCall int) {
 	sides := [2]publishFunc{d.raw, d.ours}
 	var lat [2][]time.Duration
 	play := func(side, messages int) turn {
-		t, err := runTurn(goroutines, perCall, messages, sides[side], &lat[side])
+		var t turn
+		var err error
+		labelled(side, func() { t, err = runTurn(goroutines, perCall, messages, sides[side], &lat[side]) })
 		if err == nil {
 			err = d.purge()
 		}
@@ -230,6 +240,14 @@ func reportDuel(b *testing.B, turns [2][]turn) {
 	b.ReportMetric(medianOf(rates(turns[0])), "raw-msgs/s")
 	b.ReportMetric(medianOf(rates(turns[1])), "msgs/s")
 	b.ReportMetric(0, "ns/op") // a pair's wall time says nothing
+}
+
+// labelled runs f with the pprof label side=raw (side 0) or side=ours
+// (1). The goroutines f starts carry it too (amqp091-go's reader, the
+// publisher's lanes, a turn's callers), so that a -cpuprofile of a duel
+// splits by side: go tool pprof -tagfocus side=ours.
+func labelled(side int, f func()) {
+	pprof.Do(context.Background(), pprof.Labels("side", [2]string{"raw", "ours"}[side]), func(context.Context) { f() })
 }
 
 // turnOrder is the order of pair's turns, raw (0) and ours (1): raw first

@@ -1,9 +1,7 @@
 package benchmarks_test
 
 import (
-	"context"
 	"fmt"
-	"runtime/pprof"
 	"testing"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
@@ -62,9 +60,6 @@ func BenchmarkDuelConsume(b *testing.B) {
 	}
 }
 
-// sideNames label a duel's sides in CPU profiles: raw's way, and ours.
-var sideNames = [2]string{"raw", "ours"}
-
 // duelConsume runs b.N pairs of turns of consuming, raw's way and the
 // Subscriber's, at prefetch.
 func duelConsume(b *testing.B, prefetch int, raw func(b *testing.B, q string, m *meter)) {
@@ -79,12 +74,7 @@ func duelConsume(b *testing.B, prefetch int, raw func(b *testing.B, q string, m 
 		for _, side := range order {
 			queues[side] = preloaded(b, nil, messages)
 			m := meter{messages: messages}
-			// Labelled for -cpuprofile: the goroutines a side starts
-			// (amqp091-go's reader among them) carry its label too, so
-			// that pprof -tagfocus side=ours shows one side's cost.
-			pprof.Do(context.Background(), pprof.Labels("side", sideNames[side]), func(context.Context) {
-				consume[side](queues[side], &m)
-			})
+			labelled(side, func() { consume[side](queues[side], &m) })
 			played[side] = m.measured
 		}
 		brokertest.DeleteNow(b, queues[:]...)
