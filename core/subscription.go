@@ -284,7 +284,9 @@ func (sub *subscription) handle(c *consumer, d amqp091.Delivery) (stop, alive bo
 	// idle processor the handler's wake-up started may take this goroutine
 	// away from the handler's) cost more than it saved (duels of 40 pairs
 	// against raw handing over the same way: CPU 1.10 and 1.12 of raw's
-	// with it, 1.05 and 1.08 without). At prefetch 100 and 500 it saves.
+	// with it, 1.05 and 1.08 without). At prefetch 100 and 500 it saves:
+	// 1.05 and 1.00 of the CPU of raw batching acks with it, 1.12 and 1.09
+	// without (30 pairs each).
 	if c.yieldToHandler {
 		runtime.Gosched()
 	}
