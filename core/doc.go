@@ -29,7 +29,9 @@
 //	                publisher's part of a session), contextwatch.go,
 //	                closing.go
 //	consuming       subscriber.go, subscription.go (one topic's goroutine:
-//	                consume, hand out, ack), subscriptionattach.go
+//	                attach, consume, attach again), subscriptionhandle.go
+//	                (one delivery to the handler, its verdict back),
+//	                subscriptionattach.go
 //	                (getting a consumer: channel, topology, Qos, Consume),
 //	                subscriptionsettle.go (the verdict sent: ack, nack),
 //	                consumer.go (one channel's consumer), ackbatch.go (acks held back, sent
