@@ -83,19 +83,8 @@ type timing struct{ begin, end func() }
 // DefaultMarshaler, acking every ackEvery deliveries with multiple set (1:
 // each on its own), and whenever no delivery is ready.
 func consumeRaw(tb testing.TB, q string, prefetch, ackEvery, n int, t timing) {
-	conn := brokertest.Dial(tb)
+	conn, ch, deliveries := rawConsumer(tb, q, prefetch)
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		tb.Fatal(err)
-	}
-	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	first, ok := <-deliveries
 	if !ok {
 		tb.Fatal("deliveries ended before the first")
@@ -152,15 +141,10 @@ func peekDelivery(deliveries <-chan amqp091.Delivery) (d amqp091.Delivery, ok bo
 	}
 }
 
-// consumeRawHandoff consumes n messages from q with amqp091-go the way
-// every watermill subscriber hands them over: each delivery, unmarshaled,
-// goes to a handler on a goroutine of its own, which acks it, and is acked
-// to the broker once the handler's Ack came back; the next is handed over
-// only then (watermill's contract). At prefetch 1 it is the model's own
-// cost beside raw's, without any of the Subscriber's.
-func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
+// rawConsumer consumes q at prefetch with amqp091-go, on a connection of
+// its own, which the caller closes.
+func rawConsumer(tb testing.TB, q string, prefetch int) (*amqp091.Connection, *amqp091.Channel, <-chan amqp091.Delivery) {
 	conn := brokertest.Dial(tb)
-	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
 		tb.Fatal(err)
@@ -172,6 +156,18 @@ func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return conn, ch, deliveries
+}
+
+// consumeRawHandoff consumes n messages from q with amqp091-go the way
+// every watermill subscriber hands them over: each delivery, unmarshaled,
+// goes to a handler on a goroutine of its own, which acks it, and is acked
+// to the broker once the handler's Ack came back; the next is handed over
+// only then (watermill's contract). At prefetch 1 it is the model's own
+// cost beside raw's, without any of the Subscriber's.
+func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
+	conn, ch, deliveries := rawConsumer(tb, q, prefetch)
+	defer conn.Close()
 	handed := make(chan *message.Message)
 	handlerDone := make(chan struct{})
 	go func() { // the handler: a Router's, reduced to its Ack
