@@ -17,9 +17,6 @@ type consumer struct {
 	cancelled  bool          // its deliveries ended: the broker cancelled it, or its channel died
 	lastTag    uint64        // of the last delivery read
 	acks       ackBatch      // acks held back, owned by the subscription's goroutine (ackbatch.go)
-	// yieldToHandler: other deliveries may wait while the handler has one
-	// (a prefetch other than 1); see subscription.handle.
-	yieldToHandler bool
 
 	mu       sync.Mutex
 	why      *amqp091.Error // why the channel closed; read without mu once dead is closed

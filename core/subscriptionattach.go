@@ -136,8 +136,7 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 		return nil, err
 	}
 	c := &consumer{sess: sess, ch: ch, dead: make(chan struct{}),
-		acks:           newAckBatch(sub.s.cfg.AckBatch, sub.s.cfg.AckBatchWait, cfg.Consume.PrefetchCount),
-		yieldToHandler: cfg.Consume.PrefetchCount != 1}
+		acks: newAckBatch(sub.s.cfg.AckBatch, sub.s.cfg.AckBatchWait, cfg.Consume.PrefetchCount)}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	go func() { // ends when amqp091-go closes the notification channel
 		for e := range closed {
