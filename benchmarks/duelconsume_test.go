@@ -39,16 +39,14 @@ func BenchmarkDuelConsume(b *testing.B) {
 			against[1] = "raw-handoff"
 		}
 		for _, rawKind := range against {
-			raw := func(b *testing.B, q string, m *meter) {
-				consumeRaw(b, q, prefetch, 1, m.messages, timing{m.begin, m.end})
+			ackEvery := 1
+			if rawKind == "raw-batched" {
+				ackEvery = min(32, prefetch/2) // as BenchmarkConsume's raw-batched
 			}
-			switch rawKind {
-			case "raw-batched":
-				ackEvery := min(32, prefetch/2) // as BenchmarkConsume's raw-batched
-				raw = func(b *testing.B, q string, m *meter) {
-					consumeRaw(b, q, prefetch, ackEvery, m.messages, timing{m.begin, m.end})
-				}
-			case "raw-handoff":
+			raw := func(b *testing.B, q string, m *meter) {
+				consumeRaw(b, q, prefetch, ackEvery, m.messages, timing{m.begin, m.end})
+			}
+			if rawKind == "raw-handoff" {
 				raw = func(b *testing.B, q string, m *meter) {
 					consumeRawHandoff(b, q, prefetch, m.messages, timing{m.begin, m.end})
 				}
