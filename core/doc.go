@@ -5,9 +5,11 @@
 //	                silence), frame.go, tls.go, dial.go (dialer: URIs, their
 //	                order, the handshake), redact.go
 //	the connection  supervisor.go (dials, watches, redials; owns the
-//	                session), session.go (one live connection and what dies
+//	                session), supervisorstatus.go (its state, health, and
+//	                the live session awaited), session.go (one live connection and what dies
 //	                with it), trust.go (whether its confirms can be believed:
-//	                pulses, reply bounds, breaking off, time blocked),
+//	                pulses, breaking off, time blocked), awaitreply.go
+//	                (a request to the broker bounded),
 //	                pace.go, channellimit.go, unconfirming.go (nodes that
 //	                answer but do not confirm), nodesleft.go, state.go,
 //	                backoff.go
