@@ -17,6 +17,7 @@ import (
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
 	b := sub.s.cfg.Reconnect.newBackoff()
+	refusal := "" // the class of the permanent refusal last logged at ERROR
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -25,8 +26,10 @@ func (sub *subscription) attach() *consumer {
 				return nil
 			}
 			// Dialing fails permanently for now (e.g. credentials revoked):
-			// keep waiting, the supervisor keeps dialing.
-			sub.logger.Error("Cannot consume: not connected", err, watermill.LogFields{"attempt": attempt})
+			// keep waiting, the supervisor keeps dialing. It logged the
+			// refusal once, at ERROR: every subscription saying so again
+			// at every attempt would bury it.
+			sub.logger.Debug("Cannot consume: not connected", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
 		} else {
 			c, err := sub.open(sess, attachBound(sess, int(sub.lateAttaches.Load())))
 			if sub.reportFirst(err) {
@@ -42,10 +45,17 @@ func (sub *subscription) attach() *consumer {
 				sub.s.sup.limit.refusedBy(sub, "subscription to "+sub.queue, err)
 			case !errors.Is(err, errConnectionLost):
 				// A permanent refusal (a missing queue, access refused)
-				// needs a person; anything else the retry absorbs.
-				if IsPermanent(err) {
+				// needs a person: ERROR once, and again only if its kind
+				// changes (not its text: the declaration and the consume
+				// word the same refusal differently); anything else the
+				// retry absorbs.
+				switch {
+				case IsPermanent(err) && ErrorClass(err) != refusal:
+					refusal = ErrorClass(err)
 					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
-				} else {
+				case IsPermanent(err):
+					sub.logger.Debug("Cannot consume, still refused, will retry", watermill.LogFields{"attempt": attempt})
+				default:
 					sub.logger.Info("Cannot consume yet, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
 				}
 			}

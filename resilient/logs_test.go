@@ -2,12 +2,16 @@ package resilient_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 
 	"github.com/resilientmq/watermill-rabbitmq/internal/brokertest"
+	"github.com/resilientmq/watermill-rabbitmq/internal/pubsubtest"
 	"github.com/resilientmq/watermill-rabbitmq/resilient"
 )
 
@@ -133,6 +137,114 @@ func infoCounts(logs *watermill.CaptureLoggerAdapter) map[string]int {
 	counts := map[string]int{}
 	for _, m := range logs.Captured()[watermill.InfoLogLevel] {
 		counts[m.Msg]++
+	}
+	return counts
+}
+
+// A refusal that lasts is logged at ERROR once, not at every retry: a
+// consume the broker refuses (read permission taken away) once per
+// subscription, a connection it refuses (vhost access taken away) once by
+// the connection, not again by each subscription waiting for it. Once the
+// permissions are back, the subscriptions consume again and nothing
+// published is lost.
+func TestLastingRefusalsAreLoggedOnce(t *testing.T) {
+	brokertest.Need(t)
+	uri := limitedUser(t, ".*", ".*", ".*")
+	user := "resilient-test-" + strings.ToLower(t.Name())
+	queues := []string{brokertest.Name("refused-a"), brokertest.Name("refused-b")}
+	brokertest.DeleteQueues(t, queues...)
+	logs := watermill.NewCaptureLogger()
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri),
+		Reconnect: resilient.Backoff{InitialWait: 50 * time.Millisecond, MaxWait: 200 * time.Millisecond}}
+	sub, err := resilient.NewSubscriber(cfg, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := sub.Close(); err != nil {
+			t.Errorf("subscriber Close: %v", err)
+		}
+	}()
+	r := newReceived()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var consumers []<-chan struct{}
+	for _, q := range queues {
+		msgs, err := sub.Subscribe(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		consumers = append(consumers, consumeAll(msgs, r, nil))
+	}
+	count := func(level watermill.LogLevel, msg string) int {
+		n := 0
+		for _, m := range logs.Captured()[level] {
+			if m.Msg == msg {
+				n++
+			}
+		}
+		return n
+	}
+	await := func(what string, done func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !done(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never happened; logged: %v", what, levelCounts(logs))
+			}
+		}
+	}
+
+	// Consume refused, the connection accepted: each subscription retries.
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, ".*", ".*", "^$")
+	brokertest.CloseAllConnections(t)
+	await("5 refused retries per subscription", func() bool {
+		return count(watermill.DebugLogLevel, "Cannot consume, still refused, will retry") >= 5*len(queues)
+	})
+	if n := count(watermill.ErrorLogLevel, "Cannot consume, will retry"); n != len(queues) {
+		t.Errorf("%d ERROR lines for a refused consume, want one per subscription (%d)", n, len(queues))
+	}
+
+	// The connection refused: the subscriptions wait for it.
+	brokertest.Ctl(t, "clear_permissions", "-p", "/", user)
+	brokertest.CloseAllConnections(t)
+	await("5 waits per subscription for a refused connection", func() bool {
+		return count(watermill.DebugLogLevel, "Cannot consume: not connected") >= 5*len(queues)
+	})
+	if n := count(watermill.ErrorLogLevel, "AMQP refuses the connection: waiting publishes fail until it accepts it again"); n != 1 {
+		t.Errorf("%d ERROR lines for a refused connection, want 1", n)
+	}
+
+	brokertest.Ctl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	pub, _ := pubsubtest.Publisher(t, resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI())})
+	var ids []string
+	for _, q := range queues {
+		msgs, qids := newMessages(20)
+		if err := pub.Publish(q, msgs...); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, qids...)
+	}
+	r.AwaitAll(t, ids)
+	cancel()
+	for _, done := range consumers {
+		<-done
+	}
+	r.tally(t, ids)
+	if errs := logs.Captured()[watermill.ErrorLogLevel]; len(errs) != len(queues)+1 {
+		t.Errorf("%d ERROR lines in all, want %d: %v", len(errs), len(queues)+1, levelCounts(logs))
+		for _, m := range errs {
+			t.Logf("ERROR %s: %v", m.Msg, m.Err)
+		}
+	}
+}
+
+// levelCounts counts the lines by level and message.
+func levelCounts(logs *watermill.CaptureLoggerAdapter) map[string]int {
+	counts := map[string]int{}
+	for level, lines := range logs.Captured() {
+		for _, m := range lines {
+			counts[fmt.Sprintf("%v %s", level, m.Msg)]++
+		}
 	}
 	return counts
 }
