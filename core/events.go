@@ -198,6 +198,16 @@ var errorClasses = []struct {
 	{ErrConfig, "config"}, {ErrClosed, "closed"}, {ErrChannelLimit, "channel_limit"},
 }
 
+// ErrorClasses lists every value ErrorClass returns for a non-nil error:
+// the bounded set a metric label takes.
+func ErrorClasses() []string {
+	names := make([]string, 0, len(errorClasses)+4)
+	for _, c := range errorClasses {
+		names = append(names, c.name)
+	}
+	return append(names, "heartbeat", "network", "broker", "other")
+}
+
 // isTimeoutText: amqp091-go reports a read deadline that expired (a silent
 // peer) as a FrameError whose reason is the socket error's text.
 func isTimeoutText(reason string) bool { return strings.HasSuffix(reason, "i/o timeout") }

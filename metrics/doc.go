@@ -39,9 +39,9 @@
 //
 //	publish_time_seconds                    histogram  handler_name, success   watermill's: how long Publish calls took, re-sends and reconnects included (1 ms to 60 s); success "true" (every message confirmed) or "false".
 //	publisher_messages_in_flight            gauge                Messages in Publish calls in progress.
-//	publisher_messages_confirmed_total      counter              Messages the broker confirmed (re-sent copies count again).
+//	publisher_messages_confirmed_total      counter              Messages the broker confirmed (once per message within a call; a new call, e.g. decorate.Retry's, counts again).
 //	publisher_messages_nacked_total         counter              Messages the broker nacked (each is re-sent or fails).
-//	publisher_messages_returned_total       counter              Messages the broker returned as unroutable (re-sent after the queue is declared again).
+//	publisher_messages_returned_total       counter              Messages the publisher's own queue returned (re-sent after the queue is declared again; a mandatory message no queue took is failed{class="unroutable"}).
 //	publisher_messages_resent_total         counter              Messages sent again after a nack, a return, or the loss of their channel or connection.
 //	publisher_messages_failed_total         counter    class     Messages that failed for good, by resilient.ErrorClass of the error.
 //	publisher_connection_state              gauge      state     1 for the connection's current state, 0 for the others.
@@ -54,7 +54,7 @@
 //	subscriber_messages_received_total      counter    handler_name, acked     watermill's: messages the handler acked or nacked, counted once the ack or nack reached the broker; acked "acked" or "nacked" (a message that cannot be unmarshaled is nacked too).
 //	subscriber_messages_delivered_total     counter              Messages handed to the subscriber's reader, redeliveries included.
 //	subscriber_messages_redelivered_total   counter              Of those, the ones the broker had delivered before.
-//	subscriber_reattaches_total             counter              Times a subscription consumed again after losing its channel or connection.
+//	subscriber_reattaches_total             counter              Times a subscription consumed again: after losing its channel or connection, and after ending a consumer itself (no delivery for 5 heartbeats, a gap in delivery tags, leaving a node).
 //	subscriber_connection_state             gauge      state     As publisher_connection_state.
 //	subscriber_reconnects_total             counter    cause     As publisher_reconnects_total.
 //	subscriber_messages_delivery_limit_reached_total  counter    Messages sent back to a quorum queue past its delivery limit (core.DeliveryLimitReached).
@@ -68,8 +68,8 @@
 // and cause one of the names core.ErrorClass documents ("not_confirmed",
 // "nacked", "unroutable", "access_refused", "not_found",
 // "precondition_failed", "message_too_large", "invalid_name", "nil_message",
-// "marshal", "config", "tls", "closed", "heartbeat", "network", "broker",
-// "other"), anything else counted as "other". The causes "broker",
+// "marshal", "config", "tls", "closed", "channel_limit", "heartbeat",
+// "network", "broker", "other"), anything else counted as "other". The causes "broker",
 // "network", "heartbeat" and "other" start at 0, so that increase() sees the
 // first loss.
 package metrics
