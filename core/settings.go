@@ -39,10 +39,22 @@ func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *setting
 		OnStateChange:        cfg.OnStateChange,
 	}}
 	if s.ConnectionName == "" {
-		s.ConnectionName = connectionName
+		s.ConnectionName = connectionNameOf(w.AMQPConfig, connectionName)
 	}
 	s.setDefaults()
 	return s
+}
+
+// connectionNameOf is the name a user of watermill-amqp already gave the
+// connection (Connection.AmqpConfig.Properties["connection_name"]), which a
+// switch of front door must not lose, or else def.
+func connectionNameOf(user *amqp091.Config, def string) string {
+	if user != nil {
+		if name, ok := user.Properties["connection_name"].(string); ok && name != "" {
+			return name
+		}
+	}
+	return def
 }
 
 func (c *settings) setDefaults() {

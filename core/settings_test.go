@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // Every knob of Config reaches settings: a field added to Config and not
@@ -60,6 +62,28 @@ func TestNewSettingsCopiesEveryField(t *testing.T) {
 		}
 		if !reflect.DeepEqual(want.Interface(), have.Interface()) {
 			t.Errorf("%s: set %v, settings has %v", name, want.Interface(), have.Interface())
+		}
+	}
+}
+
+// A watermill-amqp user who named the connection in AmqpConfig's
+// properties keeps that name through a switch of door; ConnectionName,
+// when set, wins.
+func TestConnectionNameFromTheAMQPConfigsProperties(t *testing.T) {
+	named := &amqp091.Config{Properties: amqp091.Table{"connection_name": "orders-service"}}
+	for _, c := range []struct {
+		name string
+		cfg  Config[struct{}]
+		w    Wiring
+		want string
+	}{
+		{"unset", Config[struct{}]{}, Wiring{}, defaultSubscriberConnectionName},
+		{"from the properties", Config[struct{}]{}, Wiring{AMQPConfig: named}, "orders-service"},
+		{"ConnectionName wins", Config[struct{}]{ConnectionName: "billing"}, Wiring{AMQPConfig: named}, "billing"},
+		{"properties without a name", Config[struct{}]{}, Wiring{AMQPConfig: &amqp091.Config{Properties: amqp091.Table{"product": "x"}}}, defaultSubscriberConnectionName},
+	} {
+		if got := newSettings(c.cfg, c.w, defaultSubscriberConnectionName).ConnectionName; got != c.want {
+			t.Errorf("%s: ConnectionName %q, want %q", c.name, got, c.want)
 		}
 	}
 }
