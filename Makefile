@@ -7,7 +7,7 @@ test: ## the whole test suite, as CI runs it
 demo: ## the long-lived publisher, riding through broker restarts
 	./scripts/demo.sh -restart-every 10s -duration 30s
 
-bench: ## the benchmark suite and its comparison table (COUNT, BENCHTIME, BENCH)
+bench: ## the benchmark suite and its comparison table (COUNT, BENCHTIME, BENCH, PAIRS, DUEL)
 	./scripts/bench.sh
 
 recovery: ## recovery time and memory while the broker is away; plots docs/recovery.svg

@@ -39,8 +39,10 @@ const NoJitter = -1
 // A Subscriber uses FailoverURIs, FailoverInOrder, ConnectionName,
 // Heartbeat, DialTimeout, Reconnect, RetryOnFailedConnect, PublishTimeout
 // (which bounds how long SubscribeInitialize waits for a connection),
-// ConfirmTimeout (which bounds the broker's replies), OnEvent and
-// OnStateChange; it ignores the others.
+// ConfirmTimeout (which bounds the broker's replies), CloseTimeout,
+// AckBatch, AckBatchWait, OnEvent and OnStateChange; it ignores the
+// others (Channels, MaxInFlight, MaxNackRetries, MaxMessageSize and
+// UUIDInMessageIDOnly are the publisher's).
 type Config[A any] struct {
 	// AMQP is watermill-amqp's Config: where to connect, the Marshaler,
 	// and how topics map to exchanges, queues and routing keys.
@@ -57,8 +59,9 @@ type Config[A any] struct {
 	// clients spreads over the nodes rather than all landing on the first.
 	FailoverInOrder bool
 
-	// ConnectionName is shown in RabbitMQ's management UI. Default
-	// "watermill-resilient-publisher" for a Publisher,
+	// ConnectionName is shown in RabbitMQ's management UI. Default: the
+	// "connection_name" property of AMQP.Connection.AmqpConfig if it sets
+	// one, else "watermill-resilient-publisher" for a Publisher,
 	// "watermill-resilient-subscriber" for a Subscriber.
 	ConnectionName string
 	// Heartbeat is the AMQP heartbeat interval, at least 1 s; a silent peer is

@@ -78,7 +78,8 @@
 //     Publish waits for the reconnect and re-sends every unconfirmed
 //     message. A nack is the broker refusing for now (a quorum queue
 //     electing a leader, a full queue rejecting publishes): the message is
-//     re-sent with backoff, on a fresh channel, within its bounds (see
+//     re-sent with backoff, on a fresh channel if its own is older than a
+//     second, within its bounds (see
 //     Config.MaxNackRetries). A message can therefore arrive twice; it
 //     carries its UUID as the AMQP message_id, for consumers to drop
 //     duplicates (watermill's Deduplicator middleware does).
@@ -197,7 +198,8 @@
 // # Consuming
 //
 // Subscriber is the matching message.Subscriber (and SubscribeInitializer),
-// on the same Config and the same connection supervisor:
+// on the same Config and the same kind of connection supervisor, on a
+// connection of its own:
 //
 //	sub, err := amqp.NewSubscriber(amqp.NewDurableQueueConfig(uri), logger)                                // before
 //	sub, err := resilient.NewSubscriber(resilient.Config{AMQP: amqp.NewDurableQueueConfig(uri)}, logger)     // after, v2

@@ -60,7 +60,9 @@ var (
 	ErrChannelLimit = errors.New("resilient: channel_max reached")
 	// ErrNotConfirmed: the message was not confirmed before its deadline
 	// (its Context, Config.PublishTimeout, or Close). It may or may not have
-	// reached the broker. Transient.
+	// reached the broker. Transient when a deadline ran out; IsPermanent
+	// when it also matches ErrClosed (Close gave up on it) or
+	// context.Canceled (the caller gave up).
 	ErrNotConfirmed = errors.New("resilient: message not confirmed")
 )
 

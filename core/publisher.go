@@ -52,8 +52,9 @@ var _ message.Publisher = (*Publisher)(nil)
 // watermill-amqp v2's Config, resilientv3.NewPublisher with v3's.
 //
 // It fails with an error matching ErrConfig for a bad configuration, with
-// ErrAccessRefused when the broker refuses the credentials, and with
-// ErrNotFound for a missing vhost. When the broker cannot be reached it fails
+// ErrAccessRefused when the broker refuses the credentials, with
+// ErrNotFound for a missing vhost, and with ErrTLS when a certificate fails
+// (the broker's or ours). When the broker cannot be reached it fails
 // too, unless cfg.RetryOnFailedConnect is set. A nil logger logs nothing.
 func NewPublisher[A any](config Config[A], w Wiring, logger watermill.LoggerAdapter) (*Publisher, error) {
 	if logger == nil {

@@ -50,11 +50,12 @@ var (
 // flags), Exchange, QueueBind, TopologyBuilder, Consume (Qos, Consumer,
 // Exclusive, NoLocal, NoWait, Arguments, NoRequeueOnNack) and Marshaler
 // (its Unmarshal). Of the knobs of Config it uses FailoverURIs,
-// ConnectionName (default "watermill-resilient-subscriber"), Heartbeat,
-// DialTimeout, Reconnect, RetryOnFailedConnect, PublishTimeout (which bounds
-// how long SubscribeInitialize waits for a connection), ConfirmTimeout
-// (which bounds the broker's replies), OnEvent and OnStateChange; the
-// publishing knobs are ignored.
+// FailoverInOrder, ConnectionName (default
+// "watermill-resilient-subscriber"), Heartbeat, DialTimeout, Reconnect,
+// RetryOnFailedConnect, PublishTimeout (which bounds how long
+// SubscribeInitialize waits for a connection), ConfirmTimeout (which bounds
+// the broker's replies), CloseTimeout, AckBatch, AckBatchWait, OnEvent and
+// OnStateChange; the publishing knobs are ignored.
 //
 // It fails like NewPublisher: ErrConfig, ErrAccessRefused, ErrNotFound, or an
 // unreachable broker unless RetryOnFailedConnect. A nil logger logs nothing.

@@ -10,7 +10,10 @@
 //
 // Readiness fails while any component is not connected: connecting,
 // reconnecting, closed, or blocked by the broker (a memory or disk alarm:
-// publishing is paused until it clears). Send no traffic then.
+// publishing is paused until it clears); and while one is connected but
+// degraded (Health().Degraded: channels refused under the broker's
+// channel_max, so some publishing lane or subscription is not running).
+// Send no traffic then.
 //
 // Liveness fails only when a component has had no connection for longer
 // than the checker's bound (DefaultMaxDisconnected, one minute, unless set),
