@@ -237,6 +237,50 @@ func TestQueueDeletedUnderLiveConnection(t *testing.T) {
 	}
 }
 
+// What NoQueueDeletionGuard trades away, as documented: without the
+// mandatory flag, messages published to a queue deleted under the live
+// connection are confirmed, Publish returns nil, and the broker drops them;
+// once something declares the queue again (here, as a subscriber would),
+// the next ones arrive.
+func TestNoQueueDeletionGuardLosesWhatADeletedQueueMisses(t *testing.T) {
+	brokertest.Need(t)
+	queue := brokertest.Name("unguarded")
+	brokertest.DeleteQueues(t, queue)
+	pub, _ := faultPublisher(t, brokertest.URI(), func(cfg *resilient.Config) { cfg.NoQueueDeletionGuard = true })
+	defer closePublisher(t, pub)
+	warm, warmIDs := messages(10)
+	if err := pub.Publish(queue, warm...); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, warmIDs))
+	conn := brokertest.Dial(t)
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	dropped, _ := messages(20)
+	if err := pub.Publish(queue, dropped...); err != nil {
+		t.Fatalf("Publish to the deleted queue: %v, want nil (confirmed and dropped)", err)
+	}
+	check, _ := conn.Channel()
+	if _, err := check.QueueDeclarePassive(queue, true, false, false, false, nil); err == nil {
+		t.Fatal("the queue exists again: the publisher declared it, so the guard was on")
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	after, afterIDs := messages(20)
+	if err := pub.Publish(queue, after...); err != nil {
+		t.Fatal(err)
+	}
+	tally := brokertest.Drain(t, queue, afterIDs)
+	brokertest.RequireNoneLost(t, tally)
+	if tally.Unexpected > 0 {
+		t.Errorf("%d message(s) published while the queue was gone arrived after all", tally.Unexpected)
+	}
+}
+
 // The same message (one UUID, so one message_id) published at once to two
 // topics on one channel, one of whose queues an operator deleted: a return
 // names no delivery tag, only the message, so it must be pinned on the one

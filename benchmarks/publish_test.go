@@ -133,6 +133,12 @@ func confirmChannels(b *testing.B, conn *amqp091.Connection) []*amqp091.Channel 
 // what the flag costs the broker, apart from the publisher.
 var rawMandatory = flag.Bool("bench.raw-mandatory", false, "raw amqp091-go publishes mandatory, as the publisher does to its own queue")
 
+// noGuard has the publisher publish to its own queue without the mandatory
+// flag (Config.NoQueueDeletionGuard): with and without it, and with
+// -bench.raw-mandatory, the four combinations tell the flag's cost to the
+// broker apart from the publisher's own.
+var noGuard = flag.Bool("bench.no-guard", false, "the publisher runs with NoQueueDeletionGuard (no mandatory flag on its own queue)")
+
 // publishConfirmed publishes pub to queue q on ch (mandatory as
 // -bench.raw-mandatory says) and waits for its confirm.
 func publishConfirmed(ctx context.Context, ch *amqp091.Channel, q string, pub amqp091.Publishing) error {
@@ -265,7 +271,8 @@ func resilientBatcher(pub *resilient.Publisher, q string, size int) func(n int) 
 // newResilient is the publisher with its default settings, but for
 // -bench.channels, and UUIDInMessageIDOnly when lean.
 func newResilient(b *testing.B, lean bool) *resilient.Publisher {
-	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), Channels: *channels, UUIDInMessageIDOnly: lean}
+	cfg := resilient.Config{AMQP: amqp.NewDurableQueueConfig(brokertest.URI()), Channels: *channels, UUIDInMessageIDOnly: lean,
+		NoQueueDeletionGuard: *noGuard}
 	pub, err := resilient.NewPublisher(cfg, nil)
 	if err != nil {
 		b.Fatal(err)

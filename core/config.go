@@ -41,8 +41,8 @@ const NoJitter = -1
 // (which bounds how long SubscribeInitialize waits for a connection),
 // ConfirmTimeout (which bounds the broker's replies), CloseTimeout,
 // AckBatch, AckBatchWait, OnEvent and OnStateChange; it ignores the
-// others (Channels, MaxInFlight, MaxNackRetries, MaxMessageSize and
-// UUIDInMessageIDOnly are the publisher's).
+// others (Channels, MaxInFlight, MaxNackRetries, MaxMessageSize,
+// UUIDInMessageIDOnly and NoQueueDeletionGuard are the publisher's).
 type Config[A any] struct {
 	// AMQP is watermill-amqp's Config: where to connect, the Marshaler,
 	// and how topics map to exchanges, queues and routing keys.
@@ -156,6 +156,25 @@ type Config[A any] struct {
 	// message_id does not carry the UUID (a Marshaler that sets a
 	// message_id of its own). A Subscriber ignores it.
 	UUIDInMessageIDOnly bool
+	// NoQueueDeletionGuard publishes to the publisher's own queues (a queue
+	// config: the default exchange, the queue's name as routing key)
+	// without the mandatory flag. By default they are published mandatory,
+	// so that a queue deleted under the live connection (an operator, a
+	// policy, an expiry) returns the message, which is then declared again
+	// and re-sent, instead of the broker confirming and dropping it. That
+	// costs nothing on RabbitMQ 4.x, nor on a quorum queue; but on RabbitMQ
+	// 3.x a classic queue answers each mandatory message it takes with a
+	// message of its own to the publishing channel, which ignores it, and
+	// the queue, usually the broker's bottleneck, loses 5 to 10 % of its
+	// throughput with many publishers (see the README's "What mandatory
+	// costs the broker"). Turn it on only on RabbitMQ 3.x, for classic
+	// queues nothing deletes: with it, a queue deleted under a live
+	// connection loses, confirmed, every message published to it until
+	// something declares it again (a subscriber attaching, or this
+	// publisher after its next reconnect). An exclusive queue, and any
+	// message when AMQP.Publish.Mandatory is set, is still published
+	// mandatory. Default false. A Subscriber ignores it.
+	NoQueueDeletionGuard bool
 
 	// AckBatch is how many of the handler's acks a Subscriber may hold back
 	// and send as one basic.ack with multiple set, which acks every

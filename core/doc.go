@@ -132,8 +132,10 @@
 //     any subscriber exists is kept, and a queue deleted under a live
 //     connection (an operator, a policy) returns the message instead of the
 //     broker confirming and dropping it: the queue is declared again and the
-//     message re-sent. Topology is declared once per topic per connection
-//     and again after each reconnect.
+//     message re-sent (Config.NoQueueDeletionGuard trades this for the
+//     throughput the flag costs a classic queue on RabbitMQ 3.x). Topology
+//     is declared once per topic per connection and again after each
+//     reconnect.
 //   - Close is idempotent: it stops intake, waits for the publishes in
 //     progress, closes the connection, and waits for every goroutine it
 //     started; it returns within CloseTimeout and a small margin, whatever

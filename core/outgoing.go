@@ -63,9 +63,11 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 	}
 	// Its own queue, reached through the default exchange: publish
 	// mandatory, so that a queue deleted under the live connection returns
-	// the message instead of the broker confirming and dropping it.
+	// the message instead of the broker confirming and dropping it; unless
+	// the user traded that for the broker's throughput (3.x classic queues).
 	ownQueue := queue != "" && exchange == "" && routingKey == queue
 	exclusiveQueue := p.subscriberQueue(topic, exchange, routingKey) != ""
+	mandatory := p.cfg.AMQP.Mandatory || exclusiveQueue || ownQueue && !p.cfg.NoQueueDeletionGuard
 
 	store, batch := outgoingStore(len(messages))
 	for i, msg := range messages {
@@ -97,7 +99,7 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 			ctx:         msg.Context(),
 			exchange:    exchange,
 			routingKey:  routingKey,
-			mandatory:   p.cfg.AMQP.Mandatory || ownQueue || exclusiveQueue,
+			mandatory:   mandatory,
 			ownQueue:    ownQueue,
 			exclusive:   exclusiveQueue,
 			publishing:  pub,

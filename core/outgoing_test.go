@@ -3,6 +3,8 @@ package core
 import (
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -15,5 +17,45 @@ func TestDeliveryModeCheckedBeforeSending(t *testing.T) {
 		if ok := mode <= 2; ok != (err == nil) {
 			t.Errorf("delivery mode %d: %v", mode, err)
 		}
+	}
+}
+
+// The publisher's own queue is published mandatory (the guard against a
+// queue deleted under the live connection) unless NoQueueDeletionGuard;
+// Publish.Mandatory keeps it on whatever that says. Read off the wire: the
+// mandatory bit of each basic.publish the scripted peer receives.
+func TestNoQueueDeletionGuardDropsTheMandatoryFlag(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		noGuard, user bool
+		want          bool
+	}{
+		{"by default", false, false, true},
+		{"NoQueueDeletionGuard", true, false, false},
+		{"NoQueueDeletionGuard with Publish.Mandatory", true, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			peer := newScriptedPeer(t)
+			flags := make(chan bool, 16)
+			peer.onPublish = func(args []byte) {
+				// reserved (2), exchange and routing key (short strings), bits
+				exchangeEnd := 2 + 1 + int(args[2])
+				keyEnd := exchangeEnd + 1 + int(args[exchangeEnd])
+				flags <- args[keyEnd]&1 != 0
+			}
+			w := peerPublisherWiring(peer)
+			w.Mandatory = c.user
+			pub, err := NewPublisher(Config[Wiring]{NoQueueDeletionGuard: c.noGuard}, w, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			if err := pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
+				t.Fatal(err)
+			}
+			if got := <-flags; got != c.want {
+				t.Errorf("mandatory %v, want %v", got, c.want)
+			}
+		})
 	}
 }

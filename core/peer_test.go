@@ -34,6 +34,10 @@ type scriptedPeer struct {
 	// onMethod, when set, may answer a method itself (true: handled).
 	// Set before the first dial.
 	onMethod func(l *peerLink, channel, class, method uint16) bool
+	// onPublish, when set, is given the arguments of every basic.publish
+	// (reserved, exchange, routing key, then the mandatory and immediate
+	// bits). Set before the first dial.
+	onPublish func(args []byte)
 
 	mu    sync.Mutex
 	links []*peerLink
@@ -115,6 +119,9 @@ func (p *scriptedPeer) serve(l *peerLink) {
 			continue // heartbeats
 		}
 		class, method := binary.BigEndian.Uint16(payload), binary.BigEndian.Uint16(payload[2:])
+		if p.onPublish != nil && class == classBasic && method == 40 {
+			p.onPublish(payload[4:])
+		}
 		if p.onMethod != nil && p.onMethod(l, channel, class, method) {
 			continue
 		}

@@ -35,6 +35,7 @@ func newSettings[A any](cfg Config[A], w Wiring, connectionName string) *setting
 		AckBatch:             cfg.AckBatch,
 		AckBatchWait:         cfg.AckBatchWait,
 		UUIDInMessageIDOnly:  cfg.UUIDInMessageIDOnly,
+		NoQueueDeletionGuard: cfg.NoQueueDeletionGuard,
 		OnEvent:              cfg.OnEvent,
 		OnStateChange:        cfg.OnStateChange,
 	}}

@@ -29,6 +29,7 @@ import (
 //	MaxNackRetries         cap on re-sends after broker nacks (default none)
 //	MaxMessageSize         larger messages fail at once (default 512 MiB, RabbitMQ's cap)
 //	UUIDInMessageIDOnly    the UUID in message_id only, no header (default off)
+//	NoQueueDeletionGuard   own queues published without mandatory (default off: see core)
 //	AckBatch               acks a Subscriber sends as one (default 32)
 //	AckBatchWait           how long it may hold one back (default 10 ms)
 //	OnEvent                called on every Event (package metrics uses it)
