@@ -54,7 +54,7 @@ func (sub *subscription) attach() *consumer {
 					refusal = ErrorClass(err)
 					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
 				case IsPermanent(err):
-					sub.logger.Debug("Cannot consume, still refused, will retry", watermill.LogFields{"attempt": attempt})
+					sub.logger.Debug("Cannot consume, still refused, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
 				default:
 					sub.logger.Info("Cannot consume yet, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
 				}
