@@ -2,6 +2,7 @@ package core
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -17,7 +18,7 @@ import (
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
 	b := sub.s.cfg.Reconnect.newBackoff()
-	refusal := "" // the class of the permanent refusal last logged at ERROR
+	refusal := "" // the permanent refusal last logged at ERROR (refusalKey)
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -45,13 +46,13 @@ func (sub *subscription) attach() *consumer {
 				sub.s.sup.limit.refusedBy(sub, "subscription to "+sub.queue, err)
 			case !errors.Is(err, errConnectionLost):
 				// A permanent refusal (a missing queue, access refused)
-				// needs a person: ERROR once, and again only if its kind
-				// changes (not its text: the declaration and the consume
-				// word the same refusal differently); anything else the
-				// retry absorbs.
+				// needs a person: ERROR once, and again whenever the
+				// broker's reason changes (the next step refused once an
+				// operator fixed the first); anything else the retry
+				// absorbs.
 				switch {
-				case IsPermanent(err) && ErrorClass(err) != refusal:
-					refusal = ErrorClass(err)
+				case IsPermanent(err) && refusalKey(err) != refusal:
+					refusal = refusalKey(err)
 					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
 				case IsPermanent(err):
 					sub.logger.Debug("Cannot consume, still refused, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
@@ -188,4 +189,16 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 		return fail(err)
 	}
 	return c, nil // started by the subscription: see markStarted
+}
+
+// refusalKey tells two refusals apart: the broker's reply (its code and
+// text, which names the step and the resource refused), not the words our
+// side wraps it in (the declaration and the consume wrap the same reply
+// differently); the error's class when the broker gave no reply.
+func refusalKey(err error) string {
+	var reply *amqp091.Error
+	if errors.As(err, &reply) {
+		return fmt.Sprintf("%d %s", reply.Code, reply.Reason)
+	}
+	return ErrorClass(err)
 }

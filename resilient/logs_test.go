@@ -143,10 +143,10 @@ func infoCounts(logs *watermill.CaptureLoggerAdapter) map[string]int {
 
 // A refusal that lasts is logged at ERROR once, not at every retry: a
 // consume the broker refuses (read permission taken away) once per
-// subscription, a connection it refuses (vhost access taken away) once by
-// the connection, not again by each subscription waiting for it. Once the
-// permissions are back, the subscriptions consume again and nothing
-// published is lost.
+// subscription and reason, a connection it refuses (vhost access taken
+// away) once by the connection, not again by each subscription waiting
+// for it. Once the permissions are back, the subscriptions consume again
+// and nothing published is lost.
 func TestLastingRefusalsAreLoggedOnce(t *testing.T) {
 	brokertest.Need(t)
 	uri := limitedUser(t, ".*", ".*", ".*")
@@ -210,7 +210,7 @@ func TestLastingRefusalsAreLoggedOnce(t *testing.T) {
 	await("5 waits per subscription for a refused connection", func() bool {
 		return count(watermill.DebugLogLevel, "Cannot consume: not connected") >= 5*len(queues)
 	})
-	if n := count(watermill.ErrorLogLevel, "AMQP refuses the connection: waiting publishes fail until it accepts it again"); n != 1 {
+	if n := count(watermill.ErrorLogLevel, "AMQP refuses the connection: waiting calls fail until it accepts it again"); n != 1 {
 		t.Errorf("%d ERROR lines for a refused connection, want 1", n)
 	}
 
@@ -230,10 +230,22 @@ func TestLastingRefusalsAreLoggedOnce(t *testing.T) {
 		<-done
 	}
 	r.tally(t, ids)
-	if errs := logs.Captured()[watermill.ErrorLogLevel]; len(errs) != len(queues)+1 {
-		t.Errorf("%d ERROR lines in all, want %d: %v", len(errs), len(queues)+1, levelCounts(logs))
-		for _, m := range errs {
-			t.Logf("ERROR %s: %v", m.Msg, m.Err)
+	// In all, each refusal once: the same again only if its reason changed
+	// meanwhile (the permissions cleared while a subscription still
+	// retried on its connection: RabbitMQ 4 then names the configure
+	// access refused, where before it named the read access).
+	said := map[string]int{}
+	for _, m := range logs.Captured()[watermill.ErrorLogLevel] {
+		said[m.Msg+": "+fmt.Sprint(m.Err)]++
+		switch m.Msg {
+		case "Cannot consume, will retry", "AMQP refuses the connection: waiting calls fail until it accepts it again":
+		default:
+			t.Errorf("ERROR %s: %v", m.Msg, m.Err)
+		}
+	}
+	for line, n := range said {
+		if n > 1 {
+			t.Errorf("logged %d times at ERROR, the reason unchanged: %s", n, line)
 		}
 	}
 }
