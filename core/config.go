@@ -60,8 +60,8 @@ type Config[A any] struct {
 	FailoverInOrder bool
 
 	// ConnectionName is shown in RabbitMQ's management UI. Default: the
-	// "connection_name" property of AMQP.Connection.AmqpConfig if it sets
-	// one, else "watermill-resilient-publisher" for a Publisher,
+	// "connection_name" property of AMQP.Connection.AmqpConfig if it is a
+	// non-empty string, else "watermill-resilient-publisher" for a Publisher,
 	// "watermill-resilient-subscriber" for a Subscriber.
 	ConnectionName string
 	// Heartbeat is the AMQP heartbeat interval, at least 1 s; a silent peer is
@@ -171,9 +171,11 @@ type Config[A any] struct {
 	// queues nothing deletes: with it, a queue deleted under a live
 	// connection loses, confirmed, every message published to it until
 	// something declares it again (a subscriber attaching, or this
-	// publisher after its next reconnect). An exclusive queue, and any
-	// message when AMQP.Publish.Mandatory is set, is still published
-	// mandatory. Default false. A Subscriber ignores it.
+	// publisher after its next reconnect). Still published mandatory: an
+	// exclusive queue, a queue its own arguments delete (Queue.AutoDelete,
+	// x-expires; not one a policy expires), and any message when
+	// AMQP.Publish.Mandatory is set. Default false. A Subscriber ignores
+	// it.
 	NoQueueDeletionGuard bool
 
 	// AckBatch is how many of the handler's acks a Subscriber may hold back

@@ -64,10 +64,12 @@ func (p *Publisher) prepare(topic string, messages []*message.Message) ([]*outgo
 	// Its own queue, reached through the default exchange: publish
 	// mandatory, so that a queue deleted under the live connection returns
 	// the message instead of the broker confirming and dropping it; unless
-	// the user traded that for the broker's throughput (3.x classic queues).
+	// the user traded that for the broker's throughput (3.x classic
+	// queues), and the queue is not one its own arguments delete.
 	ownQueue := queue != "" && exchange == "" && routingKey == queue
 	exclusiveQueue := p.subscriberQueue(topic, exchange, routingKey) != ""
-	mandatory := p.cfg.AMQP.Mandatory || exclusiveQueue || ownQueue && !p.cfg.NoQueueDeletionGuard
+	guarded := !p.cfg.NoQueueDeletionGuard || p.queueDeletedByDesign()
+	mandatory := p.cfg.AMQP.Mandatory || exclusiveQueue || ownQueue && guarded
 
 	store, batch := outgoingStore(len(messages))
 	for i, msg := range messages {

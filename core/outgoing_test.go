@@ -22,17 +22,23 @@ func TestDeliveryModeCheckedBeforeSending(t *testing.T) {
 
 // The publisher's own queue is published mandatory (the guard against a
 // queue deleted under the live connection) unless NoQueueDeletionGuard;
-// Publish.Mandatory keeps it on whatever that says. Read off the wire: the
+// Publish.Mandatory keeps it on whatever that says, and so does a queue
+// that is deleted as a matter of course (exclusive, auto-delete, x-expires). Read off the wire: the
 // mandatory bit of each basic.publish the scripted peer receives.
 func TestNoQueueDeletionGuardDropsTheMandatoryFlag(t *testing.T) {
 	for _, c := range []struct {
 		name          string
 		noGuard, user bool
+		queue         func(*Wiring) // what else the config says of its queue
 		want          bool
 	}{
-		{"by default", false, false, true},
-		{"NoQueueDeletionGuard", true, false, false},
-		{"NoQueueDeletionGuard with Publish.Mandatory", true, true, true},
+		{"by default", false, false, nil, true},
+		{"NoQueueDeletionGuard", true, false, nil, false},
+		{"NoQueueDeletionGuard with Publish.Mandatory", true, true, nil, true},
+		// Queues deleted as a matter of course keep the guard.
+		{"NoQueueDeletionGuard, an exclusive queue", true, false, func(w *Wiring) { w.QueueExclusive = true }, true},
+		{"NoQueueDeletionGuard, an auto-delete queue", true, false, func(w *Wiring) { w.QueueAutoDelete = true }, true},
+		{"NoQueueDeletionGuard, an expiring queue", true, false, func(w *Wiring) { w.QueueArguments = amqp091.Table{"x-expires": int32(60000)} }, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			peer := newScriptedPeer(t)
@@ -45,6 +51,9 @@ func TestNoQueueDeletionGuardDropsTheMandatoryFlag(t *testing.T) {
 			}
 			w := peerPublisherWiring(peer)
 			w.Mandatory = c.user
+			if c.queue != nil {
+				c.queue(&w)
+			}
 			pub, err := NewPublisher(Config[Wiring]{NoQueueDeletionGuard: c.noGuard}, w, nil)
 			if err != nil {
 				t.Fatal(err)

@@ -144,6 +144,14 @@ func (p *Publisher) queueToDeclare(topic string) string {
 	return p.cfg.AMQP.QueueName(topic)
 }
 
+// queueDeletedByDesign reports whether the config's queues are deleted as a
+// matter of course, by their own arguments: auto-delete (with its last
+// consumer) or x-expires (unused for a while). NoQueueDeletionGuard keeps
+// the guard on for them.
+func (p *Publisher) queueDeletedByDesign() bool {
+	return p.cfg.AMQP.QueueAutoDelete || p.cfg.AMQP.QueueArguments["x-expires"] != nil
+}
+
 // subscriberQueue names the exclusive queue of a default-exchange config
 // that the messages of topic go to, "" if none: it exists only while a
 // subscriber's connection holds it, so its messages are published
