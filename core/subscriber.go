@@ -50,15 +50,16 @@ var (
 // flags), Exchange, QueueBind, TopologyBuilder, Consume (Qos, Consumer,
 // Exclusive, NoLocal, NoWait, Arguments, NoRequeueOnNack) and Marshaler
 // (its Unmarshal). Of the knobs of Config it uses FailoverURIs,
-// FailoverInOrder, ConnectionName (default
-// "watermill-resilient-subscriber"), Heartbeat, DialTimeout, Reconnect,
+// FailoverInOrder, ConnectionName (default AmqpConfig's connection_name
+// property, else "watermill-resilient-subscriber"), Heartbeat, DialTimeout, Reconnect,
 // RetryOnFailedConnect, PublishTimeout (which bounds how long
 // SubscribeInitialize waits for a connection), ConfirmTimeout (which bounds
 // the broker's replies), CloseTimeout, AckBatch, AckBatchWait, OnEvent and
 // OnStateChange; the publishing knobs are ignored.
 //
-// It fails like NewPublisher: ErrConfig, ErrAccessRefused, ErrNotFound, or an
-// unreachable broker unless RetryOnFailedConnect. A nil logger logs nothing.
+// It fails like NewPublisher: ErrConfig, ErrAccessRefused, ErrNotFound,
+// ErrTLS, or an unreachable broker unless RetryOnFailedConnect. A nil
+// logger logs nothing.
 func NewSubscriber[A any](config Config[A], w Wiring, logger watermill.LoggerAdapter) (*Subscriber, error) {
 	if logger == nil {
 		logger = watermill.NopLogger{}
