@@ -12,7 +12,8 @@
 //	                (a request to the broker bounded),
 //	                pace.go, channellimit.go, unconfirming.go (nodes that
 //	                answer but do not confirm), nodesleft.go, state.go,
-//	                backoff.go
+//	                backoff.go, refusal.go (a refusal that lasts, logged
+//	                once per reason)
 //	publishing      publisher.go, outgoing.go (a message marshaled and
 //	                checked, and prepare, which builds it), leanwire.go
 //	                (the UUID header left out), call.go (one

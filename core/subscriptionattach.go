@@ -2,7 +2,6 @@ package core
 
 import (
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -18,7 +17,7 @@ import (
 // succeeds; nil means the subscription ends.
 func (sub *subscription) attach() *consumer {
 	b := sub.s.cfg.Reconnect.newBackoff()
-	refusal := "" // the permanent refusal last logged at ERROR (refusalKey)
+	var refused lastRefusal
 	for attempt := 1; ; attempt++ {
 		sess, err := sub.s.sup.await(sub.ctx)
 		if err != nil {
@@ -51,8 +50,7 @@ func (sub *subscription) attach() *consumer {
 				// operator fixed the first); anything else the retry
 				// absorbs.
 				switch {
-				case IsPermanent(err) && refusalKey(err) != refusal:
-					refusal = refusalKey(err)
+				case IsPermanent(err) && refused.isNew(err):
 					sub.logger.Error("Cannot consume, will retry", err, watermill.LogFields{"attempt": attempt})
 				case IsPermanent(err):
 					sub.logger.Debug("Cannot consume, still refused, will retry", watermill.LogFields{"attempt": attempt, "reason": err.Error()})
@@ -189,16 +187,4 @@ func (sub *subscription) start(sess *session) (*consumer, error) {
 		return fail(err)
 	}
 	return c, nil // started by the subscription: see markStarted
-}
-
-// refusalKey tells two refusals apart: the broker's reply (its code and
-// text, which names the step and the resource refused), not the words our
-// side wraps it in (the declaration and the consume wrap the same reply
-// differently); the error's class when the broker gave no reply.
-func refusalKey(err error) string {
-	var reply *amqp091.Error
-	if errors.As(err, &reply) {
-		return fmt.Sprintf("%d %s", reply.Code, reply.Reason)
-	}
-	return ErrorClass(err)
 }

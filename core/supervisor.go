@@ -164,7 +164,7 @@ func (s *supervisor) redial() *session {
 	b := s.cfg.Reconnect.newBackoff()
 	timer := time.NewTimer(b.NextBackOff())
 	defer timer.Stop()
-	refusal := "" // the refusal last logged at ERROR (refusalKey)
+	var refused lastRefusal
 	for attempt := 1; ; attempt++ {
 		select {
 		case <-s.stopping:
@@ -195,8 +195,7 @@ func (s *supervisor) redial() *session {
 		// it started, and its end will be); a broker that refuses us
 		// (credentials, vhost) round after round is not a fault we
 		// absorb: callers waiting now fail, and a person must act.
-		if streak == permanentAfter || streak > permanentAfter && refusalKey(err) != refusal {
-			refusal = refusalKey(err) // a new reason is logged again
+		if newReason := refused.isNew(err); streak == permanentAfter || streak > permanentAfter && newReason {
 			s.logger.Error("AMQP refuses the connection: waiting calls fail until it accepts it again", err,
 				watermill.LogFields{"attempt": attempt, "refused_rounds": streak})
 		} else {
