@@ -163,9 +163,12 @@ func rawConsumer(tb testing.TB, q string, prefetch int) (*amqp091.Connection, *a
 // every watermill subscriber hands them over: each delivery, unmarshaled,
 // goes to a handler on a goroutine of its own, which acks it, and is acked
 // to the broker once the handler's Ack came back; the next is handed over
-// only then (watermill's contract). At prefetch 1 it is the model's own
-// cost beside raw's, without any of the Subscriber's.
-func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
+// only then (watermill's contract). With ackEvery 1, at prefetch 1, it is
+// the model's own cost beside raw's, without any of the Subscriber's; with
+// more, acks are held back as consumeRaw holds them (up to ackEvery, sent
+// at once when no delivery is ready): raw batching the Subscriber's way
+// and handing over as any watermill subscriber must.
+func consumeRawHandoff(tb testing.TB, q string, prefetch, ackEvery, n int, t timing) {
 	conn, ch, deliveries := rawConsumer(tb, q, prefetch)
 	defer conn.Close()
 	handed := make(chan *message.Message)
@@ -177,23 +180,38 @@ func consumeRawHandoff(tb testing.TB, q string, prefetch, n int, t timing) {
 		}
 	}()
 	defer func() { close(handed); <-handlerDone }()
+	var next *amqp091.Delivery // taken while peeking for one ready
+	held := 0
 	for i := 0; i < n; i++ {
-		d, ok := <-deliveries
-		if !ok {
-			tb.Fatalf("deliveries ended after %d of %d", i, n)
+		d := next
+		if d == nil {
+			got, ok := <-deliveries
+			if !ok {
+				tb.Fatalf("deliveries ended after %d of %d", i, n)
+			}
+			d = &got
 		}
+		next = nil
 		if i == 0 {
 			t.begin()
 		}
-		msg, err := unmarshal.Unmarshal(d)
+		msg, err := unmarshal.Unmarshal(*d)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		handed <- msg
 		<-msg.Acked()
-		if err := ch.Ack(d.DeliveryTag, false); err != nil {
+		held++
+		if held < ackEvery && i < n-1 {
+			if got, ok := peekDelivery(deliveries); ok {
+				next = &got
+				continue
+			}
+		}
+		if err := ch.Ack(d.DeliveryTag, held > 1); err != nil {
 			tb.Fatal(err)
 		}
+		held = 0
 	}
 	t.end()
 }
