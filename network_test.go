@@ -205,6 +205,94 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, append(warmIDs, confirmed...)))
 }
 
+// A link freezes under lanes stuck in socket writes, with a heartbeat too
+// long to notice it soon: a Publish whose message's context ends meanwhile
+// returns at that end, with an error naming its message, not once the
+// socket is cut. This is what the hand-over to a lane buys: a caller that
+// wrote to the socket itself, as raw amqp091-go's callers do, would be held
+// by the write (amqp091-go holds the connection's lock across it) until the
+// heartbeat, 90 s here. Then Close cuts the socket, and nothing confirmed
+// is lost.
+func TestMessageContextBoundsPublishOnFrozenLink(t *testing.T) {
+	brokertest.Need(t)
+	link, uri := proxy(t)
+	const fillers = 8
+	started := make(chan struct{}, fillers+2) // the warm-up call and the bounded one too
+	pub, _ := faultPublisher(t, uri, func(c *resilient.Config) {
+		c.Heartbeat = time.Minute
+		c.PublishTimeout = 5 * time.Minute
+		c.CloseTimeout = time.Second
+		c.OnEvent = func(e resilient.Event) {
+			if e.Kind == resilient.PublishStarted {
+				select {
+				case started <- struct{}{}:
+				default: // more calls than awaited: none here
+				}
+			}
+		}
+	})
+	queue := brokertest.Name("frozen-context")
+	brokertest.DeleteQueues(t, queue)
+	warm, warmIDs := messages(1)
+	if err := pub.Publish(queue, warm...); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	link.Freeze()
+	fillerErrs := make(chan error, fillers)
+	for range fillers {
+		go func() {
+			msgs, _ := messages(20)
+			for _, m := range msgs {
+				m.Payload = make([]byte, bigMessages)
+			}
+			fillerErrs <- pub.Publish(queue, msgs...)
+		}()
+	}
+	for range fillers {
+		select {
+		case <-started:
+		case <-time.After(time.Minute):
+			t.Fatal("the filling calls did not start in a minute")
+		}
+	}
+	// Let the lanes fill the socket buffers and block: 10 MiB, where a
+	// frozen link's buffers hold a few (bigMessages).
+	time.Sleep(500 * time.Millisecond) // no event says "a write is blocked"
+
+	const bound = 2 * time.Second
+	msgs, ids := messages(1)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	msgs[0].SetContext(ctx)
+	start := time.Now()
+	err := pub.Publish(queue, msgs...)
+	took := time.Since(start)
+	t.Logf("Publish with a %s context on a frozen link returned after %s: %v", bound, took.Round(time.Millisecond), err)
+	var pe *resilient.PublishError
+	switch {
+	case err == nil:
+		t.Fatal("Publish confirmed on a frozen link")
+	case !errors.As(err, &pe) || len(pe.Unconfirmed) != 1 || pe.Unconfirmed[0] != ids[0]:
+		t.Fatalf("Publish: %v, want a *PublishError naming %s", err, ids[0])
+	case !errors.Is(err, context.DeadlineExceeded):
+		t.Fatalf("Publish: %v, want its message's context's end", err)
+	case took > 10*bound:
+		// The heartbeat (a minute) would cut the socket after 90 s: only
+		// the message's context can have ended the call so soon.
+		t.Fatalf("Publish took %s with its message's context ending after %s", took, bound)
+	}
+	// The filling calls' messages are still in flight: Close names them.
+	t.Logf("Close: %v", pub.Close())
+	for range fillers {
+		if err := <-fillerErrs; err == nil {
+			t.Error("a filling call confirmed on a frozen link")
+		}
+	}
+	link.Pass()
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, warmIDs))
+}
+
 // The broker accepts TCP but never answers the handshake during a redial:
 // Close returns within CloseTimeout and a small margin, not after
 // DialTimeout.
