@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -127,17 +126,37 @@ func TestFrozenLinkWhileWriting(t *testing.T) {
 	brokertest.RequireNoneLost(t, brokertest.Drain(t, f.queue, f.load.Confirmed.All()))
 }
 
-// Close while a link is frozen under lanes stuck in socket writes, with a
-// heartbeat too long to notice: Close itself must cut the socket, within
-// CloseTimeout and a small margin, and the publishes in progress return
-// errors naming their messages.
-func TestCloseWhileLinkFrozen(t *testing.T) {
-	brokertest.Need(t)
+// frozenWriters is a publisher whose link froze (frozenUnderWriters) while
+// callers were publishing big messages on it: its lanes are stuck in socket
+// writes.
+type frozenWriters struct {
+	link    *netfault.Proxy
+	pub     *resilient.Publisher
+	queue   string
+	warmIDs []string // confirmed before the freeze
+	results chan writerResult
+}
+
+// writerResult is how one of the stuck callers' Publish ended.
+type writerResult struct {
+	ids []string
+	err error
+}
+
+// frozenWriterCalls is how many callers frozenUnderWriters starts, each
+// publishing 20 messages of bigMessages: 10 MiB, where a frozen link's
+// socket buffers hold a few.
+const frozenWriterCalls = 8
+
+// frozenUnderWriters publishes one message, then freezes the link and
+// starts frozenWriterCalls callers publishing big messages, and returns
+// once they all are in progress and have had time to fill the socket
+// buffers. The publisher has CloseTimeout 1 s, tuned further by tune.
+func frozenUnderWriters(t *testing.T, name string, tune func(*resilient.Config)) *frozenWriters {
+	t.Helper()
 	link, uri := proxy(t)
-	const callers = 8
-	started := make(chan struct{}, callers+1) // the warm-up call too
+	started := make(chan struct{}, frozenWriterCalls+2) // the warm-up call, and one more the test may make
 	pub, _ := faultPublisher(t, uri, func(c *resilient.Config) {
-		c.Heartbeat = 30 * time.Second
 		c.CloseTimeout = time.Second
 		c.OnEvent = func(e resilient.Event) {
 			if e.Kind == resilient.PublishStarted {
@@ -147,44 +166,30 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 				}
 			}
 		}
+		tune(c)
 	})
-	queue := brokertest.Name("frozen-close")
-	brokertest.DeleteQueues(t, queue)
+	f := &frozenWriters{link: link, pub: pub, queue: brokertest.Name(name), results: make(chan writerResult, frozenWriterCalls)}
+	brokertest.DeleteQueues(t, f.queue)
 	warm, warmIDs := messages(1)
-	if err := pub.Publish(queue, warm...); err != nil {
+	if err := pub.Publish(f.queue, warm...); err != nil {
 		t.Fatal(err)
 	}
+	f.warmIDs = warmIDs
 	<-started
 	link.Freeze()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var confirmed []string
-	failed := 0
-	for g := 0; g < callers; g++ {
-		wg.Add(1)
+	for range frozenWriterCalls {
 		go func() {
-			defer wg.Done()
 			msgs, ids := messages(20)
 			for _, m := range msgs {
 				m.Payload = make([]byte, bigMessages)
 			}
-			err := pub.Publish(queue, msgs...)
-			mu.Lock()
-			defer mu.Unlock()
-			var pe *resilient.PublishError
-			switch {
-			case err == nil:
-				confirmed = append(confirmed, ids...)
-			case errors.As(err, &pe) && len(pe.Unconfirmed) > 0:
-				failed++
-			default:
-				t.Errorf("Publish: %v, want a *PublishError naming its messages", err)
-			}
+			f.results <- writerResult{ids, pub.Publish(f.queue, msgs...)}
 		}()
 	}
-	// Every call is in progress before Close (one that starts after it is
-	// refused with ErrClosed, as documented: not what this test is about).
-	for range callers {
+	// Every call is in progress before the test goes on (one that starts
+	// after Close is refused with ErrClosed, as documented: not what these
+	// tests are about).
+	for range frozenWriterCalls {
 		select {
 		case <-started:
 		case <-time.After(time.Minute):
@@ -193,16 +198,46 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 	}
 	// Let the lanes fill the socket buffers and block.
 	time.Sleep(500 * time.Millisecond) // no event says "a write is blocked"
+	return f
+}
+
+// settle waits for the stuck callers, once something (Close) cut the
+// socket under them, and returns the messages they had confirmed. Each
+// that failed must have named its messages.
+func (f *frozenWriters) settle(t *testing.T) (confirmed []string, failed int) {
+	t.Helper()
+	for range frozenWriterCalls {
+		r := <-f.results
+		var pe *resilient.PublishError
+		switch {
+		case r.err == nil:
+			confirmed = append(confirmed, r.ids...)
+		case errors.As(r.err, &pe) && len(pe.Unconfirmed) > 0:
+			failed++
+		default:
+			t.Errorf("Publish: %v, want a *PublishError naming its messages", r.err)
+		}
+	}
+	return confirmed, failed
+}
+
+// Close while a link is frozen under lanes stuck in socket writes, with a
+// heartbeat too long to notice: Close itself must cut the socket, within
+// CloseTimeout and a small margin, and the publishes in progress return
+// errors naming their messages.
+func TestCloseWhileLinkFrozen(t *testing.T) {
+	brokertest.Need(t)
+	f := frozenUnderWriters(t, "frozen-close", func(c *resilient.Config) { c.Heartbeat = 30 * time.Second })
 	start := time.Now()
-	err := pub.Close()
+	err := f.pub.Close()
 	took := time.Since(start)
-	wg.Wait()
+	confirmed, failed := f.settle(t)
 	t.Logf("Close took %s (CloseTimeout 1s): %v; %d publishes failed", took.Round(time.Millisecond), err, failed)
 	if took > 2500*time.Millisecond {
 		t.Fatalf("Close took %s with CloseTimeout 1s on a frozen link", took)
 	}
-	link.Pass()
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, append(warmIDs, confirmed...)))
+	f.link.Pass()
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, f.queue, append(f.warmIDs, confirmed...)))
 }
 
 // A link freezes under lanes stuck in socket writes, with a heartbeat too
@@ -215,58 +250,17 @@ func TestCloseWhileLinkFrozen(t *testing.T) {
 // is lost.
 func TestMessageContextBoundsPublishOnFrozenLink(t *testing.T) {
 	brokertest.Need(t)
-	link, uri := proxy(t)
-	const fillers = 8
-	started := make(chan struct{}, fillers+2) // the warm-up call and the bounded one too
-	pub, _ := faultPublisher(t, uri, func(c *resilient.Config) {
+	f := frozenUnderWriters(t, "frozen-context", func(c *resilient.Config) {
 		c.Heartbeat = time.Minute
 		c.PublishTimeout = 5 * time.Minute
-		c.CloseTimeout = time.Second
-		c.OnEvent = func(e resilient.Event) {
-			if e.Kind == resilient.PublishStarted {
-				select {
-				case started <- struct{}{}:
-				default: // more calls than awaited: none here
-				}
-			}
-		}
 	})
-	queue := brokertest.Name("frozen-context")
-	brokertest.DeleteQueues(t, queue)
-	warm, warmIDs := messages(1)
-	if err := pub.Publish(queue, warm...); err != nil {
-		t.Fatal(err)
-	}
-	<-started
-	link.Freeze()
-	fillerErrs := make(chan error, fillers)
-	for range fillers {
-		go func() {
-			msgs, _ := messages(20)
-			for _, m := range msgs {
-				m.Payload = make([]byte, bigMessages)
-			}
-			fillerErrs <- pub.Publish(queue, msgs...)
-		}()
-	}
-	for range fillers {
-		select {
-		case <-started:
-		case <-time.After(time.Minute):
-			t.Fatal("the filling calls did not start in a minute")
-		}
-	}
-	// Let the lanes fill the socket buffers and block: 10 MiB, where a
-	// frozen link's buffers hold a few (bigMessages).
-	time.Sleep(500 * time.Millisecond) // no event says "a write is blocked"
-
 	const bound = 2 * time.Second
 	msgs, ids := messages(1)
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	msgs[0].SetContext(ctx)
 	start := time.Now()
-	err := pub.Publish(queue, msgs...)
+	err := f.pub.Publish(f.queue, msgs...)
 	took := time.Since(start)
 	t.Logf("Publish with a %s context on a frozen link returned after %s: %v", bound, took.Round(time.Millisecond), err)
 	var pe *resilient.PublishError
@@ -282,15 +276,13 @@ func TestMessageContextBoundsPublishOnFrozenLink(t *testing.T) {
 		// the message's context can have ended the call so soon.
 		t.Fatalf("Publish took %s with its message's context ending after %s", took, bound)
 	}
-	// The filling calls' messages are still in flight: Close names them.
-	t.Logf("Close: %v", pub.Close())
-	for range fillers {
-		if err := <-fillerErrs; err == nil {
-			t.Error("a filling call confirmed on a frozen link")
-		}
+	// The stuck callers' messages are still in flight: Close names them.
+	t.Logf("Close: %v", f.pub.Close())
+	if confirmed, _ := f.settle(t); len(confirmed) > 0 {
+		t.Errorf("%d messages confirmed on a frozen link", len(confirmed))
 	}
-	link.Pass()
-	brokertest.RequireNoneLost(t, brokertest.Drain(t, queue, warmIDs))
+	f.link.Pass()
+	brokertest.RequireNoneLost(t, brokertest.Drain(t, f.queue, f.warmIDs))
 }
 
 // The broker accepts TCP but never answers the handshake during a redial:

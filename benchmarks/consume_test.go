@@ -85,44 +85,65 @@ type timing struct{ begin, end func() }
 func consumeRaw(tb testing.TB, q string, prefetch, ackEvery, n int, t timing) {
 	conn, ch, deliveries := rawConsumer(tb, q, prefetch)
 	defer conn.Close()
-	first, ok := <-deliveries
-	if !ok {
-		tb.Fatal("deliveries ended before the first")
-	}
-	t.begin()
-	next := &first // taken while peeking for one ready
-	held := 0
+	acks := &rawAcks{tb: tb, ch: ch, deliveries: deliveries, every: ackEvery}
 	for i := 0; i < n; i++ {
-		d := next
-		if d == nil {
-			got, ok := <-deliveries
-			if !ok {
-				tb.Fatalf("deliveries ended after %d of %d", i, n)
-			}
-			d = &got
+		d := acks.take(i, n)
+		if i == 0 {
+			t.begin()
 		}
-		next = nil
 		// The same work as the subscriber's: the watermill message a
 		// handler would get (as raw publishing marshals one).
 		if _, err := unmarshal.Unmarshal(*d); err != nil {
 			tb.Fatal(err)
 		}
-		held++
-		if held < ackEvery && i < n-1 {
-			// One ready: hold the ack. Asked twice, with a yield between, as
-			// the subscriber asks (amqp091-go's goroutine that hands
-			// deliveries over may be busy with the next one).
-			if got, ok := peekDelivery(deliveries); ok {
-				next = &got
-				continue
-			}
-		}
-		if err := ch.Ack(d.DeliveryTag, held > 1); err != nil {
-			tb.Fatal(err)
-		}
-		held = 0
+		acks.ack(d, i == n-1)
 	}
 	t.end()
+}
+
+// rawAcks takes a raw consumer's deliveries and acks them as the
+// Subscriber's AckBatch does: while another delivery is ready, up to every
+// acks are held back, then sent as one with multiple set; when none is
+// ready, at once (every 1: each on its own).
+type rawAcks struct {
+	tb         testing.TB
+	ch         *amqp091.Channel
+	deliveries <-chan amqp091.Delivery
+	every      int
+	held       int
+	next       *amqp091.Delivery // taken while looking for one ready
+}
+
+// take returns the next delivery, i of n being taken already.
+func (r *rawAcks) take(i, n int) *amqp091.Delivery {
+	if d := r.next; d != nil {
+		r.next = nil
+		return d
+	}
+	d, ok := <-r.deliveries
+	if !ok {
+		r.tb.Fatalf("deliveries ended after %d of %d", i, n)
+	}
+	return &d
+}
+
+// ack acks d (the last to consume when last), or holds its ack back while
+// another delivery is ready.
+func (r *rawAcks) ack(d *amqp091.Delivery, last bool) {
+	r.held++
+	if r.held < r.every && !last {
+		// Asked twice, with a yield between, as the subscriber asks
+		// (amqp091-go's goroutine that hands deliveries over may be busy
+		// with the next one).
+		if got, ok := peekDelivery(r.deliveries); ok {
+			r.next = &got
+			return
+		}
+	}
+	if err := r.ch.Ack(d.DeliveryTag, r.held > 1); err != nil {
+		r.tb.Fatal(err)
+	}
+	r.held = 0
 }
 
 // peekDelivery takes a delivery if one is ready, asking twice with a yield
@@ -180,18 +201,9 @@ func consumeRawHandoff(tb testing.TB, q string, prefetch, ackEvery, n int, t tim
 		}
 	}()
 	defer func() { close(handed); <-handlerDone }()
-	var next *amqp091.Delivery // taken while peeking for one ready
-	held := 0
+	acks := &rawAcks{tb: tb, ch: ch, deliveries: deliveries, every: ackEvery}
 	for i := 0; i < n; i++ {
-		d := next
-		if d == nil {
-			got, ok := <-deliveries
-			if !ok {
-				tb.Fatalf("deliveries ended after %d of %d", i, n)
-			}
-			d = &got
-		}
-		next = nil
+		d := acks.take(i, n)
 		if i == 0 {
 			t.begin()
 		}
@@ -201,17 +213,7 @@ func consumeRawHandoff(tb testing.TB, q string, prefetch, ackEvery, n int, t tim
 		}
 		handed <- msg
 		<-msg.Acked()
-		held++
-		if held < ackEvery && i < n-1 {
-			if got, ok := peekDelivery(deliveries); ok {
-				next = &got
-				continue
-			}
-		}
-		if err := ch.Ack(d.DeliveryTag, held > 1); err != nil {
-			tb.Fatal(err)
-		}
-		held = 0
+		acks.ack(d, i == n-1)
 	}
 	t.end()
 }
