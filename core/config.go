@@ -165,7 +165,7 @@ type Config[A any] struct {
 	// costs nothing on RabbitMQ 4.x, nor on a quorum queue; but on RabbitMQ
 	// 3.x a classic queue answers each mandatory message it takes with a
 	// message of its own to the publishing channel, which ignores it, and
-	// the queue, usually the broker's bottleneck, loses 5 to 10 % of its
+	// the queue, usually the broker's bottleneck, loses 5 to 13 % of its
 	// throughput with many publishers (see the README's "What mandatory
 	// costs the broker"). Turn it on only on RabbitMQ 3.x, for classic
 	// queues nothing deletes: with it, a queue deleted under a live
